@@ -1,0 +1,84 @@
+# YOLO -> compressed detector -> Triton. `make help` lists the targets.
+# Every target runs inside the project's own virtualenv (.venv), created on first use.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+ARTIFACTS   ?= artifacts
+REPO        ?= model_repository
+PROFILE     ?= default
+TARGET      ?= local
+WEIGHTS     ?=
+DATA        ?=
+EPOCHS      ?=
+STAGE       ?=
+PYTEST_ARGS ?=
+
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export PYTHONPATH := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+
+PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
+	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
+REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
+
+.PHONY: all help venv pipeline repo demo serve serve-docker infer test test-unit test-integration lock clean clean-all
+
+all: venv pipeline repo demo ## Main job: data -> train -> export -> Triton repository -> serve + one real inference
+
+help: ## List the targets and the variables they read
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
+	@echo "           PROFILE=default|tiny EPOCHS=<n> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
+
+venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
+
+$(VENV)/.installed: requirements.lock
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@echo "==> installing pinned dependencies into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, ...)
+	$(PY) -m compress.pipeline $(PIPELINE_ARGS)
+
+repo: venv ## Build the Triton model repository for TARGET from the pipeline's artifacts
+	$(PY) -m tools.build_repo $(REPO_ARGS)
+
+demo: venv ## Start the local Triton server, run one real inference, print a summary, stop
+	$(PY) -m tools.demo --artifacts $(ARTIFACTS) --repo $(REPO)
+
+serve: venv ## Start the local Triton server on 127.0.0.1:8000/8001/8002 (Ctrl-C stops)
+	$(PY) -m tools.server local --repo $(REPO)
+
+serve-docker: venv ## Start the NGC tritonserver container on the same repository (needs Docker)
+	$(PY) -m tools.server docker --repo $(REPO) $(if $(filter gpu,$(DEVICE)),--gpus)
+
+infer: venv ## Send IMAGES=<files or folders> to a running server (PROTOCOL=http|grpc)
+	$(PY) -m tools.client $(or $(IMAGES),$(shell $(PY) -c 'from ultralytics.utils import ASSETS; print(ASSETS)')) --protocol $(or $(PROTOCOL),http)
+
+test: venv ## Run all tests (unit + integration against the real Triton server)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: venv ## Fast tests only (no server, no training)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv ## Integration tests (real Triton server on free loopback ports)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lock: venv ## Re-pin requirements.lock from the current virtualenv
+	$(PY) -m pip freeze --exclude-editable > requirements.lock
+
+clean: ## Remove artifacts and the generated parts of the model repository
+	rm -rf $(ARTIFACTS) build runs $(REPO)/detector $(REPO)/yolo $(REPO)/repository.json
+	rm -f $(REPO)/*/config.pbtxt $(REPO)/*/1/yolo_ops.py
+
+clean-all: clean ## Also remove the virtualenv and caches
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,79 @@
+"""Stage `export`: PyTorch detector -> ONNX (dynamic batch, opset 17) with provenance metadata.
+
+Ultralytics' exporter writes stride, image size and class names into `metadata_props`; this
+adds where the graph came from (source weights hash, stage, pruning ratio) and reads it back.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.errors import UnsupportedModelError, require_file
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What downstream tools need from an exported detector."""
+
+    path: Path
+    image_size: tuple[int, int]
+    names: dict[int, str]
+    stride: int
+    head_layout: str
+    metadata: dict[str, str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def export_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str, object]) -> Path:
+    """Export `weights` (an Ultralytics .pt) to `out_path` and stamp provenance into it."""
+    from compress import yolo
+
+    model = yolo.load(require_file(weights, "weights"))
+    exported = Path(model.export(format="onnx", dynamic=True, opset=OPSET, simplify=True, imgsz=imgsz,
+                                 device="cpu", verbose=False))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(exported), out_path)
+    add_metadata(out_path, provenance)
+    return out_path
+
+
+def add_metadata(path: Path, values: dict[str, object]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {prop.key: prop for prop in model.metadata_props}
+    for key, value in values.items():
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def read_info(path: Path) -> OnnxInfo:
+    """Image size, class names, stride and head layout of an exported detector."""
+    import onnx
+
+    path = require_file(path, "ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise UnsupportedModelError(f"{path} is not a readable ONNX model: {error}") from None
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if "names" not in meta or "imgsz" not in meta:
+        raise UnsupportedModelError(f"{path} has no Ultralytics metadata (names, imgsz)",
+                                    hint="export it with this toolkit or Ultralytics' exporter")
+    names = {int(k): str(v) for k, v in ast.literal_eval(meta["names"]).items()}
+    imgsz = ast.literal_eval(meta["imgsz"])
+    image_size = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) else (int(imgsz), int(imgsz))
+    outputs = [o.name for o in model.graph.output]
+    layout = "raw" if outputs == ["box_logits", "class_logits"] else "decoded"
+    if layout == "decoded" and outputs != ["output0"]:
+        raise UnsupportedModelError(f"{path} has outputs {outputs}; expected a YOLO detect head (output0)")
+    return OnnxInfo(path, image_size, names, int(meta.get("stride", 32)), layout, meta)

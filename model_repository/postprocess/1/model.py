@@ -1,0 +1,50 @@
+"""Triton Python model `postprocess`: head outputs + letterbox params -> boxes, scores, classes.
+
+Thresholds, head layout and image size come from the model config's parameters. All requests
+of one `execute()` call are decoded as one batch, then split back and padded per request.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(__file__))
+from yolo_ops import decode_raw_head, pad_detections, postprocess  # noqa: E402  (copied in by the repository builder)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.conf = float(params["conf_threshold"])
+        self.iou = float(params["iou_threshold"])
+        self.max_det = int(params["max_det"])
+        self.layout = params["head_layout"]
+        self.size = (int(params["image_height"]), int(params["image_width"]))
+        self.strides = tuple(int(s) for s in params["strides"].split(","))
+        self.head_names = [i["name"] for i in config["input"] if i["name"] != "LETTERBOX"]
+
+    def execute(self, requests):
+        heads = {name: [] for name in self.head_names}
+        letterboxes, counts = [], []
+        for request in requests:
+            for name in self.head_names:
+                heads[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
+            letterboxes.append(pb_utils.get_input_tensor_by_name(request, "LETTERBOX").as_numpy())
+            counts.append(len(letterboxes[-1]))
+        stacked = {name: np.concatenate(parts) for name, parts in heads.items()}
+        if self.layout == "raw":
+            prediction = decode_raw_head(stacked["box_logits"], stacked["class_logits"], self.size, self.strides)
+        else:
+            prediction = stacked["output0"]
+        detections = postprocess(prediction, np.concatenate(letterboxes), self.conf, self.iou, self.max_det)
+        responses, start = [], 0
+        for count in counts:
+            padded = pad_detections(detections[start:start + count])
+            start += count
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, value) for name, value in padded.items()]))
+        return responses

@@ -1,0 +1,110 @@
+"""Build the Triton model repository for a deployment target from the pipeline's artifacts.
+
+    python -m tools.build_repo --target local        # the embedded default (Python backend + ORT)
+    python -m tools.build_repo --target onnxruntime  # NGC container, onnxruntime_onnx platform
+    python -m tools.build_repo --target tensorrt     # NGC container, tensorrt_plan (needs the plan stage)
+
+This is the only code that writes `config.pbtxt`. The committed Python models (preprocess,
+postprocess) get the shared detection maths copied beside them as `yolo_ops.py`; the detector
+folder and every config are generated. `repository.json` records what is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from compress.export import read_info
+from compress.manifest import Manifest, file_hash
+from tools import triton_config as tc
+from tools.errors import InputFileError, MissingDependencyError, cli_entry
+
+TOOLS_DIR = Path(__file__).resolve().parent
+SHARED_MATHS = TOOLS_DIR / "detection.py"
+LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
+PYTHON_MODELS = (tc.PREPROCESS, tc.POSTPROCESS)
+
+
+def served_model(artifacts: Path, stage: str | None, target: str) -> tuple[str, Path]:
+    """(stage, file) the detector serves: an ONNX for local/onnxruntime, a plan for tensorrt."""
+    manifest = Manifest(artifacts)
+    if target == "tensorrt":
+        record = manifest.get("plan")
+        if record is None or "int8_plan" not in record.outputs:
+            raise MissingDependencyError(
+                "no TensorRT plan has been built",
+                hint="run `make plan` where TensorRT is installed (an NGC TensorRT/Triton container)")
+        return "plan", manifest.output("plan", "int8_plan")
+    if stage is None:
+        served = json.loads((artifacts / "served.json").read_text()) if (artifacts / "served.json").exists() else {}
+        stage = served.get("stage", "export")
+    return stage, manifest.output(stage, "onnx")
+
+
+def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict) -> Path:
+    repo = Path(repo)
+    for name in PYTHON_MODELS:
+        version_dir = repo / name / "1"
+        if not (version_dir / "model.py").exists():
+            raise InputFileError(f"{version_dir / 'model.py'} is missing",
+                                 hint="build into a copy of the committed model_repository/")
+        shutil.copyfile(SHARED_MATHS, version_dir / "yolo_ops.py")
+    detector_dir = repo / tc.DETECTOR
+    if detector_dir.exists():
+        shutil.rmtree(detector_dir)
+    (detector_dir / "1").mkdir(parents=True)
+    suffix = ".plan" if settings.target == "tensorrt" else ".onnx"
+    shutil.copyfile(model_file, detector_dir / "1" / f"model{suffix}")
+    if settings.target == "local":
+        shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
+    (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
+    for config in tc.all_configs(settings):
+        tc.write_config(config, repo / config.name)
+    record = {**provenance, "model_sha256": file_hash(model_file), "settings": asdict(settings)}
+    (repo / "repository.json").write_text(json.dumps(record, indent=2))
+    return repo
+
+
+def settings_from_args(args, info) -> tc.RepositorySettings:
+    overrides = {f.name: getattr(args, f.name) for f in fields(tc.RepositorySettings)
+                 if getattr(args, f.name, None) is not None}
+    return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
+                                 head_layout=info.head_layout, **overrides)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--target", choices=tc.TARGETS, default="local")
+    parser.add_argument("--stage", help="which pipeline stage's model to serve (default: the compressed one)")
+    parser.add_argument("--onnx", type=Path, help="serve this ONNX instead of a pipeline artifact")
+    parser.add_argument("--max-batch-size", dest="max_batch_size", type=int)
+    parser.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=int, nargs="*")
+    parser.add_argument("--queue-delay-us", dest="queue_delay_us", type=int)
+    parser.add_argument("--detector-instances", dest="detector_instances", type=int)
+    parser.add_argument("--preprocess-instances", dest="preprocess_instances", type=int)
+    parser.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
+    parser.add_argument("--conf-threshold", dest="conf_threshold", type=float)
+    parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
+    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--ort-threads", dest="ort_threads", type=int)
+    args = parser.parse_args(argv)
+    if args.onnx:
+        stage, model_file, onnx_file = "user", args.onnx, args.onnx
+    else:
+        stage, model_file = served_model(args.artifacts, args.stage, args.target)
+        onnx_file = model_file if args.target != "tensorrt" else Manifest(args.artifacts).output("quantize", "onnx")
+    info = read_info(onnx_file)
+    settings = settings_from_args(args, info)
+    build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file)})
+    print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
+          f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Send images to the served ensemble (HTTP or gRPC) and print detections as JSON.
+
+    python -m tools.client photo.jpg folder/ --protocol grpc --batch 4 --concurrency 2
+    python -m tools.client photo.jpg --annotate out/     # also write annotated images
+    python -m tools.client photo.jpg --local artifacts/export/baseline.onnx   # no server: in-process
+
+Images travel encoded (JPEG/PNG bytes), so the wire carries what a camera would send; the
+server decodes, letterboxes, detects and maps boxes back to original pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from tools.detection import Detections, decode_image, letterbox, postprocess, unpad_detections
+from tools.errors import BadImageError, InputFileError, ServerError, cli_entry
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted)."""
+    images = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise InputFileError(f"no such image or folder: {path}")
+    if not images:
+        raise InputFileError("no images found", hint=f"pass files or folders with {sorted(IMAGE_SUFFIXES)}")
+    return images
+
+
+def encoded_batch(payloads: list[bytes]) -> np.ndarray:
+    """The ensemble's IMAGE input: BYTES [N, 1]."""
+    return np.array([[p] for p in payloads], dtype=np.object_)
+
+
+class TritonDetectorClient:
+    """One client (HTTP or gRPC) for the `yolo` ensemble; `detect` returns per-image detections."""
+
+    def __init__(self, url: str, protocol: str = "http", model: str = "yolo", timeout_s: float = 60.0,
+                 concurrency: int = 1):
+        self.protocol, self.model, self.url = protocol, model, url
+        if protocol == "http":
+            import tritonclient.http as client_module
+
+            self.client = client_module.InferenceServerClient(url, concurrency=concurrency,
+                                                              connection_timeout=timeout_s, network_timeout=timeout_s)
+        elif protocol == "grpc":
+            import tritonclient.grpc as client_module
+
+            self.client = client_module.InferenceServerClient(url)
+        else:
+            raise ValueError(f"protocol must be http or grpc, not {protocol!r}")
+        self._module = client_module
+        self.timeout_s = timeout_s
+
+    def check_ready(self) -> None:
+        try:
+            ready = self.client.is_model_ready(self.model)
+        except Exception as error:
+            raise ServerError(f"cannot reach Triton at {self.url} ({self.protocol}): {error}",
+                              hint="start it with `make serve`") from None
+        if not ready:
+            raise ServerError(f"model {self.model!r} is not ready on {self.url}")
+
+    def infer_raw(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+        """One request with arbitrary named inputs; raises tritonclient's InferenceServerException."""
+        from tritonclient.utils import np_to_triton_dtype
+
+        infer_inputs = []
+        for name, array in inputs.items():
+            item = self._module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array)
+            infer_inputs.append(item)
+        requested = [self._module.InferRequestedOutput(name) for name in outputs]
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self.client.infer(self.model, infer_inputs, outputs=requested, **kwargs)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def detect(self, payloads: list[bytes]) -> list[Detections]:
+        """Encoded images -> detections, in one request; server errors become BadImageError/ServerError."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return unpad_detections(self.infer_raw({"IMAGE": encoded_batch(payloads)}))
+        except InferenceServerException as error:
+            status = str(error.status() or "")
+            message = error.message() or str(error)
+            if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+                raise BadImageError(f"server rejected the request: {message}") from None
+            raise ServerError(f"inference failed ({status or 'no status'}): {message}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalDetector:
+    """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
+
+    def __init__(self, onnx_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
+                 max_det: int = 300, threads: int = 0):
+        import onnxruntime as ort
+
+        from compress.export import read_info
+        from tools.detection import decode_raw_head
+
+        self.info = read_info(onnx_path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
+        self._decode_raw = decode_raw_head
+
+    def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
+        tensors, params = zip(*(letterbox(image, self.info.image_size) for image in images))
+        outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
+        if self.info.head_layout == "raw":
+            prediction = self._decode_raw(outputs["box_logits"], outputs["class_logits"], self.info.image_size)
+        else:
+            prediction = outputs["output0"]
+        return postprocess(prediction, np.stack(params), self.conf, self.iou, self.max_det)
+
+    def detect(self, payloads: list[bytes]) -> list[Detections]:
+        try:
+            return self.detect_images([decode_image(p) for p in payloads])
+        except ValueError as error:
+            raise BadImageError(str(error)) from None
+
+
+def annotate(image: np.ndarray, detections: Detections, names: dict[int, str] | None) -> np.ndarray:
+    import cv2
+
+    out = image.copy()
+    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        colour = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
+        label = f"{(names or {}).get(int(cls), int(cls))} {score:.2f}"
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, 2)
+        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return out
+
+
+def run(images: list[Path], detector, batch: int, concurrency: int) -> list[list[Detections] | Exception]:
+    """Send images in batches, `concurrency` requests in flight; one result (or error) per batch."""
+    chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+
+    def send(chunk):
+        try:
+            return detector.detect([p.read_bytes() for p in chunk])
+        except (BadImageError, OSError) as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(send, chunks))
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    parser.add_argument("--url", help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
+    parser.add_argument("--model", default="yolo")
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    parser.add_argument("--annotate", type=Path, help="write annotated copies into this folder")
+    parser.add_argument("--local", type=Path, metavar="ONNX", help="run in-process on this ONNX, no server")
+    parser.add_argument("--names", type=Path, help="ONNX whose metadata names the classes (for labels)")
+    args = parser.parse_args(argv)
+    images = collect_images(args.images)
+    names = None
+    if args.local:
+        detector = LocalDetector(args.local)
+        names = detector.info.names
+    else:
+        url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+        detector = TritonDetectorClient(url, args.protocol, args.model, concurrency=args.concurrency)
+        detector.check_ready()
+    if args.names:
+        from compress.export import read_info
+
+        names = read_info(args.names).names
+    results = run(images, detector, max(1, args.batch), max(1, args.concurrency))
+    report, failures = [], 0
+    batch = max(1, args.batch)
+    for index, result in enumerate(results):
+        chunk = images[index * batch:(index + 1) * batch]
+        if isinstance(result, Exception):
+            failures += len(chunk)
+            report.extend({"image": str(p), "error": str(result)} for p in chunk)
+            continue
+        for path, detections in zip(chunk, result):
+            report.append({"image": str(path), "detections": detections.to_json(names)})
+            if args.annotate:
+                import cv2
+
+                args.annotate.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(args.annotate / path.name), annotate(cv2.imread(str(path)), detections, names))
+    json.dump(report, sys.stdout, indent=1)
+    print()
+    if failures:
+        print(f"error: {failures} of {len(images)} images failed (see 'error' entries)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The one implementation of the detection maths: letterbox, head decoding, NMS, box mapping.
+
+Imported by the Triton Python-backend models (the repository builder copies this file next
+to them as `yolo_ops.py`) and by every in-process path (parity, benchmarks, the client's
+local mode), so "served == in-process" holds by construction. NumPy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+# Ultralytics adds class_id * MAX_WH to boxes so one NMS pass is class-aware.
+MAX_WH = 7680.0
+LETTERBOX_FIELDS = ("gain", "pad_x", "pad_y", "orig_w", "orig_h")
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable image."""
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG/... bytes to a BGR uint8 image."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
+    if image is None:
+        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes)")
+    return image
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize keeping aspect ratio and pad to `size` (h, w), as Ultralytics' LetterBox does.
+
+    Returns the CHW float32 RGB tensor in 0..1 and the letterbox parameters
+    [gain, pad_x, pad_y, orig_w, orig_h] needed to map boxes back.
+    """
+    height, width = image.shape[:2]
+    target_h, target_w = size
+    gain = min(target_h / height, target_w / width)
+    new_w, new_h = round(width * gain), round(height * gain)
+    pad_w, pad_h = (target_w - new_w) / 2, (target_h - new_h) / 2
+    if (new_w, new_h) != (width, height):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
+    left, right = round(pad_w - 0.1), round(pad_w + 0.1)
+    image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    tensor = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
+    params = np.array([gain, left, top, width, height], dtype=np.float32)
+    return tensor, params
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels."""
+
+    boxes: np.ndarray  # [N, 4] float32 xyxy
+    scores: np.ndarray  # [N] float32
+    classes: np.ndarray  # [N] int32
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_json(self, names: dict[int, str] | None = None) -> list[dict]:
+        return [
+            {
+                "box_xyxy": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "class_id": int(cls),
+                **({"class_name": names.get(int(cls), str(int(cls)))} if names else {}),
+            }
+            for box, score, cls in zip(self.boxes, self.scores, self.classes)
+        ]
+
+
+def make_anchors(image_size: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor centres [A, 2] (grid units) and their strides [A], in the head's output order."""
+    points, stride_list = [], []
+    for stride in strides:
+        h, w = image_size[0] // stride, image_size[1] // stride
+        sy, sx = np.meshgrid(np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5, indexing="ij")
+        points.append(np.stack([sx.ravel(), sy.ravel()], axis=-1))
+        stride_list.append(np.full(h * w, stride, dtype=np.float32))
+    return np.concatenate(points), np.concatenate(stride_list)
+
+
+def decode_raw_head(box_logits: np.ndarray, class_logits: np.ndarray, image_size: tuple[int, int],
+                    strides: tuple[int, ...] = (8, 16, 32)) -> np.ndarray:
+    """Raw head outputs ([B, 4*reg_max, A], [B, nc, A]) to Ultralytics' decoded [B, 4+nc, A].
+
+    DFL (softmax expectation over reg_max bins) gives left/top/right/bottom distances;
+    boxes come out as xywh in input pixels and scores as sigmoids, like `output0`.
+    """
+    batch, channels, anchors_count = box_logits.shape
+    reg_max = channels // 4
+    logits = box_logits.reshape(batch, 4, reg_max, anchors_count).astype(np.float32)
+    logits = logits - logits.max(axis=2, keepdims=True)
+    weights = np.exp(logits)
+    weights /= weights.sum(axis=2, keepdims=True)
+    distances = (weights * np.arange(reg_max, dtype=np.float32)[None, None, :, None]).sum(axis=2)
+    anchor_points, anchor_strides = make_anchors(image_size, strides)
+    if len(anchor_points) != anchors_count:
+        raise ValueError(f"head has {anchors_count} anchors, image size {image_size} implies {len(anchor_points)}")
+    centres = anchor_points.T[None]  # [1, 2, A]
+    top_left = centres - distances[:, :2]
+    bottom_right = centres + distances[:, 2:]
+    xywh = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], axis=1) * anchor_strides[None, None]
+    scores = 1.0 / (1.0 + np.exp(-class_logits.astype(np.float32)))
+    return np.concatenate([xywh, scores], axis=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS on xyxy boxes; returns kept indices in descending score order."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        xx1 = np.maximum(boxes[best, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[best, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[best, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[best, 3], boxes[rest, 3])
+        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
+        iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_threshold: float = 0.25,
+                iou_threshold: float = 0.45, max_det: int = 300) -> list[Detections]:
+    """Decoded head output [B, 4+nc, A] plus letterbox params [B, 5] to per-image detections.
+
+    Best class per anchor, confidence filter, class-aware NMS, then boxes mapped back to
+    original-image pixels and clipped.
+    """
+    results = []
+    for pred, params in zip(prediction, letterbox_params):
+        pred = pred.T  # [A, 4+nc]
+        class_scores = pred[:, 4:]
+        classes = class_scores.argmax(axis=1)
+        scores = class_scores[np.arange(len(classes)), classes]
+        mask = scores > conf_threshold
+        xywh, scores, classes = pred[mask, :4], scores[mask], classes[mask]
+        boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+        keep = nms(boxes + classes[:, None] * MAX_WH, scores, iou_threshold)[:max_det]
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        gain, pad_x, pad_y, orig_w, orig_h = (float(v) for v in params)
+        boxes = (boxes - np.array([pad_x, pad_y, pad_x, pad_y], dtype=np.float32)) / gain
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, orig_w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, orig_h)
+        results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32)))
+    return results
+
+
+def pad_detections(detections: list[Detections]) -> dict[str, np.ndarray]:
+    """Stack per-image detections into padded tensors (the served output layout)."""
+    width = max((len(d) for d in detections), default=0)
+    batch = len(detections)
+    boxes = np.zeros((batch, width, 4), dtype=np.float32)
+    scores = np.zeros((batch, width), dtype=np.float32)
+    classes = np.full((batch, width), -1, dtype=np.int32)
+    counts = np.zeros((batch, 1), dtype=np.int32)
+    for i, det in enumerate(detections):
+        n = len(det)
+        boxes[i, :n], scores[i, :n], classes[i, :n], counts[i, 0] = det.boxes, det.scores, det.classes, n
+    return {"NUM_DETECTIONS": counts, "BOXES": boxes, "SCORES": scores, "CLASSES": classes}
+
+
+def unpad_detections(outputs: dict[str, np.ndarray]) -> list[Detections]:
+    """Inverse of `pad_detections` (what a client does with the served outputs)."""
+    return [
+        Detections(outputs["BOXES"][i, :n], outputs["SCORES"][i, :n], outputs["CLASSES"][i, :n])
+        for i, n in enumerate(int(c) for c in outputs["NUM_DETECTIONS"].reshape(-1))
+    ]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes, [N, M]."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (br - tl).clip(0).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)

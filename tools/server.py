@@ -1,0 +1,243 @@
+"""Start the real Triton server: the local `tritonserver` from the nvidia-pytriton wheel, or the
+NGC container.
+
+    python -m tools.server local  --repo model_repository            # foreground, Ctrl-C stops
+    python -m tools.server docker --repo model_repository [--gpus]   # NGC tritonserver image
+
+The local binary carries only the Python backend, so it runs with explicit model control and
+loads the ensemble (which loads its steps) through the repository API: one model that fails
+to load then gives a readable error instead of a server that never starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tools.errors import MissingDependencyError, ServerError, cli_entry, require_file
+
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the version the wheel carries
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def pytriton_paths() -> dict[str, Path]:
+    """Binary, backends and libraries of the tritonserver inside the nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise MissingDependencyError("nvidia-pytriton is not installed", hint="run `make venv`") from None
+    root = Path(pytriton.__file__).parent
+    paths = {
+        "binary": root / "tritonserver" / "bin" / "tritonserver",
+        "backends": root / "tritonserver" / "backends",
+        "stubs": root / "tritonserver" / "python_backend_stubs",
+        "libs": root.parent / "nvidia_pytriton.libs",
+    }
+    require_file(paths["binary"], "tritonserver binary")
+    return paths
+
+
+def ensure_python_stub(paths: dict[str, Path]) -> None:
+    """The Python backend looks for its stub beside libtriton_python.so; the wheel keeps it apart."""
+    target = paths["backends"] / "python" / "triton_python_backend_stub"
+    if target.exists():
+        return
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    source = require_file(paths["stubs"] / version / "triton_python_backend_stub", f"python {version} backend stub")
+    shutil.copy2(source, target)
+
+
+class TritonServer:
+    """A local tritonserver process on free loopback ports; a context manager.
+
+    `models` are loaded after start-up (explicit model control); the ensemble loads its steps.
+    """
+
+    def __init__(self, repository: Path, models: tuple[str, ...] = ("yolo",), http_port: int | None = None,
+                 grpc_port: int | None = None, metrics_port: int | None = None, log_path: Path | None = None,
+                 exit_timeout_s: int = 10, verbose: int = 0):
+        self.repository = require_file(repository, "model repository").resolve()
+        self.models = models
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_path = Path(log_path) if log_path else None
+        self.exit_timeout_s = exit_timeout_s
+        self.verbose = verbose
+        self.process: subprocess.Popen | None = None
+        self._log_handle = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{LOOPBACK}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
+    def command(self, binary: Path, backends: Path) -> list[str]:
+        return [
+            str(binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
+            "--model-control-mode=explicit", "--strict-readiness=true",
+            f"--http-address={LOOPBACK}", f"--http-port={self.http_port}",
+            f"--grpc-address={LOOPBACK}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={LOOPBACK}", f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true", "--metrics-interval-ms=500",
+            f"--exit-timeout-secs={self.exit_timeout_s}", f"--log-verbose={self.verbose}",
+        ]
+
+    def start(self, timeout_s: float = 60.0) -> "TritonServer":
+        paths = pytriton_paths()
+        ensure_python_stub(paths)
+        env = dict(os.environ)
+        # The Python backend stub runs the first python3 on PATH: make it this interpreter's.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(paths["libs"]), env.get("LD_LIBRARY_PATH")) if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(paths["binary"], paths["backends"]), env=env,
+            stdout=self._log_handle or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait(lambda: self._get("/v2/health/live") == 200, timeout_s, "start")
+        for model in self.models:
+            self.load(model)
+        self._wait(lambda: self._get("/v2/health/ready") == 200, timeout_s, "become ready")
+        return self
+
+    def load(self, model: str, config_json: str | None = None) -> None:
+        """Load (or reload, with an optional config override) a model through the repository API."""
+        import json
+
+        body = json.dumps({"parameters": {"config": config_json}} if config_json else {}).encode()
+        status, text = self._post(f"/v2/repository/models/{model}/load", body)
+        if status != 200:
+            raise ServerError(f"loading model {model!r} failed: {text.strip()}",
+                              hint=f"see the server log{f' {self.log_path}' if self.log_path else ''}")
+
+    def is_ready(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self._get("/v2/health/ready") == 200
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL if it hangs; returns the exit code."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                code = self.process.wait()
+        if self._log_handle:
+            self._log_handle.close()
+            self._log_handle = None
+        self.process = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait(self, check, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it could {what}",
+                                  hint=self._log_hint())
+            if check():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ServerError(f"tritonserver did not {what} within {timeout_s:.0f} s", hint=self._log_hint())
+
+    def _log_hint(self) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "run with a log file to see why"
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        return f"log {self.log_path}: " + " | ".join(tail)
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return 0
+
+    def _post(self, path: str, body: bytes) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+
+def docker_command(repository: Path, gpus: bool, image: str = NGC_IMAGE) -> list[str]:
+    """The NGC container with the same repository; Python models there need OpenCV installed."""
+    inner = "pip install -q opencv-python-headless && tritonserver --model-repository=/models"
+    return ["docker", "run", "--rm", *(["--gpus", "all"] if gpus else []), "-p", "8000:8000", "-p", "8001:8001",
+            "-p", "8002:8002", "-v", f"{Path(repository).resolve()}:/models", image, "bash", "-c", inner]
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["local", "docker"])
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log", type=Path, default=Path("artifacts/server.log"))
+    parser.add_argument("--gpus", action="store_true", help="docker: pass --gpus all")
+    args = parser.parse_args(argv)
+    if args.mode == "docker":
+        if shutil.which("docker") is None:
+            raise MissingDependencyError(
+                "docker is not installed here",
+                hint="install Docker Engine and the NVIDIA Container Toolkit, then `docker pull "
+                     f"{NGC_IMAGE}`; or use `make serve` for the local server")
+        require_file(args.repo / "yolo" / "config.pbtxt", "built repository")
+        os.execvp("docker", docker_command(args.repo, args.gpus))
+    server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=5)
+    server.start()
+    print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
+          f"(log {args.log}); Ctrl-C stops", flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(f"tritonserver stopped (exit {server.stop()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Triton model configs built as `ModelConfig` protobuf messages (never string templates).
+
+`RepositorySettings` holds the typed, validated knobs; the `*_config` functions turn them into
+messages; `write_config` / `read_config` go through protobuf's text format so a config can be
+round-tripped in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tools.errors import ToolkitError
+
+TARGETS = ("local", "onnxruntime", "tensorrt")
+HEAD_LAYOUTS = ("decoded", "raw")
+ENSEMBLE_NAME = "yolo"
+PREPROCESS, DETECTOR, POSTPROCESS = "preprocess", "detector", "postprocess"
+DETECTION_OUTPUTS = (
+    ("NUM_DETECTIONS", mc.TYPE_INT32, [1]),
+    ("BOXES", mc.TYPE_FP32, [-1, 4]),
+    ("SCORES", mc.TYPE_FP32, [-1]),
+    ("CLASSES", mc.TYPE_INT32, [-1]),
+)
+
+
+class ConfigError(ToolkitError):
+    """Repository settings that cannot make a valid Triton configuration."""
+
+
+@dataclass
+class RepositorySettings:
+    """What the repository builder needs to know; validated on construction."""
+
+    image_size: tuple[int, int]
+    num_classes: int
+    target: str = "local"
+    head_layout: str = "decoded"  # "decoded": output0 [4+nc, A]; "raw": box/class logits
+    strides: tuple[int, ...] = (8, 16, 32)
+    reg_max: int = 16
+    max_batch_size: int = 16
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8])
+    queue_delay_us: int = 2000
+    detector_instances: int = 1
+    preprocess_instances: int = 1
+    postprocess_instances: int = 1
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_det: int = 300
+    device: str = "cpu"  # instance kind for the onnxruntime target: cpu | gpu
+    ort_threads: int = 0  # 0 lets ONNX Runtime decide
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.preferred_batch_sizes = [int(v) for v in self.preferred_batch_sizes]
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+        if self.head_layout not in HEAD_LAYOUTS:
+            raise ConfigError(f"unknown head layout {self.head_layout!r}", hint=f"choose one of {HEAD_LAYOUTS}")
+        if self.device not in ("cpu", "gpu"):
+            raise ConfigError(f"unknown device {self.device!r}", hint="choose cpu or gpu")
+        if self.max_batch_size < 1:
+            raise ConfigError("max_batch_size must be >= 1")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ConfigError(f"preferred batch sizes {bad} outside 1..{self.max_batch_size}")
+        if min(self.detector_instances, self.preprocess_instances, self.postprocess_instances) < 1:
+            raise ConfigError("instance counts must be >= 1")
+        if not 0 <= self.conf_threshold < 1 or not 0 < self.iou_threshold <= 1:
+            raise ConfigError("conf_threshold must be in [0, 1) and iou_threshold in (0, 1]")
+        if any(s % max(self.strides) for s in self.image_size):
+            raise ConfigError(f"image size {self.image_size} is not a multiple of stride {max(self.strides)}")
+
+    @property
+    def anchors(self) -> int:
+        return sum((self.image_size[0] // s) * (self.image_size[1] // s) for s in self.strides)
+
+    def head_outputs(self) -> list[tuple[str, list[int]]]:
+        """Detector output tensors (name, dims without batch) for the head layout."""
+        if self.head_layout == "raw":
+            return [("box_logits", [4 * self.reg_max, self.anchors]), ("class_logits", [self.num_classes, self.anchors])]
+        return [("output0", [4 + self.num_classes, self.anchors])]
+
+
+def _tensor(cls, name: str, data_type: int, dims: list[int]):
+    return cls(name=name, data_type=data_type, dims=dims)
+
+
+def _instances(count: int, kind: int) -> list:
+    return [mc.ModelInstanceGroup(count=count, kind=kind)]
+
+
+def _dynamic_batching(settings: RepositorySettings, preferred: list[int] | None = None) -> mc.ModelDynamicBatching:
+    return mc.ModelDynamicBatching(
+        preferred_batch_size=preferred if preferred is not None else settings.preferred_batch_sizes,
+        max_queue_delay_microseconds=settings.queue_delay_us,
+    )
+
+
+def _parameters(config: mc.ModelConfig, values: dict[str, object]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = str(value)
+
+
+def preprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
+    height, width = settings.image_size
+    config = mc.ModelConfig(
+        name=PREPROCESS,
+        backend="python",
+        max_batch_size=settings.max_batch_size,
+        input=[_tensor(mc.ModelInput, "IMAGE", mc.TYPE_STRING, [1])],
+        output=[
+            _tensor(mc.ModelOutput, "PIXELS", mc.TYPE_FP32, [3, height, width]),
+            _tensor(mc.ModelOutput, "LETTERBOX", mc.TYPE_FP32, [5]),
+        ],
+        instance_group=_instances(settings.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
+        dynamic_batching=_dynamic_batching(settings, preferred=[]),
+    )
+    _parameters(config, {"image_height": height, "image_width": width})
+    return config
+
+
+def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
+    height, width = settings.image_size
+    config = mc.ModelConfig(
+        name=DETECTOR,
+        max_batch_size=settings.max_batch_size,
+        input=[_tensor(mc.ModelInput, "images", mc.TYPE_FP32, [3, height, width])],
+        output=[_tensor(mc.ModelOutput, name, mc.TYPE_FP32, dims) for name, dims in settings.head_outputs()],
+        dynamic_batching=_dynamic_batching(settings),
+    )
+    if settings.target == "local":
+        config.backend = "python"
+        config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_CPU))
+        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": settings.ort_threads})
+    elif settings.target == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+        config.instance_group.extend(_instances(settings.detector_instances, kind))
+        if settings.ort_threads:
+            _parameters(config, {"intra_op_thread_count": settings.ort_threads})
+    else:
+        config.platform = "tensorrt_plan"
+        config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_GPU))
+    return config
+
+
+def postprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=POSTPROCESS,
+        backend="python",
+        max_batch_size=settings.max_batch_size,
+        input=[_tensor(mc.ModelInput, name, mc.TYPE_FP32, dims) for name, dims in settings.head_outputs()]
+        + [_tensor(mc.ModelInput, "LETTERBOX", mc.TYPE_FP32, [5])],
+        output=[_tensor(mc.ModelOutput, name, dtype, dims) for name, dtype, dims in DETECTION_OUTPUTS],
+        instance_group=_instances(settings.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
+        dynamic_batching=_dynamic_batching(settings, preferred=[]),
+    )
+    _parameters(config, {
+        "conf_threshold": settings.conf_threshold,
+        "iou_threshold": settings.iou_threshold,
+        "max_det": settings.max_det,
+        "head_layout": settings.head_layout,
+        "image_height": settings.image_size[0],
+        "image_width": settings.image_size[1],
+        "strides": ",".join(str(s) for s in settings.strides),
+    })
+    return config
+
+
+def ensemble_config(settings: RepositorySettings) -> mc.ModelConfig:
+    head = [name for name, _ in settings.head_outputs()]
+    steps = [
+        mc.ModelEnsembling.Step(model_name=PREPROCESS, model_version=-1,
+                                input_map={"IMAGE": "IMAGE"},
+                                output_map={"PIXELS": "pixels", "LETTERBOX": "letterbox"}),
+        mc.ModelEnsembling.Step(model_name=DETECTOR, model_version=-1,
+                                input_map={"images": "pixels"},
+                                output_map={name: f"head_{name}" for name in head}),
+        mc.ModelEnsembling.Step(model_name=POSTPROCESS, model_version=-1,
+                                input_map={**{name: f"head_{name}" for name in head}, "LETTERBOX": "letterbox"},
+                                output_map={name: name for name, _, _ in DETECTION_OUTPUTS}),
+    ]
+    return mc.ModelConfig(
+        name=ENSEMBLE_NAME,
+        platform="ensemble",
+        max_batch_size=settings.max_batch_size,
+        input=[_tensor(mc.ModelInput, "IMAGE", mc.TYPE_STRING, [1])],
+        output=[_tensor(mc.ModelOutput, name, dtype, dims) for name, dtype, dims in DETECTION_OUTPUTS],
+        ensemble_scheduling=mc.ModelEnsembling(step=steps),
+    )
+
+
+def all_configs(settings: RepositorySettings) -> list[mc.ModelConfig]:
+    return [preprocess_config(settings), detector_config(settings), postprocess_config(settings), ensemble_config(settings)]
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "config.pbtxt"
+    path.write_text(to_text(config))
+    return path
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())

@@ -1,0 +1,40 @@
+"""Triton Python model `detector` for the `local` target: ONNX Runtime inside the Python backend.
+
+The local server (from the nvidia-pytriton wheel) has no onnxruntime backend, so this runs the
+same model.onnx the NGC `onnxruntime_onnx` target serves. All requests of one `execute()`
+call run as one ONNX Runtime batch, so Triton's dynamic batching pays off.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        options = ort.SessionOptions()
+        threads = int(params.get("intra_op_threads", "0"))
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        parts = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
+        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(parts)})
+        responses, start = [], 0
+        for part in parts:
+            stop = start + len(part)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(value[start:stop]))
+                for name, value in zip(self.output_names, outputs)
+            ]))
+            start = stop
+        return responses
