@@ -27,14 +27,17 @@ class Profile:
     """Sizes of the default run; `tiny` keeps CI and tests within minutes."""
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    epochs: int = 30
+    epochs: int = 20
     imgsz: int = 256
     model: str = "yolov8n.yaml"
+    optimizer: str = "auto"
+    lr0: float = 0.01
 
 
 PROFILES = {
     "default": Profile(),
-    "tiny": Profile(dataset=DatasetSpec(train_images=48, val_images=16, image_size=128), epochs=4, imgsz=128),
+    "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
+                    optimizer="AdamW", lr0=0.004),
 }
 
 
@@ -90,7 +93,8 @@ DATASET = Stage(
 
 def _baseline_settings(ctx: Context) -> dict:
     return {"weights": str(ctx.weights) if ctx.weights else None, "model": ctx.profile.model,
-            "epochs": ctx.profile.epochs, "imgsz": _baseline_imgsz(ctx)}
+            "epochs": ctx.profile.epochs, "imgsz": _baseline_imgsz(ctx), "optimizer": ctx.profile.optimizer,
+            "lr0": ctx.profile.lr0}
 
 
 def _baseline_imgsz(ctx: Context) -> int:
@@ -111,7 +115,8 @@ def _baseline_run(ctx: Context, out: Path):
         source = ctx.weights
     else:
         source = yolo.train(ctx.data_yaml(), out / "runs",
-                            yolo.TrainSettings(model=ctx.profile.model, epochs=ctx.profile.epochs, imgsz=imgsz))
+                            yolo.TrainSettings(model=ctx.profile.model, epochs=ctx.profile.epochs, imgsz=imgsz,
+                                               optimizer=ctx.profile.optimizer, lr0=ctx.profile.lr0))
     weights = out / "model.pt"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, weights)

@@ -14,12 +14,14 @@ env.configure()
 @dataclass
 class TrainSettings:
     model: str = "yolov8n.yaml"
-    epochs: int = 30
+    epochs: int = 20
     imgsz: int = 256
     batch: int = 16
     seed: int = 0
     workers: int = 2
     close_mosaic: int = 5
+    optimizer: str = "auto"  # Ultralytics picks AdamW(lr ~0.0013) for short runs
+    lr0: float = 0.01  # only used with an explicit optimizer
 
 
 def load(weights: Path):
@@ -70,7 +72,7 @@ def train(data: Path, out_dir: Path, settings: TrainSettings) -> Path:
     model.train(
         data=str(check_data(data)), imgsz=settings.imgsz, epochs=settings.epochs, batch=settings.batch,
         workers=settings.workers, device="cpu", seed=settings.seed, deterministic=True, plots=False,
-        amp=False, val=False, close_mosaic=settings.close_mosaic, project=str(Path(out_dir).resolve()),
+        amp=False, val=False, close_mosaic=settings.close_mosaic, optimizer=settings.optimizer, lr0=settings.lr0, project=str(Path(out_dir).resolve()),
         name="train", exist_ok=True, verbose=False,
     )
     best = Path(out_dir) / "train" / "weights" / "best.pt"

@@ -1,0 +1,82 @@
+"""Shared fixtures. Everything a test needs is generated here; nothing is downloaded.
+
+`tiny_artifacts` runs the real pipeline on the `tiny` profile once per session (reused across
+sessions while up to date, under build/test-artifacts); `served_repo` builds a repository
+copy from it; `triton` starts the real local tritonserver on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tools import env
+
+env.configure()
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ARTIFACTS = ROOT / "build" / "test-artifacts"
+# Low enough that the briefly-trained tiny model yields detections to compare.
+TEST_CONF = 0.05
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts() -> Path:
+    from compress.pipeline import PROFILES, Context, run_stages
+
+    ctx = Context(TEST_ARTIFACTS, PROFILES["tiny"])
+    run_stages(ctx, ["dataset", "baseline", "export"])
+    return TEST_ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_artifacts) -> Path:
+    from compress.manifest import Manifest
+
+    return Manifest(tiny_artifacts).output("export", "onnx")
+
+
+@pytest.fixture(scope="session")
+def val_images(tiny_artifacts) -> list[Path]:
+    return sorted((tiny_artifacts / "dataset" / "images" / "val").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    from ultralytics.utils import ASSETS
+
+    return sorted(Path(ASSETS).glob("*.jpg"))
+
+
+def copy_committed_repository(dest: Path) -> Path:
+    """The committed Python models only (what a fresh clone has), into `dest`."""
+    for name in ("preprocess", "postprocess"):
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "model_repository" / name / "1" / "model.py", dest / name / "1" / "model.py")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def served_repo(tmp_path_factory, tiny_onnx) -> Path:
+    from compress.export import read_info
+    from tools import build_repo
+    from tools.triton_config import RepositorySettings
+
+    repo = copy_committed_repository(tmp_path_factory.mktemp("repo"))
+    info = read_info(tiny_onnx)
+    settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
+                                  conf_threshold=TEST_CONF, max_batch_size=8, preferred_batch_sizes=[4, 8],
+                                  queue_delay_us=20000)
+    return build_repo.build(repo, tiny_onnx, settings, {"stage": "export", "target": "local"})
+
+
+@pytest.fixture(scope="session")
+def triton(served_repo, tmp_path_factory):
+    from tools.server import TritonServer
+
+    server = TritonServer(served_repo, log_path=tmp_path_factory.mktemp("logs") / "server.log", exit_timeout_s=5)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,83 @@
+"""The shared detection maths against Ultralytics' own implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tools.detection import (Detections, ImageDecodeError, box_iou, decode_image, decode_raw_head, letterbox, nms,
+                             pad_detections, postprocess, unpad_detections)
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (640, 480), (256, 256), (37, 501)])
+def test_letterbox_matches_ultralytics(shape):
+    from ultralytics.data.augment import LetterBox
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    tensor, params = letterbox(image, (256, 256))
+    expected = LetterBox((256, 256), auto=False, stride=32)(image=image)
+    np.testing.assert_array_equal((tensor[::-1].transpose(1, 2, 0) * 255).round().astype(np.uint8), expected)
+    gain, pad_x, pad_y, width, height = params
+    assert (width, height) == (shape[1], shape[0])
+    assert gain == pytest.approx(min(256 / shape[0], 256 / shape[1]))
+
+
+def test_decode_raw_head_matches_ultralytics_detect():
+    """Our DFL decode of the raw head equals the Detect module's own decoded output."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+    detect = model.model[-1]
+    captured = {}
+    detect.register_forward_hook(lambda m, i, o: captured.update(features=i[0]))
+    with torch.no_grad():
+        decoded = model(torch.rand(2, 3, 128, 160))[0].numpy()
+        raw = torch.cat([f.flatten(2) for f in [torch.cat([detect.cv2[i](x), detect.cv3[i](x)], 1)
+                                               for i, x in enumerate(captured["features"])]], 2).numpy()
+    ours = decode_raw_head(raw[:, :64], raw[:, 64:], (128, 160))
+    np.testing.assert_allclose(ours, decoded, rtol=1e-4, atol=1e-3)
+
+
+def test_postprocess_maps_boxes_back_and_is_class_aware():
+    # Two overlapping boxes of different classes both survive; a same-class duplicate does not.
+    anchors = np.zeros((1, 4 + 2, 3), dtype=np.float32)
+    anchors[0, :4, 0] = [100, 100, 40, 40]
+    anchors[0, :4, 1] = [102, 100, 40, 40]
+    anchors[0, :4, 2] = [101, 100, 40, 40]
+    anchors[0, 4, 0], anchors[0, 5, 1], anchors[0, 4, 2] = 0.9, 0.8, 0.7
+    params = np.array([[0.5, 10, 20, 400, 300]], dtype=np.float32)
+    (det,) = postprocess(anchors, params, conf_threshold=0.25, iou_threshold=0.45)
+    assert sorted(det.classes.tolist()) == [0, 1]
+    np.testing.assert_allclose(det.boxes[0], [(80 - 10) / 0.5, (80 - 20) / 0.5, (120 - 10) / 0.5, (120 - 20) / 0.5])
+
+
+def test_nms_keeps_highest_and_distinct():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=np.float32)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.4]), 0.5)
+    assert keep.tolist() == [1, 2]
+
+
+def test_pad_unpad_round_trip():
+    dets = [Detections(np.ones((n, 4), np.float32) * n, np.full(n, 0.5, np.float32), np.arange(n, dtype=np.int32))
+            for n in (0, 3, 1)]
+    padded = pad_detections(dets)
+    assert padded["BOXES"].shape == (3, 3, 4) and padded["NUM_DETECTIONS"].ravel().tolist() == [0, 3, 1]
+    for a, b in zip(unpad_detections(padded), dets):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.classes, b.classes)
+
+
+def test_decode_image_rejects_garbage():
+    with pytest.raises(ImageDecodeError):
+        decode_image(b"definitely not a jpeg")
+    with pytest.raises(ImageDecodeError):
+        decode_image(b"")
+
+
+def test_box_iou():
+    a = np.array([[0, 0, 10, 10]], dtype=np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=np.float32)
+    np.testing.assert_allclose(box_iou(a, b)[0], [1.0, 1 / 3, 0.0], atol=1e-6)
