@@ -45,6 +45,51 @@ def export_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str,
     return out_path
 
 
+def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str, object]) -> Path:
+    """Export with the head cut before decoding: `box_logits` [B, 4*reg_max, A] and
+    `class_logits` [B, nc, A].
+
+    DFL, box decoding and sigmoid move to post-processing (tools/detection.py), which keeps
+    pixel boxes and 0..1 scores out of one tensor: that mix is what breaks whole-graph INT8.
+    Every stage is exported this way so latencies compare like for like.
+    """
+    import copy
+    import types
+
+    import onnx
+    import onnxslim
+    import torch
+
+    from compress import yolo
+
+    model = copy.deepcopy(yolo.load(require_file(weights, "weights")).model).float().eval()
+    model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+    for attr in ("kd_adapters",):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    detect = model.model[-1]
+    if not hasattr(detect, "forward_head"):
+        raise UnsupportedModelError(f"{weights}: the last layer is {type(detect).__name__}, not a YOLO Detect head")
+
+    def raw_forward(self, x):
+        preds = self.forward_head(x, **self.one2many)
+        return preds["boxes"], preds["scores"]
+
+    detect.forward = types.MethodType(raw_forward, detect)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, imgsz, imgsz)
+    names = ["box_logits", "class_logits"]
+    with torch.no_grad():
+        torch.onnx.export(model, dummy, str(out_path), opset_version=OPSET, input_names=["images"], output_names=names,
+                          dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, dynamo=False)
+    onnx.save(onnxslim.slim(onnx.load(str(out_path))), str(out_path))
+    add_metadata(out_path, {
+        "names": str(dict(model.names)), "imgsz": str([imgsz, imgsz]), "stride": int(max(model.stride)),
+        "task": "detect", "head_layout": "raw", "reg_max": int(detect.reg_max), **provenance,
+    })
+    return out_path
+
+
 def add_metadata(path: Path, values: dict[str, object]) -> None:
     import onnx
 

@@ -11,6 +11,7 @@ Each stage reads artifacts, writes new ones under `--artifacts` and records itse
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,12 +33,18 @@ class Profile:
     model: str = "yolov8n.yaml"
     optimizer: str = "auto"
     lr0: float = 0.01
+    prune_target: float = 2.5  # MACs reduction
+    importance: str = "magnitude"
+    prune_steps: int = 1
+    distill_epochs: int = 15
+    calibration: str = "percentile"
+    calibration_images: int = 64
 
 
 PROFILES = {
     "default": Profile(),
     "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
-                    optimizer="AdamW", lr0=0.004),
+                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=3, calibration_images=16),
 }
 
 
@@ -136,24 +143,158 @@ BASELINE = Stage(
 
 # export -------------------------------------------------------------------------------------
 
-def _export_run(ctx: Context, out: Path):
-    from compress.export import export_onnx
+def _export(ctx: Context, weights: Path, out_path: Path, stage: str, pruning_ratio: float = 0.0) -> Path:
+    from compress.export import export_raw_onnx
 
-    weights = ctx.manifest.output("baseline", "weights")
-    path = export_onnx(weights, out / "baseline.onnx", ctx.imgsz(),
-                       {"toolkit_stage": "baseline", "source_sha256": file_hash(weights), "pruning_ratio": 0.0})
-    return {"onnx": path}, {"file_mb": round(path.stat().st_size / 1e6, 3)}
+    return export_raw_onnx(weights, out_path, ctx.imgsz(), {
+        "toolkit_stage": stage, "source_sha256": file_hash(weights), "pruning_ratio": round(pruning_ratio, 4),
+        "baseline_sha256": file_hash(ctx.manifest.output("baseline", "weights"))})
+
+
+def _export_run(ctx: Context, out: Path):
+    path = _export(ctx, ctx.manifest.output("baseline", "weights"), out / "baseline.onnx", "baseline")
+    return {"onnx": path}, {"file_mb": _mb(path)}
+
+
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 1e6, 3)
 
 
 EXPORT = Stage(
     "export",
     inputs=lambda ctx: {"weights": file_hash(ctx.manifest.output("baseline", "weights"))},
-    settings=lambda ctx: {"imgsz": ctx.imgsz(), "opset": 17, "dynamic": True},
+    settings=lambda ctx: {"imgsz": ctx.imgsz(), "opset": 17, "dynamic": True, "head": "raw"},
     run=_export_run,
 )
 
 
-STAGES = [DATASET, BASELINE, EXPORT]
+# prune --------------------------------------------------------------------------------------
+
+def _prune_run(ctx: Context, out: Path):
+    from compress import yolo
+    from compress.prune import prune, save_checkpoint
+
+    model = yolo.load(ctx.manifest.output("baseline", "weights")).model
+    result = prune(model, ctx.imgsz(), ctx.profile.prune_target, ctx.profile.importance, ctx.profile.prune_steps,
+                   progress=lambda trial, ratio, red: print(f"    search {trial}: ratio {ratio:.3f} -> {red:.2f}x"))
+    weights = save_checkpoint(model, out / "model.pt", {"imgsz": ctx.imgsz(), "task": "detect"},
+                              {"pruning": {"ratio": result.ratio, "macs_reduction": result.macs_reduction}})
+    onnx_path = _export(ctx, weights, out / "pruned.onnx", "prune", result.ratio)
+    return {"weights": weights, "onnx": onnx_path}, {
+        "ratio": round(result.ratio, 4), "macs_reduction": round(result.macs_reduction, 3),
+        "params": result.params, "params_kept": round(result.params / result.base_params, 3)}
+
+
+PRUNE = Stage(
+    "prune",
+    inputs=lambda ctx: {"weights": file_hash(ctx.manifest.output("baseline", "weights"))},
+    settings=lambda ctx: {"target_macs_reduction": ctx.profile.prune_target, "importance": ctx.profile.importance,
+                          "steps": ctx.profile.prune_steps, "imgsz": ctx.imgsz(), "round_to": 8},
+    run=_prune_run,
+)
+
+
+# distill ------------------------------------------------------------------------------------
+
+def _distill_run(ctx: Context, out: Path):
+    from compress.distill import DistillSettings, distill
+
+    settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz())
+    weights = distill(ctx.manifest.output("prune", "weights"), ctx.manifest.output("baseline", "weights"),
+                      ctx.data_yaml(), out, settings)
+    ratio = ctx.manifest.get("prune").metrics["ratio"]
+    onnx_path = _export(ctx, weights, out / "distilled.onnx", "distill", ratio)
+    return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs}
+
+
+DISTILL = Stage(
+    "distill",
+    inputs=lambda ctx: {"student": file_hash(ctx.manifest.output("prune", "weights")),
+                        "teacher": file_hash(ctx.manifest.output("baseline", "weights")),
+                        "data": file_hash(ctx.data_yaml())},
+    settings=lambda ctx: {"epochs": ctx.profile.distill_epochs, "imgsz": ctx.imgsz()},
+    run=_distill_run,
+)
+
+
+# quantize -----------------------------------------------------------------------------------
+
+def _quantize_run(ctx: Context, out: Path):
+    from compress.quantize import qdq_summary, quantize
+
+    source = ctx.manifest.output("distill", "onnx")
+    size = (ctx.imgsz(), ctx.imgsz())
+    common = dict(method=ctx.profile.calibration, calibration_count=ctx.profile.calibration_images)
+    info = quantize(source, out / "int8.onnx", ctx.data_yaml(), size, activation="uint8", **common)
+    quantize(source, out / "int8_trt.onnx", ctx.data_yaml(), size, activation="int8", **common)
+    summary = qdq_summary(out / "int8.onnx")
+    return {"onnx": out / "int8.onnx", "trt_onnx": out / "int8_trt.onnx"}, {
+        **info, "quantized_convs": len(summary["quantized_convs"]), "float_convs": summary["float_convs"],
+        "file_mb": _mb(out / "int8.onnx")}
+
+
+QUANTIZE = Stage(
+    "quantize",
+    inputs=lambda ctx: {"onnx": file_hash(ctx.manifest.output("distill", "onnx")), "data": file_hash(ctx.data_yaml())},
+    settings=lambda ctx: {"calibration": ctx.profile.calibration, "images": ctx.profile.calibration_images,
+                          "per_channel": True, "float": ["stem", "head_outputs"]},
+    run=_quantize_run,
+)
+
+
+# plan ---------------------------------------------------------------------------------------
+
+def _plan_run(ctx: Context, out: Path):
+    from compress.plan import NO_TENSORRT, build_plan, tensorrt_version
+
+    if tensorrt_version() is None:
+        print(f"    plan: skipped: {NO_TENSORRT}")
+        return {}, {"skipped": NO_TENSORRT}
+    size = (ctx.imgsz(), ctx.imgsz())
+    cache = out / "timing.cache"
+    int8 = build_plan(ctx.manifest.output("quantize", "trt_onnx"), out / "int8.plan", "int8", size, timing_cache=cache)
+    fp16 = build_plan(ctx.manifest.output("distill", "onnx"), out / "fp16.plan", "fp16", size, timing_cache=cache)
+    return {"int8_plan": out / "int8.plan", "fp16_plan": out / "fp16.plan", "timing_cache": cache}, {
+        "int8": int8, "fp16": fp16}
+
+
+def _plan_settings(ctx: Context) -> dict:
+    from compress.plan import tensorrt_version
+
+    return {"tensorrt": tensorrt_version(), "max_batch": 16, "imgsz": ctx.imgsz()}
+
+
+PLAN = Stage(
+    "plan",
+    inputs=lambda ctx: {"int8": file_hash(ctx.manifest.output("quantize", "trt_onnx")),
+                        "fp32": file_hash(ctx.manifest.output("distill", "onnx"))},
+    settings=_plan_settings,
+    run=_plan_run,
+)
+
+
+# report -------------------------------------------------------------------------------------
+
+REPORTED = ("export", "prune", "distill", "quantize")
+
+
+def _report_run(ctx: Context, out: Path):
+    from compress.report import write_report
+
+    paths = write_report(ctx, out)
+    return paths, {"targets_met": json.loads(paths["json"].read_text())["targets"]["all_met"]}
+
+
+REPORT = Stage(
+    "report",
+    inputs=lambda ctx: {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REPORTED},
+    settings=lambda ctx: {"threads": 2, "batch_sizes": [1, 8]},
+    run=_report_run,
+)
+
+
+STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, QUANTIZE, PLAN, REPORT]
+SERVED_STAGE = "quantize"
 STAGE_NAMES = [s.name for s in STAGES]
 
 
@@ -173,6 +314,8 @@ def run_stages(ctx: Context, names: list[str] | None = None, force: bool = False
             ctx.manifest.record(stage.name, inputs, settings, outputs, metrics, time.perf_counter() - start)
         print(f"    {stage.name}: {metrics}", flush=True)
         results[stage.name] = metrics
+    if "quantize" in ctx.manifest.records:
+        (ctx.artifacts / "served.json").write_text(json.dumps({"stage": SERVED_STAGE}))
     return results
 
 

@@ -59,7 +59,7 @@ def check_data(data: Path) -> Path:
 def evaluate(model, data: Path, imgsz: int, batch: int = 16) -> dict:
     """mAP50 and mAP50-95 on the dataset's val split with Ultralytics' validator."""
     metrics = model.val(data=str(check_data(data)), imgsz=imgsz, batch=batch, device="cpu", plots=False,
-                        verbose=False, workers=0, half=False)
+                        verbose=False, workers=0)
     return {"map50": round(float(metrics.box.map50), 4), "map50_95": round(float(metrics.box.map), 4)}
 
 

@@ -1,0 +1,101 @@
+"""mAP50 / mAP50-95 of any detector (in-process ONNX, the live Triton ensemble) on a val split.
+
+The detector is a callable taking encoded image bytes and returning per-image `Detections`,
+so the served ensemble and the offline model are measured by the same code. Matching and AP
+are Ultralytics' (`ap_per_class`, the validator's greedy IoU matching at 0.50:0.95), with
+its validation thresholds (conf 0.001, NMS IoU 0.7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from tools.detection import Detections, box_iou
+from tools.errors import InputFileError
+from tools.progress import progress
+
+VAL_CONF, VAL_IOU = 0.001, 0.7
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+
+@dataclass
+class LabelledImage:
+    path: Path
+    boxes: np.ndarray  # [N, 4] xyxy pixels
+    classes: np.ndarray  # [N]
+
+
+def val_split(data_yaml: Path, limit: int | None = None, split: str = "val") -> list[LabelledImage]:
+    """Images and YOLO-format labels of a dataset split, boxes in pixels."""
+    import cv2
+    from ultralytics.data.utils import img2label_paths
+
+    data = yaml.safe_load(Path(data_yaml).read_text())
+    root = Path(data.get("path") or Path(data_yaml).parent)
+    if not root.is_absolute():
+        root = (Path(data_yaml).parent / root).resolve()
+    image_dir = root / data[split]
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
+    if not images:
+        raise InputFileError(f"no {split} images in {image_dir}")
+    items = []
+    images = images[:limit]
+    for path, label in zip(images, map(Path, img2label_paths([str(p) for p in images]))):
+        rows = np.loadtxt(label, ndmin=2) if label.exists() and label.stat().st_size else np.zeros((0, 5))
+        height, width = cv2.imread(str(path)).shape[:2]
+        xywh = rows[:, 1:5] * [width, height, width, height]
+        boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+        items.append(LabelledImage(path, boxes.astype(np.float32), rows[:, 0].astype(int)))
+    return items
+
+
+def match_predictions(det: Detections, target: LabelledImage) -> np.ndarray:
+    """[N, 10] true-positive matrix: Ultralytics' greedy one-to-one matching per IoU threshold."""
+    correct = np.zeros((len(det), len(IOU_THRESHOLDS)), dtype=bool)
+    if not len(det) or not len(target.classes):
+        return correct
+    iou = box_iou(target.boxes, det.boxes) * (target.classes[:, None] == det.classes[None, :])
+    for i, threshold in enumerate(IOU_THRESHOLDS):
+        matches = np.argwhere(iou >= threshold)
+        if not len(matches):
+            continue
+        matches = matches[iou[matches[:, 0], matches[:, 1]].argsort()[::-1]]
+        matches = matches[np.unique(matches[:, 1], return_index=True)[1]]
+        matches = matches[np.unique(matches[:, 0], return_index=True)[1]]
+        correct[matches[:, 1], i] = True
+    return correct
+
+
+def mean_average_precision(detections: list[Detections], targets: list[LabelledImage]) -> dict[str, float]:
+    from ultralytics.utils.metrics import ap_per_class
+
+    tp = np.concatenate([match_predictions(d, t) for d, t in zip(detections, targets)] or [np.zeros((0, 10), bool)])
+    conf = np.concatenate([d.scores for d in detections]) if detections else np.zeros(0)
+    pred_cls = np.concatenate([d.classes for d in detections]) if detections else np.zeros(0)
+    target_cls = np.concatenate([t.classes for t in targets])
+    if not len(tp):
+        return {"map50": 0.0, "map50_95": 0.0}
+    ap = ap_per_class(tp, conf, pred_cls, target_cls)[5]  # [classes, 10]
+    return {"map50": round(float(ap[:, 0].mean()), 4), "map50_95": round(float(ap.mean()), 4)}
+
+
+def evaluate(detect: Callable[[list[bytes]], list[Detections]], data_yaml: Path, batch: int = 8,
+             limit: int | None = None, desc: str = "mAP") -> dict[str, float]:
+    targets = val_split(data_yaml, limit)
+    detections: list[Detections] = []
+    for start in progress(range(0, len(targets), batch), desc=desc, total=-(-len(targets) // batch)):
+        chunk = targets[start:start + batch]
+        detections.extend(detect([t.path.read_bytes() for t in chunk]))
+    return mean_average_precision(detections, targets)
+
+
+def evaluate_onnx(onnx_path: Path, data_yaml: Path, threads: int = 0, limit: int | None = None) -> dict[str, float]:
+    from tools.client import LocalDetector
+
+    detector = LocalDetector(onnx_path, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, threads=threads)
+    return evaluate(detector.detect, data_yaml, limit=limit, desc=f"mAP {Path(onnx_path).name}")
