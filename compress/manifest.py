@@ -73,7 +73,7 @@ class Manifest:
             stage=stage,
             inputs=inputs,
             settings=_jsonable(settings),
-            outputs={k: str(Path(v).resolve().relative_to(self.root.resolve())) for k, v in outputs.items()},
+            outputs={k: self._relative(v) for k, v in outputs.items()},
             metrics=_jsonable(metrics),
             seconds=round(seconds, 2),
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -81,6 +81,12 @@ class Manifest:
         self.records[stage] = entry
         self.save()
         return entry
+
+    def _relative(self, path: Path) -> str:
+        """Relative to the artifacts folder when inside it (the folder can move), else absolute."""
+        path = Path(path).resolve()
+        root = self.root.resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.benchmark import latency_side_by_side
+from compress.benchmark import measure_in_subprocess
 from compress.evaluate import evaluate_onnx
 from tools.env import cpu_threads
 
@@ -32,7 +32,7 @@ def collect(ctx) -> dict:
     weights_for = {"export": "baseline", "prune": "prune", "distill": "distill", "quantize": "distill"}
     threads = min(2, cpu_threads())
     print(f"    measuring latency of {len(onnx_paths)} models side by side ({threads} threads)", flush=True)
-    latency = latency_side_by_side(onnx_paths, (imgsz, imgsz), threads=threads)
+    latency = measure_in_subprocess(onnx_paths, (imgsz, imgsz), threads=threads)
     rows = []
     for stage, path in onnx_paths.items():
         numbers = _torch_numbers(manifest.output(weights_for[stage], "weights"), imgsz)
@@ -78,7 +78,7 @@ def to_markdown(report: dict) -> str:
                      f"{r['bs8_ms']:.2f} | {r['map50']:.4f} | {r['map50_95']:.4f} |")
     t = report["targets"]
     names = {"speedup_bs1": "speed-up at batch 1 (x, >=)", "speedup_bs8": "speed-up at batch 8 (x, >=)",
-             "size_ratio": "file size vs baseline (<=)", "map_drop_points": "mAP50-95 drop in points (<=)"}
+             "size_ratio": "file size vs baseline (<=)", "map_drop_points": "mAP50-95 drop in points (<=; negative = gain)"}
     lines += ["", "## Targets (served INT8 vs FP32 baseline)", "", "| target | wanted | measured | met |",
               "|---|---:|---:|---|"]
     for key, label in names.items():
@@ -104,9 +104,9 @@ def plot(report: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, title in ((axes[0], "bs1_ms", "batch 1"), (axes[1], "bs8_ms", "batch 8")):
-        for row in report["rows"]:
-            ax.scatter(row[key], row["map50_95"], s=60)
-            ax.annotate(row["model"], (row[key], row["map50_95"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for row, marker in zip(report["rows"], "osD^v"):
+            ax.scatter(row[key], row["map50_95"], s=70, marker=marker, label=row["model"])
+        ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel(f"ONNX Runtime CPU latency, {title} (ms, median)")
         ax.set_ylabel("mAP50-95 (val)")
         ax.set_title(f"accuracy vs latency, {title}")

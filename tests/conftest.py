@@ -27,7 +27,7 @@ def tiny_artifacts() -> Path:
     from compress.pipeline import PROFILES, Context, run_stages
 
     ctx = Context(TEST_ARTIFACTS, PROFILES["tiny"])
-    run_stages(ctx, ["dataset", "baseline", "export"])
+    run_stages(ctx)  # the whole chain, tiny sizes (~3 minutes from scratch on 2 cores)
     return TEST_ARTIFACTS
 
 
@@ -67,7 +67,7 @@ def served_repo(tmp_path_factory, tiny_onnx) -> Path:
     repo = copy_committed_repository(tmp_path_factory.mktemp("repo"))
     info = read_info(tiny_onnx)
     settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
-                                  conf_threshold=TEST_CONF, max_batch_size=8, preferred_batch_sizes=[4, 8],
+                                  head_layout=info.head_layout, conf_threshold=TEST_CONF, max_batch_size=8, preferred_batch_sizes=[4, 8],
                                   queue_delay_us=20000)
     return build_repo.build(repo, tiny_onnx, settings, {"stage": "export", "target": "local"})
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.detection import Detections, decode_image, letterbox, postprocess, unpad_detections
-from tools.errors import BadImageError, InputFileError, ServerError, cli_entry
+from tools.errors import BadImageError, InputFileError, ServerError, cli_entry, require_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local", type=Path, metavar="ONNX", help="run in-process on this ONNX, no server")
     parser.add_argument("--names", type=Path, help="ONNX whose metadata names the classes (for labels)")
     args = parser.parse_args(argv)
+    if args.local:
+        require_file(args.local, "ONNX model")
     images = collect_images(args.images)
     names = None
     if args.local:

@@ -199,6 +199,18 @@ class TritonServer:
             return error.code, error.read().decode()
 
 
+def check_docker() -> None:
+    """Docker CLI present and its daemon reachable, else one message saying what to install."""
+    hint = (f"install Docker Engine and the NVIDIA Container Toolkit, then `docker pull {NGC_IMAGE}`; "
+            "or use `make serve` for the local server")
+    if shutil.which("docker") is None:
+        raise MissingDependencyError("docker is not installed here", hint=hint)
+    probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                           timeout=30)
+    if probe.returncode != 0 or not probe.stdout.strip():
+        raise MissingDependencyError("the docker CLI is here but no Docker daemon answers", hint=hint)
+
+
 def docker_command(repository: Path, gpus: bool, image: str = NGC_IMAGE) -> list[str]:
     """The NGC container with the same repository; Python models there need OpenCV installed."""
     inner = "pip install -q opencv-python-headless && tritonserver --model-repository=/models"
@@ -218,11 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus", action="store_true", help="docker: pass --gpus all")
     args = parser.parse_args(argv)
     if args.mode == "docker":
-        if shutil.which("docker") is None:
-            raise MissingDependencyError(
-                "docker is not installed here",
-                hint="install Docker Engine and the NVIDIA Container Toolkit, then `docker pull "
-                     f"{NGC_IMAGE}`; or use `make serve` for the local server")
+        check_docker()
         require_file(args.repo / "yolo" / "config.pbtxt", "built repository")
         os.execvp("docker", docker_command(args.repo, args.gpus))
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,

@@ -1,0 +1,113 @@
+"""Pruning hits its MACs target and keeps shapes; pruned models reload; the KD loss learns."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compress.prune import SplitFreeC2f, count_macs, make_prunable, prune, save_checkpoint
+
+IMGSZ = 128
+
+
+def detection_model(cfg: str, nc: int = 4):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    return DetectionModel(cfg, nc=nc, verbose=False).eval()
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_split_free_swap_keeps_outputs(cfg):
+    model = detection_model(cfg)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        before = model(x)[0]
+        make_prunable(model)
+        after = model(x)[0]
+    assert any(isinstance(m, SplitFreeC2f) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg,target", [("yolov8n.yaml", 2.0), ("yolo11n.yaml", 1.8)])
+@pytest.mark.parametrize("importance", ["magnitude", "bn_scale"])
+def test_prune_hits_macs_target_and_keeps_shapes(cfg, target, importance):
+    model = detection_model(cfg)
+    # A fresh model's BN gammas are all 1 (no ranking for bn_scale): give them trained-like spread.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.1, 1.5)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        reference = model(x)[0].shape
+    base_macs, _ = count_macs(copy.deepcopy(model), IMGSZ)
+    result = prune(model, IMGSZ, target, importance=importance, steps=2)
+    macs, params = count_macs(model, IMGSZ)
+    assert base_macs / macs == pytest.approx(target, rel=0.10)
+    assert result.macs_reduction == pytest.approx(base_macs / macs)
+    assert params < result.base_params
+    with torch.no_grad():
+        assert model(x)[0].shape == reference
+    # channels stay multiples of 8 wherever pruning touched them (the head's outputs are fixed)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.out_channels > 16]
+    assert sum(c.out_channels % 8 == 0 for c in convs) / len(convs) > 0.9
+
+
+def test_pruned_checkpoint_reloads(tmp_path):
+    from ultralytics import YOLO
+
+    model = detection_model("yolov8n.yaml")
+    prune(model, IMGSZ, 2.0)
+    path = save_checkpoint(model, tmp_path / "pruned.pt", {"imgsz": IMGSZ, "task": "detect"})
+    reloaded = YOLO(str(path)).model.eval()
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x)[0], model.eval()(x)[0], rtol=1e-4, atol=1e-3)
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_unreachable_target_is_a_clear_error():
+    from tools.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="> 1"):
+        prune(detection_model("yolov8n.yaml"), IMGSZ, 0.5)
+
+
+def test_distillation_loss_is_finite_and_falls():
+    """A few optimizer steps on one batch: the KD terms are finite and the total loss falls."""
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_cfg
+
+    from compress.distill import DistillSettings, attach_distillation
+
+    teacher = detection_model("yolov8n.yaml")
+    student = detection_model("yolov8n.yaml")
+    prune(student, IMGSZ, 2.0)
+    for model in (teacher, student):
+        model.args = SimpleNamespace(**vars(get_cfg()))
+    criterion = attach_distillation(student, teacher, DistillSettings())
+    assert len(student.kd_adapters) == 3  # one projection per neck level, student -> teacher width
+    student.train()
+    for param in student.parameters():
+        param.requires_grad_(True)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    batch = {
+        "img": torch.rand(2, 3, IMGSZ, IMGSZ),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[1.0], [2.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.6, 0.2, 0.25]]),
+    }
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss, _items = student.loss(batch)
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(float(loss.sum().detach()))
+        assert all(torch.isfinite(torch.tensor(v)) for v in criterion.last_terms.values())
+    assert set(criterion.last_terms) == {"cls_kd", "box_kd", "feat_kd"}
+    assert losses[-1] < losses[0]
