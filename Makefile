@@ -16,6 +16,7 @@ DATA        ?=
 EPOCHS      ?=
 STAGE       ?=
 PYTEST_ARGS ?=
+PARITY_ARGS ?=
 
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
@@ -27,9 +28,9 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
 
-.PHONY: all help venv pipeline repo demo serve serve-docker infer test test-unit test-integration lock clean clean-all
+.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer test test-unit test-integration lock clean clean-all
 
-all: venv pipeline repo demo ## Main job: data -> train -> export -> Triton repository -> serve + one real inference
+all: venv pipeline parity repo demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> serve + real inference
 
 help: ## List the targets and the variables they read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +49,17 @@ $(VENV)/.installed: requirements.lock
 
 pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, ...)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS)
+
+compress: pipeline ## Same as pipeline: prune -> distill -> INT8 -> plan -> report (after dataset/baseline/export)
+
+parity: venv ## Accuracy parity gate (Polygraphy + task-level + served mAP); exits 3 when it fails
+	$(PY) -m tools.parity --artifacts $(ARTIFACTS) $(PARITY_ARGS)
+
+bench: venv ## Re-measure the report (latency side by side, mAP) into $(ARTIFACTS)/report/
+	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force
+
+plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
+	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages plan --force
 
 repo: venv ## Build the Triton model repository for TARGET from the pipeline's artifacts
 	$(PY) -m tools.build_repo $(REPO_ARGS)

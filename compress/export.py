@@ -45,28 +45,17 @@ def export_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str,
     return out_path
 
 
-def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str, object]) -> Path:
-    """Export with the head cut before decoding: `box_logits` [B, 4*reg_max, A] and
-    `class_logits` [B, nc, A].
-
-    DFL, box decoding and sigmoid move to post-processing (tools/detection.py), which keeps
-    pixel boxes and 0..1 scores out of one tensor: that mix is what breaks whole-graph INT8.
-    Every stage is exported this way so latencies compare like for like.
-    """
+def raw_head_module(weights: Path):
+    """The fused, eval-mode detector whose forward returns (box_logits, class_logits)."""
     import copy
     import types
-
-    import onnx
-    import onnxslim
-    import torch
 
     from compress import yolo
 
     model = copy.deepcopy(yolo.load(require_file(weights, "weights")).model).float().eval()
+    if hasattr(model, "kd_adapters"):
+        del model.kd_adapters
     model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
-    for attr in ("kd_adapters",):
-        if hasattr(model, attr):
-            delattr(model, attr)
     detect = model.model[-1]
     if not hasattr(detect, "forward_head"):
         raise UnsupportedModelError(f"{weights}: the last layer is {type(detect).__name__}, not a YOLO Detect head")
@@ -76,6 +65,23 @@ def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[
         return preds["boxes"], preds["scores"]
 
     detect.forward = types.MethodType(raw_forward, detect)
+    return model
+
+
+def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str, object]) -> Path:
+    """Export with the head cut before decoding: `box_logits` [B, 4*reg_max, A] and
+    `class_logits` [B, nc, A].
+
+    DFL, box decoding and sigmoid move to post-processing (tools/detection.py), which keeps
+    pixel boxes and 0..1 scores out of one tensor: that mix is what breaks whole-graph INT8.
+    Every stage is exported this way so latencies compare like for like.
+    """
+    import onnx
+    import onnxslim
+    import torch
+
+    model = raw_head_module(weights)
+    detect = model.model[-1]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, imgsz, imgsz)
     names = ["box_logits", "class_logits"]

@@ -44,7 +44,7 @@ class Profile:
 PROFILES = {
     "default": Profile(),
     "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
-                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=3, calibration_images=16),
+                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=10, calibration_images=16),
 }
 
 

@@ -44,6 +44,9 @@ class ImageCalibrationReader:
     def rewind(self):
         self._iter = iter(self.batches)
 
+    def __iter__(self):  # ORT's Q/DQ debugger iterates readers
+        return ({self.input_name: batch} for batch in self.batches)
+
 
 def calibration_images(data_yaml: Path, count: int, seed: int = 0) -> list[Path]:
     """`count` images of the training split, spread deterministically."""

@@ -7,7 +7,6 @@ copy from it; `triton` starts the real local tritonserver on free loopback ports
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -51,11 +50,9 @@ def photos() -> list[Path]:
 
 
 def copy_committed_repository(dest: Path) -> Path:
-    """The committed Python models only (what a fresh clone has), into `dest`."""
-    for name in ("preprocess", "postprocess"):
-        (dest / name / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / "model_repository" / name / "1" / "model.py", dest / name / "1" / "model.py")
-    return dest
+    from tools.build_repo import copy_python_models
+
+    return copy_python_models(dest)
 
 
 @pytest.fixture(scope="session")

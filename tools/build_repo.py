@@ -40,8 +40,19 @@ def served_model(artifacts: Path, stage: str | None, target: str) -> tuple[str, 
         return "plan", manifest.output("plan", "int8_plan")
     if stage is None:
         served = json.loads((artifacts / "served.json").read_text()) if (artifacts / "served.json").exists() else {}
+        if "onnx" in served:  # the parity gate's mixed-precision model
+            return served["stage"], Path(served["onnx"])
         stage = served.get("stage", "export")
     return stage, manifest.output(stage, "onnx")
+
+
+def copy_python_models(dest: Path) -> Path:
+    """The committed Python models (what a fresh clone has) into `dest`, to build a repository there."""
+    source = TOOLS_DIR.parent / "model_repository"
+    for name in PYTHON_MODELS:
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name / "1" / "model.py", dest / name / "1" / "model.py")
+    return dest
 
 
 def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict) -> Path:

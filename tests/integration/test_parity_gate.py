@@ -1,0 +1,102 @@
+"""The parity gate: passes the pipeline's INT8 model, fails a broken one and says why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from compress.manifest import Manifest
+from tests.conftest import ROOT
+from tools.parity import Gate, check, detection_agreement, measure, run_gate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The tiny profile's model is weak (mAP50-95 ~0.1, scores rarely above 0.25): detections are
+# compared at 0.1 so there are enough of them to count, and its ambiguous boxes flip class more
+# often (1 of 44 at the default 0.02). Every other check keeps its default.
+TINY_GATE = Gate(detection_conf=0.1, max_class_flips=0.05)
+
+
+def corrupt_weight_scale(int8_path, out_path, factor: float = 8.0) -> str:
+    """Multiply the weight scale of one mid-network quantized conv: a silently broken INT8 model."""
+    model = onnx.load(str(int8_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"
+             and producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"]
+    target = convs[len(convs) // 3]
+    scale = inits[producers[target.input[1]].input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * factor, scale.name))
+    onnx.save(model, str(out_path))
+    return target.name
+
+
+def test_gate_passes_pipeline_int8(tiny_artifacts):
+    result = run_gate(tiny_artifacts, TINY_GATE, served=True, allow_mixed_precision=False)
+    assert result["passed"], result["checks"]
+    names = [c[0] for c in result["checks"]]
+    assert "polygraphy fp32_vs_int8" in names and "polygraphy torch_vs_onnx" in names
+    served = result["measured"]["map"]["served"]
+    assert abs(served - result["measured"]["map"]["int8"]) * 100 <= 0.2  # live server vs offline
+    assert result["sensitivity"] and result["sensitivity"][0]["sqnr_db"] <= result["sensitivity"][-1]["sqnr_db"]
+    saved = tiny_artifacts / "parity"
+    assert (saved / "fp32_vs_int8_inputs.json").exists() and (saved / "fp32_vs_int8_outputs.json").exists()
+    assert json.loads((saved / "parity.json").read_text())["passed"] is True
+    assert "PASS" in (saved / "parity.md").read_text()
+
+
+def test_gate_fails_corrupted_scale_and_says_why(tiny_artifacts, tmp_path):
+    manifest = Manifest(tiny_artifacts)
+    broken = tmp_path / "broken.onnx"
+    corrupt_weight_scale(manifest.output("quantize", "onnx"), broken, factor=30.0)
+    measured = measure(manifest.output("distill", "onnx"), broken, manifest.output("export", "onnx"),
+                       manifest.output("dataset", "data_yaml"), TINY_GATE, tmp_path / "parity", served=False)
+    failed = {name for name, _, _, ok in check(TINY_GATE, measured) if not ok}
+    assert "polygraphy fp32_vs_int8" in failed
+    assert failed & {"box recall vs FP32", "mAP50-95 drop vs FP32 (points)", "score drift"}
+
+
+def test_cli_exits_non_zero_with_readable_summary(tiny_artifacts):
+    # An impossible threshold: the gate must fail, exit 3 and say which check failed.
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.parity", "--artifacts", str(tiny_artifacts), "--no-served",
+         "--no-mixed-precision", "--detection-conf", "0.1", "--max-class-flips", "0.05", "--min-box-recall", "1.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3
+    assert "parity gate FAILED: box recall vs FP32" in result.stderr and "Traceback" not in result.stderr
+    assert "| box recall vs FP32 | >= 1.01 |" in result.stdout
+
+
+def test_detection_agreement_counts_flips():
+    from tools.detection import Detections
+
+    ref = [Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0.9, 0.8], np.float32),
+                      np.array([0, 1], np.int32))]
+    cand = [Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0.85, 0.8], np.float32),
+                       np.array([0, 2], np.int32))]
+    agreement = detection_agreement(ref, cand)
+    assert agreement == {"reference_boxes": 2, "box_recall": 0.5, "score_drift": 0.05, "class_flips": 0.5}
+
+
+def test_mixed_precision_keeps_the_most_sensitive_convs_in_float(tiny_artifacts, tmp_path):
+    from compress.quantize import qdq_summary
+    from tools.parity import conv_sensitivity, mixed_precision
+
+    manifest = Manifest(tiny_artifacts)
+    fp32, int8 = manifest.output("distill", "onnx"), manifest.output("quantize", "onnx")
+    data = manifest.output("dataset", "data_yaml")
+    ranking = conv_sensitivity(fp32, int8, data, (128, 128), count=8)
+    base_float = manifest.get("quantize").metrics["float_nodes"]
+    assert not {r["conv"] for r in ranking} & set(base_float)  # only quantized convs are ranked
+    best, tried = mixed_precision(fp32, data, ranking, base_float, TINY_GATE, manifest.output("export", "onnx"),
+                                  tmp_path, {"method": "minmax", "calibration_count": 8}, max_layers=2)
+    assert best is not None and tried[-1]["passed"]
+    kept = tried[-1]["float_convs"]
+    assert kept == [r["conv"] for r in ranking[:len(kept)]]
+    assert set(kept) <= set(qdq_summary(best)["float_convs"])

@@ -1,0 +1,353 @@
+"""Accuracy parity gate: is the compressed detector still seeing what the original saw?
+
+    python -m tools.parity                  # `make parity`; exit 3 with a summary if the gate fails
+
+1. Polygraphy (Comparator + per-output CompareFunc.simple) on real val images, fed through a
+   Polygraphy data loader: torch vs its FP32 ONNX, FP32 ONNX vs INT8 ONNX, TensorRT plan vs
+   ONNX (where TensorRT exists). Raw head outputs are decoded first and compared as separate
+   outputs with their own tolerances: boxes in pixels and class scores on the anchors the
+   reference is confident about (a whole-output comparison passes broken models).
+2. Task level: detections matched by IoU (recall of reference boxes, score drift, class
+   flips) and mAP50-95 deltas; the same mAP measured through the live Triton ensemble.
+3. Sensitivity: ONNX Runtime's Q/DQ debugger ranks quantized convs by SQNR; if the gate
+   fails, the most sensitive are kept in float, a few more at a time, until it holds.
+Artifacts land in <artifacts>/parity/ (inputs, outputs, statistics, parity.json/.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.evaluate import VAL_CONF, VAL_IOU, evaluate, evaluate_onnx, val_split
+from compress.export import read_info
+from compress.manifest import Manifest
+from tools.detection import box_iou, decode_raw_head, letterbox
+from tools.errors import GateFailedError, cli_entry
+
+PARITY_CONF = 0.25  # detections compared at a deployment threshold
+TOP_ANCHORS = 50
+
+
+@dataclass
+class Gate:
+    max_map_drop_vs_fp32: float = 1.0  # points: INT8 vs the FP32 model it was quantized from
+    max_map_drop_vs_baseline: float = 1.5  # points: served model vs the original baseline
+    min_box_recall: float = 0.90  # reference boxes found again (IoU >= 0.5, same class)
+    max_score_drift: float = 0.05  # mean |score change| of matched boxes
+    max_class_flips: float = 0.02  # share of matched boxes whose class changed
+    max_served_delta: float = 0.2  # points: served ensemble mAP vs offline INT8 mAP
+    detection_conf: float = PARITY_CONF  # threshold of the detections compared task-level
+    box_atol_frac: float = 0.004  # Polygraphy: median |box error| on compared anchors, share of image side
+    score_atol: float = 0.02  # Polygraphy: mean |score error| on compared anchors
+
+
+# -- Polygraphy --------------------------------------------------------------------------------
+
+def val_feeds(data_yaml: Path, image_size: tuple[int, int], count: int = 8, batch: int = 4) -> list[dict]:
+    """A Polygraphy data loader: real val images, letterboxed like the served preprocess."""
+    import cv2
+
+    tensors = [letterbox(cv2.imread(str(item.path)), image_size)[0] for item in val_split(data_yaml, count)]
+    return [{"images": np.stack(tensors[i:i + batch])} for i in range(0, len(tensors), batch)]
+
+
+def _decode_for_comparison(results, image_size) -> None:
+    """Replace raw head outputs with boxes/scores on the reference's confident anchors, in place."""
+    from polygraphy.comparator.struct import IterationResult
+
+    reference = results[0][1]
+    for iteration, ref_output in enumerate(reference):
+        ref_pred = decode_raw_head(ref_output["box_logits"], ref_output["class_logits"], image_size)
+        confidence = ref_pred[:, 4:].max(axis=1)  # [B, A]
+        # Anchors the reference is confident about, and always its 50 best per image, so a weak
+        # model still gets a non-empty comparison.
+        top = np.argsort(-confidence, axis=1)[:, :TOP_ANCHORS]
+        mask = confidence > PARITY_CONF
+        np.put_along_axis(mask, top, True, axis=1)
+        for _, iterations in results:
+            out = iterations[iteration]
+            pred = decode_raw_head(out["box_logits"], out["class_logits"], image_size)
+            decoded = {"boxes": np.ascontiguousarray(pred[:, :4].transpose(0, 2, 1)[mask]),  # [N, 4] xywh px
+                       "scores": np.ascontiguousarray(pred[:, 4:].transpose(0, 2, 1)[mask])}  # [N, nc]
+            iterations[iteration] = IterationResult(decoded, out.runtime, out.runner_name)
+
+
+def polygraphy_compare(name: str, runners: list, feeds: list[dict], image_size, gate: Gate, out_dir: Path) -> dict:
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = Comparator.run(runners, data_loader=feeds, save_inputs_path=str(out_dir / f"{name}_inputs.json"))
+    _decode_for_comparison(results, image_size)
+    results.save(str(out_dir / f"{name}_outputs.json"))
+    box_atol = gate.box_atol_frac * max(image_size)
+    compare = SimpleCompareFunc(atol={"boxes": box_atol, "scores": gate.score_atol}, rtol={"": 0.0},
+                                 check_error_stat={"boxes": "median", "scores": "mean"})
+    accuracy = Comparator.compare_accuracy(results, compare_func=compare)
+    accuracy.save(str(out_dir / f"{name}_accuracy.json"))
+    stats = {}
+    for iterations in (its for result in accuracy for its in result.values()):
+        for iteration in iterations:
+            for output, result in iteration.items():
+                entry = stats.setdefault(output, {"median_absdiff": 0.0, "mean_absdiff": 0.0, "max_absdiff": 0.0})
+                for key in entry:
+                    entry[key] = round(max(entry[key], float(getattr(result, key))), 5)
+    return {"name": name, "runners": [r.name for r in runners], "passed": bool(accuracy), "stats": stats,
+            "box_atol_px": round(box_atol, 3)}
+
+
+# -- task level --------------------------------------------------------------------------------
+
+def detection_agreement(reference: list, candidate: list) -> dict:
+    """Recall of reference boxes, score drift and class flips between two detectors' outputs."""
+    total = found = flips = matched = 0
+    drift = []
+    for ref, cand in zip(reference, candidate):
+        total += len(ref)
+        if not len(ref) or not len(cand):
+            continue
+        iou = box_iou(ref.boxes, cand.boxes)
+        same_class = ref.classes[:, None] == cand.classes[None, :]
+        for i in range(len(ref)):
+            overlapping = iou[i] >= 0.5
+            if not overlapping.any():
+                continue
+            matched += 1
+            hits = overlapping & same_class[i]
+            if hits.any():
+                found += 1
+                j = int(np.argmax(np.where(hits, iou[i], -1)))
+                drift.append(abs(float(ref.scores[i]) - float(cand.scores[j])))
+            else:
+                flips += 1
+    return {"reference_boxes": total, "box_recall": round(found / max(total, 1), 4),
+            "score_drift": round(float(np.mean(drift)) if drift else 0.0, 4),
+            "class_flips": round(flips / max(matched, 1), 4)}
+
+
+def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, conf: float = PARITY_CONF) -> dict:
+    from tools.client import LocalDetector
+
+    payloads = [item.path.read_bytes() for item in val_split(data_yaml)]
+    ref = LocalDetector(reference_onnx, conf_threshold=conf).detect(payloads)
+    # A reference box counts as found if the candidate has it at half the threshold: a box
+    # whose score moved from 0.26 to 0.24 is score drift (gated on its own), not a lost box.
+    cand = LocalDetector(candidate_onnx, conf_threshold=conf / 2).detect(payloads)
+    return detection_agreement(ref, cand)
+
+
+def served_map(model_onnx: Path, data_yaml: Path, work_dir: Path) -> dict:
+    """mAP of the live Triton ensemble serving `model_onnx`, validation thresholds."""
+    from tools import build_repo
+    from tools.client import TritonDetectorClient
+    from tools.server import TritonServer
+    from tools.triton_config import RepositorySettings
+
+    info = read_info(model_onnx)
+    repo = build_repo.copy_python_models(work_dir / "repo")
+    settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
+                                  head_layout=info.head_layout, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU)
+    build_repo.build(repo, model_onnx, settings, {"stage": "parity", "target": "local"})
+    with TritonServer(repo, log_path=work_dir / "server.log") as server:
+        with TritonDetectorClient(server.grpc_url, "grpc") as client:
+            return evaluate(client.detect, data_yaml, desc="mAP served")
+
+
+# -- sensitivity and mixed precision -------------------------------------------------------
+
+def conv_sensitivity(fp32: Path, int8: Path, data_yaml: Path, image_size, count: int = 16) -> list[dict]:
+    """Quantized convs ranked by SQNR of their outputs (float vs Q/DQ model), worst first."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    from compress.quantize import ImageCalibrationReader, calibration_images, qdq_summary
+
+    reader = ImageCalibrationReader(calibration_images(data_yaml, count, seed=1), image_size, batch=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(fp32), str(float_aug))
+        modify_model_output_intermediate_tensors(str(int8), str(qdq_aug))
+        float_acts = collect_activations(str(float_aug), reader)
+        reader.rewind()
+        qdq_acts = collect_activations(str(qdq_aug), reader)
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    quantized = set(qdq_summary(int8)["quantized_convs"])  # float-kept convs are not candidates
+    conv_of = {node.output[0]: node.name for node in onnx.load(str(fp32)).graph.node
+               if node.op_type == "Conv" and node.name in quantized}
+    ranked = [{"conv": conv_of[tensor], "sqnr_db": round(float(err["xmodel_err"]), 2)}
+              for tensor, err in errors.items() if tensor in conv_of and "xmodel_err" in err]
+    return sorted(ranked, key=lambda r: r["sqnr_db"])
+
+
+# -- the gate ------------------------------------------------------------------------------
+
+def check(gate: Gate, measured: dict) -> list[tuple[str, str, str, bool]]:
+    """(check, wanted, measured, passed) rows."""
+    rows = []
+
+    def add(name, wanted, value, ok):
+        rows.append((name, wanted, value, bool(ok)))
+
+    for comparison in measured["polygraphy"]:
+        stats = comparison["stats"]
+        add(f"polygraphy {comparison['name']}", f"boxes median <= {comparison['box_atol_px']} px, scores mean <= {gate.score_atol}",
+            f"boxes {stats.get('boxes', {}).get('median_absdiff')} px, scores {stats.get('scores', {}).get('mean_absdiff')}",
+            comparison["passed"])
+    task, maps = measured["task"], measured["map"]
+    add("box recall vs FP32", f">= {gate.min_box_recall}", task["box_recall"], task["box_recall"] >= gate.min_box_recall)
+    add("score drift", f"<= {gate.max_score_drift}", task["score_drift"], task["score_drift"] <= gate.max_score_drift)
+    add("class flips", f"<= {gate.max_class_flips}", task["class_flips"], task["class_flips"] <= gate.max_class_flips)
+    drop_fp32 = round((maps["fp32"] - maps["int8"]) * 100, 2)
+    add("mAP50-95 drop vs FP32 (points)", f"<= {gate.max_map_drop_vs_fp32}", drop_fp32, drop_fp32 <= gate.max_map_drop_vs_fp32)
+    drop_base = round((maps["baseline"] - maps["int8"]) * 100, 2)
+    add("mAP50-95 drop vs baseline (points)", f"<= {gate.max_map_drop_vs_baseline}", drop_base,
+        drop_base <= gate.max_map_drop_vs_baseline)
+    if "served" in maps:
+        delta = round(abs(maps["served"] - maps["int8"]) * 100, 2)
+        add("served vs offline mAP50-95 (points)", f"<= {gate.max_served_delta}", delta, delta <= gate.max_served_delta)
+    return rows
+
+
+def measure(fp32: Path, int8: Path, baseline_onnx: Path, data_yaml: Path, gate: Gate, out_dir: Path,
+            torch_weights: Path | None = None, plan: Path | None = None, served: bool = True) -> dict:
+    from tools.runners import TorchRunner, onnx_runner, tensorrt_runner
+
+    info = read_info(int8)
+    feeds = val_feeds(data_yaml, info.image_size)
+    comparisons = [polygraphy_compare("fp32_vs_int8", [onnx_runner(fp32, "onnx-fp32"), onnx_runner(int8, "onnx-int8")],
+                                      feeds, info.image_size, gate, out_dir)]
+    if torch_weights:
+        comparisons.append(polygraphy_compare(
+            "torch_vs_onnx", [TorchRunner(torch_weights, info.image_size, name="torch"), onnx_runner(fp32, "onnx-fp32")],
+            feeds, info.image_size, gate, out_dir))
+    skipped = {}
+    if plan:
+        comparisons.append(polygraphy_compare("onnx_vs_tensorrt", [onnx_runner(int8, "onnx-int8"),
+                                                                   tensorrt_runner(plan, "trt-int8")],
+                                              feeds, info.image_size, gate, out_dir))
+    else:
+        from compress.plan import NO_TENSORRT
+
+        skipped["onnx_vs_tensorrt"] = NO_TENSORRT
+    maps = {"fp32": evaluate_onnx(fp32, data_yaml)["map50_95"], "int8": evaluate_onnx(int8, data_yaml)["map50_95"],
+            "baseline": evaluate_onnx(baseline_onnx, data_yaml)["map50_95"]}
+    if served:
+        with tempfile.TemporaryDirectory() as tmp:
+            maps["served"] = served_map(int8, data_yaml, Path(tmp))["map50_95"]
+    return {"polygraphy": comparisons, "skipped": skipped, "task": task_parity(fp32, int8, data_yaml, gate.detection_conf),
+            "map": maps}
+
+
+def mixed_precision(fp32: Path, data_yaml: Path, ranking: list[dict], base_float: list[str], gate: Gate,
+                    baseline_onnx: Path, out_dir: Path, quantize_settings: dict, max_layers: int = 12):
+    """Keep the most sensitive convs in float, 1, 2, 4, ... at a time, until the gate holds."""
+    from compress.quantize import quantize
+
+    info = read_info(fp32)
+    tried = []
+    for count in [n for n in (1, 2, 4, 8, max_layers) if n <= min(max_layers, len(ranking))]:
+        kept = [r["conv"] for r in ranking[:count]]
+        candidate = out_dir / f"int8_mixed_{count}.onnx"
+        quantize(fp32, candidate, data_yaml, info.image_size, float_nodes=base_float + kept, **quantize_settings)
+        measured = measure(fp32, candidate, baseline_onnx, data_yaml, gate, out_dir / f"mixed_{count}", served=False)
+        rows = check(gate, measured)
+        tried.append({"float_convs": kept, "onnx": str(candidate), "passed": all(r[3] for r in rows),
+                      "map50_95": measured["map"]["int8"]})
+        print(f"    mixed precision: {count} more conv(s) in float -> mAP50-95 {measured['map']['int8']}, "
+              f"gate {'holds' if tried[-1]['passed'] else 'fails'}", flush=True)
+        if tried[-1]["passed"]:
+            return candidate, tried
+    return None, tried
+
+
+def latency_cost(int8: Path, kept_models: list[Path], image_size) -> list[float]:
+    from compress.benchmark import measure_in_subprocess
+
+    models = {"int8": int8, **{f"k{i}": p for i, p in enumerate(kept_models)}}
+    lat = measure_in_subprocess(models, image_size, rounds=20)
+    return [round(lat[f"k{i}"]["bs1_ms"] - lat["int8"]["bs1_ms"], 3) for i in range(len(kept_models))]
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"# Parity gate: {'PASS' if result['passed'] else 'FAIL'}", "",
+             "| check | wanted | measured | ok |", "|---|---|---|---|"]
+    lines += [f"| {name} | {wanted} | {value} | {'PASS' if ok else 'FAIL'} |" for name, wanted, value, ok in result["checks"]]
+    for name, why in result["measured"]["skipped"].items():
+        lines.append(f"| {name} | skipped | {why} | - |")
+    lines += ["", "Most quantization-sensitive convs (SQNR of their outputs, float vs Q/DQ, lower is worse):", ""]
+    lines += [f"- `{r['conv']}`: {r['sqnr_db']} dB" for r in result["sensitivity"][:8]]
+    if result.get("mixed_precision"):
+        mp = result["mixed_precision"]
+        lines += ["", f"Mixed precision: kept in float {mp['float_convs']}; bs1 latency cost {mp['latency_cost_ms']} ms."]
+    return "\n".join(lines) + "\n"
+
+
+def run_gate(artifacts: Path, gate: Gate, served: bool = True, allow_mixed_precision: bool = True) -> dict:
+    manifest = Manifest(artifacts)
+    out_dir = artifacts / "parity"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    fp32, int8 = manifest.output("distill", "onnx"), manifest.output("quantize", "onnx")
+    baseline_onnx, data_yaml = manifest.output("export", "onnx"), manifest.output("dataset", "data_yaml")
+    plan_record = manifest.get("plan")
+    plan = manifest.output("plan", "int8_plan") if plan_record and "int8_plan" in plan_record.outputs else None
+    measured = measure(fp32, int8, baseline_onnx, data_yaml, gate, out_dir, torch_weights=manifest.output("distill", "weights"),
+                       plan=plan, served=served)
+    checks = check(gate, measured)
+    info = read_info(int8)
+    sensitivity = conv_sensitivity(fp32, int8, data_yaml, info.image_size)
+    result = {"gate": asdict(gate), "measured": measured, "checks": checks, "sensitivity": sensitivity,
+              "passed": all(c[3] for c in checks), "served_onnx": str(int8)}
+    if allow_mixed_precision and not result["passed"] and any(not c[3] for c in checks if "mAP" in c[0] or "recall" in c[0] or "polygraphy" in c[0]):
+        quant = manifest.get("quantize").metrics
+        settings = {"method": quant["calibration"], "calibration_count": quant["calibration_images"]}
+        best, tried = mixed_precision(fp32, data_yaml, sensitivity, quant["float_nodes"], gate, baseline_onnx, out_dir,
+                                      settings)
+        result["mixed_precision_tried"] = tried
+        if best is not None:
+            kept = tried[-1]["float_convs"]
+            result["mixed_precision"] = {"float_convs": kept, "onnx": str(best),
+                                         "latency_cost_ms": latency_cost(int8, [Path(t["onnx"]) for t in tried],
+                                                                         info.image_size)}
+            measured = measure(fp32, best, baseline_onnx, data_yaml, gate, out_dir / "final", served=served)
+            result.update(measured=measured, checks=check(gate, measured), served_onnx=str(best))
+            result["passed"] = all(c[3] for c in result["checks"])
+            (artifacts / "served.json").write_text(json.dumps({"stage": "parity", "onnx": str(best.resolve())}))
+    (out_dir / "parity.json").write_text(json.dumps(result, indent=2, default=str))
+    (out_dir / "parity.md").write_text(to_markdown(result))
+    report_md = artifacts / "report" / "report.md"
+    if report_md.exists():
+        text = report_md.read_text().split("\n# Parity gate")[0].rstrip("\n")
+        report_md.write_text(text + "\n\n" + to_markdown(result))
+    return result
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--no-served", action="store_true", help="skip the live-server mAP check")
+    parser.add_argument("--no-mixed-precision", action="store_true",
+                        help="report a failing gate as is instead of keeping sensitive layers in float")
+    for field, default in asdict(Gate()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=default)
+    args = parser.parse_args(argv)
+    gate = Gate(**{f: getattr(args, f) for f in asdict(Gate())})
+    result = run_gate(args.artifacts, gate, served=not args.no_served, allow_mixed_precision=not args.no_mixed_precision)
+    print(to_markdown(result))
+    if not result["passed"]:
+        failed = [f"{name}: {value} (wanted {wanted})" for name, wanted, value, ok in result["checks"] if not ok]
+        raise GateFailedError("parity gate FAILED: " + "; ".join(failed), hint=f"details in {args.artifacts}/parity/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""One runner shape for PyTorch, ONNX Runtime, TensorRT and Triton: Polygraphy's BaseRunner.
+
+Every runner takes {"images": float32 [B, 3, H, W]} and returns the raw head outputs
+{"box_logits", "class_logits"}, so Polygraphy's Comparator, the parity gate and the
+benchmarks treat them alike. torch, tensorrt and tritonclient are imported only inside.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from tools.errors import MissingDependencyError
+
+HEAD_OUTPUTS = ("box_logits", "class_logits")
+
+
+def _image_metadata(image_size: tuple[int, int]) -> TensorMetadata:
+    return TensorMetadata().add("images", dtype=np.float32, shape=(-1, 3, *image_size))
+
+
+class TorchRunner(BaseRunner):
+    """An Ultralytics checkpoint with its head cut like the ONNX export (CPU or CUDA)."""
+
+    def __init__(self, weights: Path, image_size: tuple[int, int], device: str = "cpu", name: str | None = None):
+        super().__init__(name=name, prefix="torch-runner")
+        self.weights, self.image_size, self.device = Path(weights), image_size, device
+        self.model = None
+
+    def activate_impl(self):
+        from compress.export import raw_head_module
+
+        self.model = raw_head_module(self.weights).to(self.device)
+
+    def get_input_metadata_impl(self):
+        return _image_metadata(self.image_size)
+
+    def infer_impl(self, feed_dict):
+        import torch
+
+        with torch.no_grad():
+            start = time.perf_counter()
+            outputs = self.model(torch.from_numpy(np.ascontiguousarray(feed_dict["images"])).to(self.device))
+            self.inference_time = time.perf_counter() - start
+        return OrderedDict((name, out.float().cpu().numpy()) for name, out in zip(HEAD_OUTPUTS, outputs))
+
+    def deactivate_impl(self):
+        self.model = None
+
+
+class TritonRunner(BaseRunner):
+    """The served `detector` model, called directly over HTTP with the same tensors."""
+
+    def __init__(self, url: str, image_size: tuple[int, int], model: str = "detector", name: str | None = None):
+        super().__init__(name=name, prefix="triton-runner")
+        self.url, self.image_size, self.model = url, image_size, model
+        self.client = None
+
+    def activate_impl(self):
+        from tools.client import TritonDetectorClient
+
+        self.client = TritonDetectorClient(self.url, "http", self.model)
+        self.client.check_ready()
+
+    def get_input_metadata_impl(self):
+        return _image_metadata(self.image_size)
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = self.client.infer_raw({"images": feed_dict["images"].astype(np.float32)}, outputs=HEAD_OUTPUTS)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((name, outputs[name]) for name in HEAD_OUTPUTS)
+
+    def deactivate_impl(self):
+        self.client.close()
+        self.client = None
+
+
+def onnx_runner(path: Path, name: str):
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=name)
+
+
+def tensorrt_runner(plan: Path, name: str):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        from compress.plan import NO_TENSORRT
+
+        raise MissingDependencyError(NO_TENSORRT) from None
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(Path(plan).read_bytes()), name=name)
