@@ -1,0 +1,162 @@
+"""Locust users that behave like cameras: each user is one stream of frames at a fixed rate.
+
+Open loop: frame k of a stream is due at start + phase + k / fps whether or not earlier replies
+came back, and its latency is measured from that due time, so a slow server shows growing
+latency instead of a quietly lower send rate. A stream with `--max-in-flight` frames pending
+drops the next frame and counts it. Phases are staggered across streams by default.
+
+Run through `python -m loadtest.run` (`make loadtest`), or plain `locust -f loadtest/locustfile.py`
+with the options below. Per-frame records reach the master in distributed mode and are written
+to `--records` when the test stops.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import gevent
+import numpy as np
+from locust import User, events, task
+
+FRAMES: list[dict] = []  # per-process frame records; workers ship theirs to the master
+_STREAM_COUNTER = iter(range(1_000_000))
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    parser.add_argument("--fps", type=float, default=10.0, help="frames per second per stream")
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    parser.add_argument("--model", default="yolo")
+    parser.add_argument("--images", default="", help="folder of frames (default: the dataset's val split)")
+    parser.add_argument("--max-in-flight", type=int, default=2, help="pending frames per stream before dropping")
+    parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
+    parser.add_argument("--streams-hint", type=int, default=1, help="stream count, to spread staggered phases")
+    parser.add_argument("--records", default="", help="write per-frame records (JSON) here when the test stops")
+    parser.add_argument("--request-timeout", type=float, default=10.0)
+    parser.add_argument("--stream-seconds", type=float, default=0.0,
+                        help="schedule frames for this long per stream, then wait for replies (0: until stopped)")
+
+
+@events.init.add_listener
+def _grpc_with_gevent(environment, **_kwargs):
+    if getattr(environment.parsed_options, "protocol", "grpc") == "grpc":
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()  # grpc's own threads must cooperate with Locust's greenlets
+
+
+def load_frames(folder: str) -> list[bytes]:
+    from tools.client import collect_images
+
+    paths = collect_images([Path(folder)])[:64]
+    return [p.read_bytes() for p in paths]
+
+
+class CameraStream(User):
+    """One camera: an open-loop schedule of encoded frames to the ensemble."""
+
+    abstract = False
+
+    def on_start(self):
+        from tools.client import TritonDetectorClient
+
+        options = self.environment.parsed_options
+        self.options = options
+        self.stream_id = next(_STREAM_COUNTER)
+        self.frames = load_frames(options.images)
+        url = self.host.replace("http://", "").replace("grpc://", "")
+        self.client = TritonDetectorClient(url, options.protocol, options.model, timeout_s=options.request_timeout,
+                                           concurrency=options.max_in_flight)
+        self.interval = 1.0 / options.fps
+        phase = 0.0
+        if options.phase == "staggered":
+            phase = self.interval * (self.stream_id % max(1, options.streams_hint)) / max(1, options.streams_hint)
+        self.start = time.time() + phase
+        self.in_flight = 0
+
+    def on_stop(self):
+        self.client.close()
+
+    def _send(self, index: int, due: float):
+        from tools.client import encoded_batch
+
+        self.in_flight += 1
+        error = None
+        try:
+            self.client.infer_raw({"IMAGE": encoded_batch([self.frames[index % len(self.frames)]])})
+        except Exception as exc:  # any failure is a failed frame, reported to Locust
+            error = exc
+        finally:
+            self.in_flight -= 1
+        done = time.time()
+        latency_ms = (done - due) * 1e3
+        FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms,
+                       "status": "error" if error else "ok"})
+        self.environment.events.request.fire(request_type=self.options.protocol, name="frame",
+                                             response_time=latency_ms, response_length=0, exception=error,
+                                             context={})
+
+    @task
+    def stream(self):
+        index = 0
+        end = self.start + self.options.stream_seconds if self.options.stream_seconds > 0 else float("inf")
+        while True:
+            due = self.start + index * self.interval
+            if due >= end:
+                break
+            delay = due - time.time()
+            if delay > 0:
+                gevent.sleep(delay)
+            if self.in_flight >= self.options.max_in_flight:
+                FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": None, "status": "dropped"})
+            else:
+                gevent.spawn(self._send, index, due)
+            index += 1
+        while self.in_flight:  # the schedule is over: let the replies land, then idle until stopped
+            gevent.sleep(0.05)
+        gevent.sleep(3600)
+
+
+@events.report_to_master.add_listener
+def _ship_frames(client_id, data):
+    data["frames"] = FRAMES[:]
+    FRAMES.clear()
+
+
+@events.worker_report.add_listener
+def _collect_frames(client_id, data):
+    FRAMES.extend(data.get("frames", []))
+
+
+@events.quitting.add_listener
+def _write_records(environment, **_kwargs):
+    path = getattr(environment.parsed_options, "records", "")
+    if path and not (environment.runner and environment.runner.__class__.__name__ == "WorkerRunner"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(FRAMES))
+
+
+def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
+    """Throughput, latency percentiles from due time, late/dropped/error counts."""
+    done = [f for f in frames if f["status"] == "ok"]
+    first_due = min((f["due"] for f in frames), default=0.0)
+    last_seen = max((f["due"] + (f["latency_ms"] or 0) / 1e3 for f in frames), default=0.0)
+    duration_s = last_seen - first_due
+    latencies = np.array([f["latency_ms"] for f in done]) if done else np.zeros(0)
+    count = len(frames)
+    pct = (lambda q: round(float(np.percentile(latencies, q)), 2)) if len(latencies) else (lambda q: None)
+    return {
+        "frames_due": count,
+        "frames_ok": len(done),
+        "errors": sum(f["status"] == "error" for f in frames),
+        "dropped": sum(f["status"] == "dropped" for f in frames),
+        "span_s": round(duration_s, 2),
+        "throughput_fps": round(len(done) / duration_s, 2) if duration_s > 0 else None,
+        "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
+                       "max": round(float(latencies.max()), 2) if len(latencies) else None},
+        "late_over_interval": int((latencies > 1e3 / fps).sum()),
+        "late_over_slo": int((latencies > slo_ms).sum()),
+        "slo_ms": slo_ms,
+    }

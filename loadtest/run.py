@@ -1,0 +1,211 @@
+"""Multi-stream load test against the served ensemble (`make loadtest`).
+
+    python -m loadtest.run --streams 16 --fps 10 --duration 60s --protocol grpc [--workers 2]
+
+Starts the local Triton server on the built repository unless `--url` points at a running one,
+runs Locust headless (a master and `--workers` worker processes on loopback when > 0), scrapes
+Triton's metrics meanwhile, and writes into `--out`: Locust's CSV and HTML report, frames.json,
+summary.json / summary.md (throughput, p50/p95/p99 from due time, late / dropped / errors,
+per-model batch size, queue and compute time, the bottleneck step) and latency_over_time.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.locustfile import summarize
+from loadtest.metrics import MetricsRecorder
+from tools.errors import InputFileError, ServerError, ToolkitError, cli_entry
+from tools.server import LOOPBACK, TritonServer, free_port
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass
+class LoadSpec:
+    streams: int = 4
+    fps: float = 10.0
+    duration_s: float = 30.0
+    protocol: str = "grpc"
+    slo_ms: float = 100.0
+    workers: int = 0
+    max_in_flight: int = 2
+    phase: str = "staggered"
+    model: str = "yolo"
+
+
+def parse_duration(text: str) -> float:
+    text = str(text).strip()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise ToolkitError(f"cannot read duration {text!r}", hint="use e.g. 30s, 2m or 45") from None
+
+
+def default_images(artifacts: Path) -> Path:
+    from compress.manifest import Manifest
+
+    record = Manifest(artifacts).get("dataset")
+    if record is None:
+        raise InputFileError("no dataset in the artifacts to take frames from", hint="run `make` or pass --images")
+    import yaml
+
+    data = yaml.safe_load((artifacts / record.outputs["data_yaml"]).read_text())
+    return Path(data["path"]) / data["val"]
+
+
+def locust_commands(spec: LoadSpec, url: str, images: Path, out: Path) -> list[list[str]]:
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    custom = ["--fps", str(spec.fps), "--protocol", spec.protocol, "--model", spec.model, "--images", str(images),
+              "--max-in-flight", str(spec.max_in_flight), "--phase", spec.phase, "--streams-hint", str(spec.streams),
+              "--stream-seconds", str(spec.duration_s)]
+    # Locust's own clock runs a little longer than the schedule so the last replies land.
+    run = ["--headless", "-u", str(spec.streams), "-r", str(max(spec.streams, 1) * 10),
+           "-t", f"{int(spec.duration_s + 3 + 2 * spec.workers)}s",
+           "--host", url, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+           "--records", str(out / "frames.json"), "--stop-timeout", "5", "--loglevel", "WARNING"]
+    if spec.workers <= 0:
+        return [base + run + custom]
+    port = free_port()
+    master = base + run + custom + ["--master", "--master-bind-host", LOOPBACK, "--master-bind-port", str(port),
+                                    "--expect-workers", str(spec.workers)]
+    worker = base + custom + ["--worker", "--master-host", LOOPBACK, "--master-port", str(port), "--loglevel", "WARNING"]
+    return [master] + [worker] * spec.workers
+
+
+def run_locust(spec: LoadSpec, url: str, images: Path, out: Path) -> None:
+    commands = locust_commands(spec, url, images, out)
+    workers = [subprocess.Popen(cmd) for cmd in commands[1:]]
+    try:
+        # Locust exits 1 when any request failed; the summary reports failures, so only a crash is an error.
+        result = subprocess.run(commands[0], timeout=spec.duration_s + 120)
+        if result.returncode not in (0, 1):
+            raise ToolkitError(f"locust exited with {result.returncode}")
+    finally:
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = sorted((f["due"], f["latency_ms"]) for f in frames if f["status"] == "ok")
+    drops = [f["due"] for f in frames if f["status"] == "dropped"]
+    start = min([f["due"] for f in frames], default=0.0)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    if ok:
+        t, lat = np.array(ok).T
+        ax.scatter(t - start, lat, s=4, alpha=0.4, label="frame latency from due time")
+        window = max(1, len(lat) // 40)
+        p95 = [np.percentile(lat[max(0, i - window):i + 1], 95) for i in range(len(lat))]
+        ax.plot(t - start, p95, color="C1", label="rolling p95")
+    if drops:
+        ax.scatter(np.array(drops) - start, np.zeros(len(drops)), marker="x", color="red", s=12, label="dropped")
+    ax.axhline(spec.slo_ms, color="gray", linestyle="--", label=f"SLO {spec.slo_ms:.0f} ms")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{spec.streams} streams x {spec.fps:g} FPS over {spec.protocol}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def to_markdown(summary: dict) -> str:
+    s, lat = summary["spec"], summary["frames"]["latency_ms"]
+    f, m = summary["frames"], summary["triton"]
+    lines = [f"# Load test: {s['streams']} streams x {s['fps']} FPS, {s['duration_s']:.0f} s, {s['protocol']}"
+             f"{', ' + str(s['workers']) + ' workers' if s['workers'] else ''}", "",
+             f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, errors {f['errors']}",
+             f"- throughput {f['throughput_fps']} frames/s; latency from due time p50 {lat['p50']} / p95 {lat['p95']} / "
+             f"p99 {lat['p99']} ms (max {lat['max']})",
+             f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "
+             f"{f['slo_ms']:.0f} ms SLO", f"- bottleneck step: **{m['bottleneck']}**", "",
+             "| model | requests | failures | avg batch | queue ms/request | compute ms/execution |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, v in m["models"].items():
+        lines.append(f"| {name} | {v['requests']} | {v['failures']} | {v['avg_batch_size']} | "
+                     f"{v['queue_ms_per_request']} | {v['compute_ms_per_execution']} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: str | None = None,
+              repo: Path = Path("model_repository"), images: Path | None = None,
+              artifacts: Path = Path("artifacts")) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    images = images or default_images(artifacts)
+    with ExitStack() as stack:
+        if url is None:
+            if not (repo / "yolo" / "config.pbtxt").exists():
+                raise InputFileError(f"{repo} has not been built", hint="run `make repo` (or `make`) first")
+            server = stack.enter_context(TritonServer(repo, log_path=out / "server.log"))
+            url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+            metrics_url = server.metrics_url
+            print(f"==> started tritonserver for the load test (gRPC {server.grpc_url}, HTTP {server.http_url})")
+        elif metrics_url is None:
+            raise ServerError("--metrics-url is needed with --url (e.g. http://127.0.0.1:8002/metrics)")
+        print(f"==> {spec.streams} streams x {spec.fps:g} FPS for {spec.duration_s:.0f} s over {spec.protocol}", flush=True)
+        with MetricsRecorder(metrics_url) as recorder:
+            run_locust(spec, url, images, out)
+    frames_path = out / "frames.json"
+    if not frames_path.exists():
+        raise ToolkitError("locust wrote no frame records", hint=f"see its output above and {out}")
+    frames = json.loads(frames_path.read_text())
+    summary = {"spec": vars(spec), "frames": summarize(frames, spec.fps, spec.slo_ms),
+               "triton": recorder.summary()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(to_markdown(summary))
+    plot_latency(frames, spec, out / "latency_over_time.png")
+    return summary
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--duration", default="30s")
+    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--workers", type=int, default=0, help="distributed Locust: worker processes")
+    parser.add_argument("--max-in-flight", type=int, default=2)
+    parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
+    parser.add_argument("--model", default="yolo")
+
+
+def spec_from_args(args) -> LoadSpec:
+    return LoadSpec(args.streams, args.fps, parse_duration(args.duration), args.protocol, args.slo_ms, args.workers,
+                    args.max_in_flight, args.phase, args.model)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_spec_arguments(parser)
+    parser.add_argument("--url", help="a running server (host:port); default: start the local one")
+    parser.add_argument("--metrics-url")
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--images", type=Path, help="folder of frames (default: the dataset's val split)")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/loadtest"))
+    args = parser.parse_args(argv)
+    summary = load_test(spec_from_args(args), args.out, args.url, args.metrics_url, args.repo, args.images,
+                        args.artifacts)
+    print(to_markdown(summary))
+    print(f"report: {args.out}/summary.md, locust.html, latency_over_time.png")
+
+
+if __name__ == "__main__":
+    main()
