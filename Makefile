@@ -15,6 +15,12 @@ WEIGHTS     ?=
 DATA        ?=
 EPOCHS      ?=
 STAGE       ?=
+STREAMS     ?= 16
+FPS         ?= 10
+DURATION    ?= 60s
+PROTOCOL    ?= grpc
+WORKERS     ?= 0
+SLO_MS      ?= 100
 PYTEST_ARGS ?=
 PARITY_ARGS ?=
 
@@ -28,7 +34,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
 
-.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer test test-unit test-integration lock clean clean-all
+.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer loadtest capacity tune bench-perf-analyzer test test-unit test-integration lock clean clean-all
 
 all: venv pipeline parity repo demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> serve + real inference
 
@@ -45,6 +51,8 @@ $(VENV)/.installed: requirements.lock
 	@echo "==> installing pinned dependencies into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@# perf_analyzer ships only in this older client wheel: kept apart from the project's tritonclient
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/perf_analyzer tritonclient==2.41.1
 	@touch $@
 
 pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, ...)
@@ -75,6 +83,21 @@ serve-docker: venv ## Start the NGC tritonserver container on the same repositor
 
 infer: venv ## Send IMAGES=<files or folders> to a running server (PROTOCOL=http|grpc)
 	$(PY) -m tools.client $(or $(IMAGES),$(shell $(PY) -c 'from ultralytics.utils import ASSETS; print(ASSETS)')) --protocol $(or $(PROTOCOL),http)
+
+LOAD_ARGS = --streams $(STREAMS) --fps $(FPS) --duration $(DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) \
+	--workers $(WORKERS) --repo $(REPO) --artifacts $(ARTIFACTS)
+
+loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS) -> $(ARTIFACTS)/loadtest/
+	$(PY) -m loadtest.run $(LOAD_ARGS) --out $(ARTIFACTS)/loadtest
+
+capacity: venv ## Largest stream count within the SLO at FPS (p99 + late-frame budget), by measurement
+	$(PY) -m loadtest.capacity capacity $(LOAD_ARGS) --duration $(or $(PROBE),15s)
+
+tune: venv ## Sweep batching/instance configs at STREAMS on the real server; best goes into the repository
+	$(PY) -m loadtest.capacity tune $(LOAD_ARGS) --duration $(or $(PROBE),15s)
+
+bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
+	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)
 
 test: venv ## Run all tests (unit + integration against the real Triton server)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

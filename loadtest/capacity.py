@@ -1,0 +1,181 @@
+"""Capacity and tuning, by measurement on the real server.
+
+    python -m loadtest.capacity capacity --fps 10 --slo-ms 100          # `make capacity`
+    python -m loadtest.capacity tune --streams 8 --fps 10               # `make tune`
+
+capacity: the largest stream count whose run keeps p99 (from due time) within the SLO, late
+frames within the budget, and no drops or errors: doubling, then bisection.
+tune: sweeps the detector's dynamic batching (queue delay, preferred sizes) and the instance
+counts of every step at a given stream count, reloading configs through Triton's repository
+API (explicit model control); writes a table, puts the best config into the repository, and
+measures the capacity of the untuned and the tuned config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from loadtest.run import LoadSpec, add_spec_arguments, default_images, load_test, spec_from_args
+from tools import triton_config as tc
+from tools.errors import InputFileError, cli_entry
+from tools.server import TritonServer
+
+
+def within_slo(summary: dict, late_budget: float) -> bool:
+    frames = summary["frames"]
+    p99 = frames["latency_ms"]["p99"]
+    # ceil: in a short probe a 1% budget of 80 frames must still allow one late frame
+    allowed_late = math.ceil(late_budget * frames["frames_due"])
+    return (frames["errors"] == 0 and frames["dropped"] == 0 and p99 is not None and p99 <= frames["slo_ms"]
+            and frames["late_over_slo"] <= allowed_late)
+
+
+def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path, late_budget: float = 0.01,
+                  max_streams: int = 64) -> dict:
+    url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+    probes: dict[int, dict] = {}
+
+    def probe(streams: int) -> bool:
+        if streams not in probes:
+            summary = load_test(replace(spec, streams=streams), out / f"streams_{streams}", url=url,
+                                metrics_url=server.metrics_url, images=images)
+            probes[streams] = {"ok": within_slo(summary, late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
+                               "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"]}
+            print(f"    {streams:3d} streams: p99 {probes[streams]['p99_ms']} ms, dropped {probes[streams]['dropped']} "
+                  f"-> {'holds' if probes[streams]['ok'] else 'over'}", flush=True)
+        return probes[streams]["ok"]
+
+    good, bad = 0, None
+    streams = 1
+    while streams <= max_streams:
+        if probe(streams):
+            good, streams = streams, streams * 2
+        else:
+            bad = streams
+            break
+    if bad is not None:
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            good, bad = (middle, bad) if probe(middle) else (good, middle)
+    return {"capacity_streams": good, "fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget,
+            "probes": {str(k): v for k, v in sorted(probes.items())}}
+
+
+def candidate_settings(base: tc.RepositorySettings, small: bool = False) -> list[tuple[str, tc.RepositorySettings]]:
+    grid = itertools.product((0, 2000, 8000), ([], [4, 8]), (1, 2), (1, 2))
+    if small:  # two points: no batching wait vs a 2 ms wait with two detector instances
+        grid = [(0, [], 1, 1), (2000, [], 2, 1)]
+    candidates = []
+    for delay, preferred, detectors, steps in grid:
+        if delay == 0 and preferred:
+            continue  # preferred sizes need a queue delay to wait for
+        settings = replace(base, queue_delay_us=delay, preferred_batch_sizes=preferred, detector_instances=detectors,
+                           preprocess_instances=steps, postprocess_instances=steps)
+        candidates.append((f"delay={delay}us preferred={preferred or '-'} detector x{detectors} pre/post x{steps}", settings))
+    return candidates
+
+
+def apply(server: TritonServer, settings: tc.RepositorySettings) -> None:
+    """Reload each step with its new config (JSON override); then reload the ensemble."""
+    for config in (tc.preprocess_config(settings), tc.detector_config(settings), tc.postprocess_config(settings)):
+        server.load(config.name, json_format.MessageToJson(config))
+    server.load(tc.ENSEMBLE_NAME)
+
+
+def repository_settings(repo: Path) -> tc.RepositorySettings:
+    record = repo / "repository.json"
+    if not record.exists():
+        raise InputFileError(f"{repo} has not been built", hint="run `make repo` first")
+    return tc.RepositorySettings(**json.loads(record.read_text())["settings"])
+
+
+def tune(repo: Path, spec: LoadSpec, images: Path, out: Path, late_budget: float, measure_capacity: bool = True,
+         small_grid: bool = False) -> dict:
+    base = repository_settings(repo)
+    rows = []
+    with TritonServer(repo, log_path=out / "server.log") as server:
+        url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+        for index, (label, settings) in enumerate(candidate_settings(base, small_grid)):
+            apply(server, settings)
+            summary = load_test(spec, out / f"config_{index}", url=url, metrics_url=server.metrics_url, images=images)
+            frames = summary["frames"]
+            rows.append({"config": label, "settings": {k: getattr(settings, k) for k in (
+                "queue_delay_us", "preferred_batch_sizes", "detector_instances", "preprocess_instances",
+                "postprocess_instances")}, "p99_ms": frames["latency_ms"]["p99"], "p50_ms": frames["latency_ms"]["p50"],
+                "dropped": frames["dropped"], "throughput_fps": frames["throughput_fps"],
+                "detector_avg_batch": summary["triton"]["models"].get("detector", {}).get("avg_batch_size"),
+                "within_slo": within_slo(summary, late_budget)})
+            print(f"    {label}: p99 {rows[-1]['p99_ms']} ms, dropped {rows[-1]['dropped']}, "
+                  f"detector batch {rows[-1]['detector_avg_batch']}", flush=True)
+        best = min(rows, key=lambda r: (r["dropped"], r["p99_ms"] if r["p99_ms"] is not None else float("inf")))
+        best_settings = replace(base, **best["settings"])
+        result = {"spec": vars(spec), "rows": rows, "best": best}
+        if measure_capacity:
+            apply(server, base)
+            result["untuned_capacity"] = find_capacity(server, spec, images, out / "capacity_untuned", late_budget)
+            apply(server, best_settings)
+            result["tuned_capacity"] = find_capacity(server, spec, images, out / "capacity_tuned", late_budget)
+    for config in (tc.preprocess_config(best_settings), tc.detector_config(best_settings),
+                   tc.postprocess_config(best_settings)):
+        tc.write_config(config, repo / config.name)
+    record = json.loads((repo / "repository.json").read_text())
+    record["settings"] = json.loads(json.dumps(vars(best_settings), default=list))
+    record["tuned"] = {"streams": spec.streams, "fps": spec.fps, "p99_ms": best["p99_ms"]}
+    (repo / "repository.json").write_text(json.dumps(record, indent=2))
+    return result
+
+
+def tune_markdown(result: dict) -> str:
+    lines = [f"# Tuning at {result['spec']['streams']} streams x {result['spec']['fps']} FPS", "",
+             "| config | p50 ms | p99 ms | dropped | frames/s | detector batch | within SLO |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {r['p50_ms']} | {r['p99_ms']} | {r['dropped']} | {r['throughput_fps']} | "
+                     f"{r['detector_avg_batch']} | {'yes' if r['within_slo'] else 'no'} |")
+    lines += ["", f"Best: **{result['best']['config']}** (written into the repository)."]
+    if "tuned_capacity" in result:
+        lines.append(f"Capacity within the SLO: untuned {result['untuned_capacity']['capacity_streams']} streams, "
+                     f"tuned {result['tuned_capacity']['capacity_streams']} streams.")
+    return "\n".join(lines) + "\n"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["capacity", "tune"])
+    add_spec_arguments(parser)
+    parser.add_argument("--late-budget", type=float, default=0.01, help="share of frames allowed over the SLO")
+    parser.add_argument("--max-streams", type=int, default=64)
+    parser.add_argument("--no-capacity", action="store_true", help="tune: skip the capacity comparison")
+    parser.add_argument("--small-grid", action="store_true", help="tune: two configs instead of the full sweep")
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    args = parser.parse_args(argv)
+    spec = spec_from_args(args)
+    images = args.images or default_images(args.artifacts)
+    out = args.artifacts / args.mode
+    out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "capacity":
+        repository_settings(args.repo)
+        with TritonServer(args.repo, log_path=out / "server.log") as server:
+            result = find_capacity(server, spec, images, out, args.late_budget, args.max_streams)
+        (out / "capacity.json").write_text(json.dumps(result, indent=2))
+        print(f"capacity: {result['capacity_streams']} streams at {spec.fps:g} FPS within p99 <= {spec.slo_ms:.0f} ms "
+              f"(late budget {args.late_budget:.0%}); probes in {out}/capacity.json")
+        return
+    result = tune(args.repo, spec, images, out, args.late_budget, measure_capacity=not args.no_capacity,
+                  small_grid=args.small_grid)
+    (out / "tune.json").write_text(json.dumps(result, indent=2))
+    (out / "tune.md").write_text(tune_markdown(result))
+    print(tune_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Capacity search, the tuner (config reload through the repository API) and the peer cross-check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from loadtest.capacity import find_capacity, tune
+from loadtest.run import LoadSpec
+from tools import triton_config as tc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_capacity_search_probes_by_measurement(triton, tmp_path, val_images):
+    spec = LoadSpec(fps=4, duration_s=3, slo_ms=2000)
+    result = find_capacity(triton, spec, val_images[0].parent, tmp_path, max_streams=2)
+    assert result["capacity_streams"] == 2  # a generous SLO holds at every probe up to the cap
+    assert set(result["probes"]) == {"1", "2"} and all(p["ok"] for p in result["probes"].values())
+
+
+def test_capacity_search_stops_when_the_slo_breaks(triton, tmp_path, val_images):
+    spec = LoadSpec(fps=4, duration_s=3, slo_ms=1)  # nothing answers within 1 ms
+    result = find_capacity(triton, spec, val_images[0].parent, tmp_path, max_streams=4)
+    assert result["capacity_streams"] == 0 and result["probes"]["1"]["ok"] is False
+
+
+def test_tune_reloads_configs_and_writes_the_best(served_repo, tmp_path, val_images):
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repo, repo)
+    result = tune(repo, LoadSpec(streams=2, fps=5, duration_s=3), val_images[0].parent, tmp_path / "tune",
+                  late_budget=0.05, measure_capacity=False, small_grid=True)
+    assert len(result["rows"]) == 2 and all(r["p99_ms"] for r in result["rows"])
+    best = result["best"]["settings"]
+    detector = tc.read_config(repo / "detector" / "config.pbtxt")
+    assert detector.instance_group[0].count == best["detector_instances"]
+    assert detector.dynamic_batching.max_queue_delay_microseconds == best["queue_delay_us"]
+    assert json.loads((repo / "repository.json").read_text())["tuned"]["streams"] == 2
+
+
+def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images):
+    from loadtest.peer import PERF_ANALYZER_DIR, compare
+
+    if not (PERF_ANALYZER_DIR / "bin" / "perf_analyzer").exists():
+        pytest.skip("perf_analyzer is installed by `make venv` into .cache/perf_analyzer")
+    result = compare(served_repo, [2], val_images[0].parent, tmp_path, duration_s=4)
+    row = result["rows"][0]
+    assert row["perf_analyzer_fps"] > 0 and row["locust_fps"] > 0
+    assert 0.3 < row["ratio"] < 3  # same server, same concurrency: same order of magnitude
