@@ -31,7 +31,9 @@ export PYTHONPATH := $(CURDIR)
 export PYTHONUNBUFFERED := 1
 
 PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
-	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(PRUNE_TARGET),--prune-target $(PRUNE_TARGET)) $(if $(IMPORTANCE),--importance $(IMPORTANCE)) \
+	$(if $(CALIBRATION),--calibration $(CALIBRATION))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
 
 .PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer loadtest capacity tune bench-perf-analyzer test test-unit test-integration lock clean clean-all
@@ -43,6 +45,8 @@ help: ## List the targets and the variables they read
 	@echo
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
 	@echo "           PROFILE=default|tiny EPOCHS=<n> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
+	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
+	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS (load tests)"
 
 venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
 

@@ -1,13 +1,14 @@
 """Stage `export`: PyTorch detector -> ONNX (dynamic batch, opset 17) with provenance metadata.
 
-Ultralytics' exporter writes stride, image size and class names into `metadata_props`; this
-adds where the graph came from (source weights hash, stage, pruning ratio) and reads it back.
+The graph ends at the raw head (see `export_raw_onnx`); class names, stride and image size go
+into `metadata_props` as Ultralytics' exporter writes them, plus where the graph came from
+(source weights hash, stage, pruning ratio). `read_info` also reads Ultralytics' own decoded
+exports (`output0`), so `--onnx` can serve those too.
 """
 
 from __future__ import annotations
 
 import ast
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,19 +31,6 @@ class OnnxInfo:
     @property
     def num_classes(self) -> int:
         return len(self.names)
-
-
-def export_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[str, object]) -> Path:
-    """Export `weights` (an Ultralytics .pt) to `out_path` and stamp provenance into it."""
-    from compress import yolo
-
-    model = yolo.load(require_file(weights, "weights"))
-    exported = Path(model.export(format="onnx", dynamic=True, opset=OPSET, simplify=True, imgsz=imgsz,
-                                 device="cpu", verbose=False))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(exported), out_path)
-    add_metadata(out_path, provenance)
-    return out_path
 
 
 def raw_head_module(weights: Path):

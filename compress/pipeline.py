@@ -327,12 +327,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="an Ultralytics data.yaml (default: generated)")
     parser.add_argument("--weights", type=Path, help="an Ultralytics detect .pt (default: trained here)")
     parser.add_argument("--epochs", type=int, help="override the profile's training epochs")
+    parser.add_argument("--prune-target", type=float, help="MACs reduction the prune stage aims for (e.g. 2.5)")
+    parser.add_argument("--importance", choices=["magnitude", "bn_scale", "lamp"], help="pruning importance criterion")
+    parser.add_argument("--prune-steps", type=int, help="iterative pruning steps")
+    parser.add_argument("--distill-epochs", type=int)
+    parser.add_argument("--calibration", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--calibration-images", type=int)
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages")
     parser.add_argument("--force", action="store_true", help="re-run even if up to date")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
-    if args.epochs:
-        profile = replace(profile, epochs=args.epochs)
+    overrides = {"epochs": args.epochs, "prune_target": args.prune_target, "importance": args.importance,
+                 "prune_steps": args.prune_steps, "distill_epochs": args.distill_epochs,
+                 "calibration": args.calibration, "calibration_images": args.calibration_images}
+    profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     for path, what in ((args.data, "DATA"), (args.weights, "WEIGHTS")):
         if path is not None and not path.exists():
             raise ToolkitError(f"{what}={path} does not exist")

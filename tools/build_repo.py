@@ -79,9 +79,22 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     return repo
 
 
+TUNED_KEYS = ("queue_delay_us", "preferred_batch_sizes", "detector_instances", "preprocess_instances",
+              "postprocess_instances")
+
+
 def settings_from_args(args, info) -> tc.RepositorySettings:
     overrides = {f.name: getattr(args, f.name) for f in fields(tc.RepositorySettings)
                  if getattr(args, f.name, None) is not None}
+    previous = args.repo / "repository.json"
+    if previous.exists():
+        record = json.loads(previous.read_text())
+        if "tuned" in record and record.get("target") == args.target:
+            # `make tune` measured these on this machine: keep them unless overridden here.
+            kept = {k: record["settings"][k] for k in TUNED_KEYS if k not in overrides}
+            if kept:
+                print(f"keeping tuned settings from {previous}: {kept}")
+                overrides = {**kept, **overrides}
     return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
                                  head_layout=info.head_layout, **overrides)
 
@@ -112,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         onnx_file = model_file if args.target != "tensorrt" else Manifest(args.artifacts).output("quantize", "onnx")
     info = read_info(onnx_file)
     settings = settings_from_args(args, info)
-    build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file)})
+    previous = args.repo / "repository.json"
+    tuned = json.loads(previous.read_text()).get("tuned") if previous.exists() else None
+    build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
+                                            **({"tuned": tuned} if tuned else {})})
     print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
           f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout})")
 
