@@ -20,6 +20,8 @@ import gevent
 import numpy as np
 from locust import User, events, task
 
+from tools.client import TritonDetectorClient, collect_images, encoded_batch
+
 FRAMES: list[dict] = []  # per-process frame records; workers ship theirs to the master
 _STREAM_COUNTER = iter(range(1_000_000))
 
@@ -48,8 +50,6 @@ def _grpc_with_gevent(environment, **_kwargs):
 
 
 def load_frames(folder: str) -> list[bytes]:
-    from tools.client import collect_images
-
     paths = collect_images([Path(folder)])[:64]
     return [p.read_bytes() for p in paths]
 
@@ -60,8 +60,6 @@ class CameraStream(User):
     abstract = False
 
     def on_start(self):
-        from tools.client import TritonDetectorClient
-
         options = self.environment.parsed_options
         self.options = options
         self.stream_id = next(_STREAM_COUNTER)
@@ -80,8 +78,6 @@ class CameraStream(User):
         self.client.close()
 
     def _send(self, index: int, due: float):
-        from tools.client import encoded_batch
-
         self.in_flight += 1
         error = None
         try:

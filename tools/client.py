@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.detection import Detections, decode_image, letterbox, postprocess, unpad_detections
+from tools.detection import Detections, decode_image, decode_raw_head, letterbox, postprocess, unpad_detections
 from tools.errors import BadImageError, InputFileError, ServerError, cli_entry, require_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -120,7 +120,6 @@ class LocalDetector:
         import onnxruntime as ort
 
         from compress.export import read_info
-        from tools.detection import decode_raw_head
 
         self.info = read_info(onnx_path)
         options = ort.SessionOptions()
@@ -129,13 +128,12 @@ class LocalDetector:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
-        self._decode_raw = decode_raw_head
 
     def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
         tensors, params = zip(*(letterbox(image, self.info.image_size) for image in images))
         outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
         if self.info.head_layout == "raw":
-            prediction = self._decode_raw(outputs["box_logits"], outputs["class_logits"], self.info.image_size)
+            prediction = decode_raw_head(outputs["box_logits"], outputs["class_logits"], self.info.image_size)
         else:
             prediction = outputs["output0"]
         return postprocess(prediction, np.stack(params), self.conf, self.iou, self.max_det)

@@ -39,13 +39,20 @@ def test_served_equals_in_process(triton, tiny_onnx, photos, val_images, protoco
         assert_same_detections(s, l)
 
 
-def test_boxes_are_in_original_pixels(triton, photos):
+def test_boxes_are_in_original_pixels(triton, photos, val_images):
+    """Boxes land inside each original image (not the 128x128 letterbox) and cover real objects."""
     import cv2
 
+    images = photos + val_images[:6]
     with TritonDetectorClient(triton.http_url) as client:
-        detections = client.detect([p.read_bytes() for p in photos])
-    for path, dets in zip(photos, detections):
+        detections = client.detect([p.read_bytes() for p in images])
+    assert sum(len(d) for d in detections) > 0
+    for path, dets in zip(images, detections):
         height, width = cv2.imread(str(path)).shape[:2]
         if len(dets):
             assert dets.boxes[:, [0, 2]].max() <= width and dets.boxes[:, [1, 3]].max() <= height
             assert (dets.boxes[:, 2:] >= dets.boxes[:, :2]).all()
+    # bus.jpg is 810x1080: a box mapped back from the letterbox must reach beyond 128 px somewhere
+    big = [d for p, d in zip(images, detections) if p.name == "bus.jpg" and len(d)]
+    if big:
+        assert big[0].boxes.max() > 128
