@@ -7,7 +7,9 @@ a missing optional dependency). Internal bugs stay ordinary exceptions with trac
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -63,11 +65,38 @@ def require_file(path, what: str = "file"):
     return path
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised like KeyboardInterrupt so `with` blocks (servers, subprocesses) unwind.
+
+    A BaseException, so `except Exception` handlers do not swallow it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
+def raise_on_termination() -> None:
+    """Turn SIGTERM/SIGHUP into `Terminated` (main thread only: Python delivers signals there)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_terminated)
+
+
 def cli_entry(func: F) -> F:
-    """Wrap a CLI `main`: a ToolkitError becomes one line on stderr and its exit code."""
+    """Wrap a CLI `main`: a ToolkitError becomes one line on stderr and its exit code.
+
+    SIGTERM/SIGHUP (systemd, a container runtime, a CI timeout, a closed terminal) unwind the
+    program like Ctrl-C does, so every server and subprocess it started is stopped on the way out.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        raise_on_termination()
         try:
             return func(*args, **kwargs)
         except ToolkitError as error:
@@ -76,5 +105,8 @@ def cli_entry(func: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except Terminated as stop:
+            print(f"stopped by {stop}", file=sys.stderr)
+            sys.exit(128 + stop.signum)
 
     return wrapper  # type: ignore[return-value]

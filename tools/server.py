@@ -12,6 +12,7 @@ to load then gives a readable error instead of a server that never starts.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tools.errors import MissingDependencyError, ServerError, cli_entry, require_file
+from tools.errors import MissingDependencyError, ServerError, Terminated, cli_entry, require_file
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the version the wheel carries
 LOOPBACK = "127.0.0.1"
@@ -62,10 +63,37 @@ def ensure_python_stub(paths: dict[str, Path]) -> None:
     shutil.copy2(source, target)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """A Popen `preexec_fn`: the child gets SIGTERM when the thread that started it dies.
+
+    The server runs in its own session (a terminal's Ctrl-C reaches only its launcher, which
+    stops it in order), so without this a launcher killed by SIGKILL or an OOM would leave it
+    running with its ports bound. SIGTERM lets Triton drain and stop its Python stubs.
+    Linux only; elsewhere returns None. The libc call is resolved before fork: nothing is
+    loaded in the child.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 class TritonServer:
     """A local tritonserver process on free loopback ports; a context manager.
 
     `models` are loaded after start-up (explicit model control); the ensemble loads its steps.
+    The server dies with the thread that started it (see `die_with_parent`): start it from a
+    thread that lives as long as the server should.
     """
 
     def __init__(self, repository: Path, models: tuple[str, ...] = ("yolo",), http_port: int | None = None,
@@ -117,12 +145,16 @@ class TritonServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.command(paths["binary"], paths["backends"]), env=env,
-            stdout=self._log_handle or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait(lambda: self._get("/v2/health/live") == 200, timeout_s, "start")
-        for model in self.models:
-            self.load(model)
-        self._wait(lambda: self._get("/v2/health/ready") == 200, timeout_s, "become ready")
+            self.command(paths["binary"], paths["backends"]), env=env, stdout=self._log_handle or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
+        try:
+            self._wait(lambda: self._get("/v2/health/live") == 200, timeout_s, "start")
+            for model in self.models:
+                self.load(model)
+            self._wait(lambda: self._get("/v2/health/ready") == 200, timeout_s, "become ready")
+        except BaseException:  # a failed load, Ctrl-C or SIGTERM while starting: leave nothing running
+            self.stop()
+            raise
         return self
 
     def load(self, model: str, config_json: str | None = None) -> None:
@@ -138,23 +170,50 @@ class TritonServer:
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and self._get("/v2/health/ready") == 200
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL if it hangs; returns the exit code."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (Triton drains in-flight requests for up to its exit timeout), then SIGKILL for
+        the whole process group if it hangs; returns the server's exit code.
+
+        Stub processes left in the server's process group (the server runs in its own session)
+        are killed too, so nothing of this server outlives the call.
+        """
         if self.process is None:
             return None
+        timeout_s = self.exit_timeout_s + 15 if timeout_s is None else timeout_s
         code = self.process.poll()
         if code is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 code = self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                code = self.process.wait()
+                code = None
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone: nothing left over
+        if code is None:
+            code = self.process.wait()
+        self._kill_orphaned_stubs()
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None
         self.process = None
         return code
+
+    def _kill_orphaned_stubs(self) -> None:
+        """Python stubs of this repository whose server is gone (seen after a server crash: a stub
+        forked while the server was dying kept running, adopted by init)."""
+        import psutil
+
+        marker = f"{self.repository}{os.sep}"
+        for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if (process.info["ppid"] == 1 and cmdline and cmdline[0].endswith("triton_python_backend_stub")
+                    and any(arg.startswith(marker) for arg in cmdline[1:2])):
+                try:
+                    process.kill()
+                except psutil.Error:
+                    pass
 
     def __enter__(self) -> "TritonServer":
         return self.start()
@@ -227,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=Path("artifacts/server.log"))
+    parser.add_argument("--exit-timeout", type=int, default=5, help="seconds Triton drains in-flight requests on stop")
     parser.add_argument("--gpus", action="store_true", help="docker: pass --gpus all")
     args = parser.parse_args(argv)
     if args.mode == "docker":
@@ -234,17 +294,25 @@ def main(argv: list[str] | None = None) -> None:
         require_file(args.repo / "yolo" / "config.pbtxt", "built repository")
         os.execvp("docker", docker_command(args.repo, args.gpus))
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=5)
+                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
     server.start()
     print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
-          f"(log {args.log}); Ctrl-C stops", flush=True)
+          f"(log {args.log}); Ctrl-C or SIGTERM stops", flush=True)
+    reason = "server exited"
     try:
         while server.process.poll() is None:
-            time.sleep(1)
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        reason = "SIGINT"
+    except Terminated as stop:
+        reason = str(stop)
     finally:
-        print(f"tritonserver stopped (exit {server.stop()})")
+        # One signal starts the drain; more of them must not cut it short and orphan the server.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        code = server.stop()
+    print(f"tritonserver stopped ({reason}, exit {code})", flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
