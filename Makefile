@@ -23,6 +23,8 @@ WORKERS     ?= 0
 SLO_MS      ?= 100
 PYTEST_ARGS ?=
 PARITY_ARGS ?=
+SOAK_DURATION ?= 10m
+FUZZ_EXAMPLES ?= 5000
 
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
@@ -36,7 +38,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(CALIBRATION),--calibration $(CALIBRATION))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
 
-.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer loadtest capacity tune bench-perf-analyzer test test-unit test-integration lock clean clean-all
+.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> serve + real inference
 
@@ -100,6 +102,13 @@ capacity: venv ## Largest stream count within the SLO at FPS (p99 + late-frame b
 tune: venv ## Sweep batching/instance configs at STREAMS on the real server; best goes into the repository
 	$(PY) -m loadtest.capacity tune $(LOAD_ARGS) --duration $(or $(PROBE),15s)
 
+soak: venv ## Long steady load (SOAK_DURATION, 70% of `make capacity`'s result or STREAMS=) with server + stub RSS -> $(ARTIFACTS)/soak/
+	$(PY) -m loadtest.soak --fps $(FPS) --duration $(SOAK_DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) \
+		--streams $(if $(filter command line,$(origin STREAMS)),$(STREAMS),0) --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/soak
+
+bench-robustness: venv ## Bad frames mixed into good ones, decompression-bomb refusal time, on the real server -> $(ARTIFACTS)/robustness/
+	$(PY) -m loadtest.robustness --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/robustness
+
 bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
 	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)
 
@@ -112,12 +121,16 @@ test-unit: venv ## Fast tests only (no server, no training)
 test-integration: venv ## Integration tests (real Triton server on free loopback ports)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+fuzz: venv ## Property-based fuzz of image decode + letterbox with FUZZ_EXAMPLES cases (make test runs 300)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/unit/test_image_limits.py -k fuzz $(PYTEST_ARGS)
+
 lock: venv ## Re-pin requirements.lock from the current virtualenv
 	$(PY) -m pip freeze --exclude-editable > requirements.lock
 
 clean: ## Remove artifacts and the generated parts of the model repository
 	rm -rf $(ARTIFACTS) build runs $(REPO)/detector $(REPO)/yolo $(REPO)/repository.json
 	rm -f $(REPO)/*/config.pbtxt $(REPO)/*/1/yolo_ops.py
+	rm -rf $(REPO)/*/warmup
 
 clean-all: clean ## Also remove the virtualenv and caches
 	rm -rf $(VENV) .cache .pytest_cache

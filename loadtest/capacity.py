@@ -33,7 +33,7 @@ def within_slo(summary: dict, late_budget: float) -> bool:
     p99 = frames["latency_ms"]["p99"]
     # ceil: in a short probe a 1% budget of 80 frames must still allow one late frame
     allowed_late = math.ceil(late_budget * frames["frames_due"])
-    return (frames["errors"] == 0 and frames["dropped"] == 0 and p99 is not None and p99 <= frames["slo_ms"]
+    return (frames["errors"] == 0 and frames["dropped"] == 0 and frames.get("rejected", 0) == 0 and p99 is not None and p99 <= frames["slo_ms"]
             and frames["late_over_slo"] <= allowed_late)
 
 

@@ -20,6 +20,7 @@ import gevent
 import numpy as np
 from locust import User, events, task
 
+from loadtest.frames import frame_status
 from tools.client import TritonDetectorClient, collect_images, encoded_batch
 
 FRAMES: list[dict] = []  # per-process frame records; workers ship theirs to the master
@@ -88,8 +89,7 @@ class CameraStream(User):
             self.in_flight -= 1
         done = time.time()
         latency_ms = (done - due) * 1e3
-        FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms,
-                       "status": "error" if error else "ok"})
+        FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms, "status": frame_status(error)})
         self.environment.events.request.fire(request_type=self.options.protocol, name="frame",
                                              response_time=latency_ms, response_length=0, exception=error,
                                              context={})
@@ -132,27 +132,3 @@ def _write_records(environment, **_kwargs):
     if path and not (environment.runner and environment.runner.__class__.__name__ == "WorkerRunner"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(FRAMES))
-
-
-def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
-    """Throughput, latency percentiles from due time, late/dropped/error counts."""
-    done = [f for f in frames if f["status"] == "ok"]
-    first_due = min((f["due"] for f in frames), default=0.0)
-    last_seen = max((f["due"] + (f["latency_ms"] or 0) / 1e3 for f in frames), default=0.0)
-    duration_s = last_seen - first_due
-    latencies = np.array([f["latency_ms"] for f in done]) if done else np.zeros(0)
-    count = len(frames)
-    pct = (lambda q: round(float(np.percentile(latencies, q)), 2)) if len(latencies) else (lambda q: None)
-    return {
-        "frames_due": count,
-        "frames_ok": len(done),
-        "errors": sum(f["status"] == "error" for f in frames),
-        "dropped": sum(f["status"] == "dropped" for f in frames),
-        "span_s": round(duration_s, 2),
-        "throughput_fps": round(len(done) / duration_s, 2) if duration_s > 0 else None,
-        "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
-                       "max": round(float(latencies.max()), 2) if len(latencies) else None},
-        "late_over_interval": int((latencies > 1e3 / fps).sum()),
-        "late_over_slo": int((latencies > slo_ms).sum()),
-        "slo_ms": slo_ms,
-    }

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.locustfile import summarize
+from loadtest.frames import summarize
 from loadtest.metrics import MetricsRecorder
 from tools.errors import InputFileError, ServerError, ToolkitError, cli_entry
 from tools.server import LOOPBACK, TritonServer, free_port
@@ -105,6 +105,7 @@ def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
 
     ok = sorted((f["due"], f["latency_ms"]) for f in frames if f["status"] == "ok")
     drops = [f["due"] for f in frames if f["status"] == "dropped"]
+    rejects = [f["due"] for f in frames if f["status"] == "rejected"]
     start = min([f["due"] for f in frames], default=0.0)
     fig, ax = plt.subplots(figsize=(9, 4))
     if ok:
@@ -115,6 +116,9 @@ def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
         ax.plot(t - start, p95, color="C1", label="rolling p95")
     if drops:
         ax.scatter(np.array(drops) - start, np.zeros(len(drops)), marker="x", color="red", s=12, label="dropped")
+    if rejects:
+        ax.scatter(np.array(rejects) - start, np.zeros(len(rejects)), marker="|", color="purple", s=20,
+                   label="rejected by the server")
     ax.axhline(spec.slo_ms, color="gray", linestyle="--", label=f"SLO {spec.slo_ms:.0f} ms")
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("latency (ms)")
@@ -130,7 +134,10 @@ def to_markdown(summary: dict) -> str:
     f, m = summary["frames"], summary["triton"]
     lines = [f"# Load test: {s['streams']} streams x {s['fps']} FPS, {s['duration_s']:.0f} s, {s['protocol']}"
              f"{', ' + str(s['workers']) + ' workers' if s['workers'] else ''}", "",
-             f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, errors {f['errors']}",
+             f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, "
+             f"rejected by the server {f.get('rejected', 0)} ({f.get('rejected_share', 0):.1%}"
+             f"{', answered in p50 ' + str(f['rejection_p50_ms']) + ' ms' if f.get('rejection_p50_ms') else ''}), "
+             f"errors {f['errors']}",
              f"- throughput {f['throughput_fps']} frames/s; latency from due time p50 {lat['p50']} / p95 {lat['p95']} / "
              f"p99 {lat['p99']} ms (max {lat['max']})",
              f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "

@@ -55,6 +55,20 @@ def copy_python_models(dest: Path) -> Path:
     return dest
 
 
+def write_warmup_files(repo: Path, settings: tc.RepositorySettings) -> None:
+    """The input files the configs' model_warmup entries name (Triton reads <model>/warmup/<file>)."""
+    import numpy as np
+
+    height, width = settings.image_size
+    files = {
+        repo / tc.POSTPROCESS / tc.WARMUP_DIR / tc.WARMUP_LETTERBOX_FILE:
+            np.array([1.0, 0.0, 0.0, width, height], dtype=np.float32).tobytes(),
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
 def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict) -> Path:
     repo = Path(repo)
     for name in PYTHON_MODELS:
@@ -71,6 +85,8 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     shutil.copyfile(model_file, detector_dir / "1" / f"model{suffix}")
     if settings.target == "local":
         shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
+        shutil.copyfile(SHARED_MATHS, detector_dir / "1" / "yolo_ops.py")
+    write_warmup_files(repo, settings)
     (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
     for config in tc.all_configs(settings):
         tc.write_config(config, repo / config.name)
@@ -117,6 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
     parser.add_argument("--device", choices=["cpu", "gpu"])
     parser.add_argument("--ort-threads", dest="ort_threads", type=int)
+    parser.add_argument("--max-queue-size", dest="max_queue_size", type=int,
+                        help="requests a step may queue before rejecting (0: unbounded)")
+    parser.add_argument("--queue-timeout-us", dest="queue_timeout_us", type=int,
+                        help="longest wait in a step's queue before rejecting (0: no timeout)")
+    parser.add_argument("--max-image-pixels", dest="max_image_pixels", type=int)
+    parser.add_argument("--max-image-bytes", dest="max_image_bytes", type=int)
+    parser.add_argument("--min-image-side", dest="min_image_side", type=int)
     args = parser.parse_args(argv)
     if args.onnx:
         stage, model_file, onnx_file = "user", args.onnx, args.onnx

@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from tools.detection import Detections, decode_image, decode_raw_head, letterbox, postprocess, unpad_detections
-from tools.errors import BadImageError, InputFileError, ServerError, cli_entry, require_file
+from tools.errors import BadImageError, InputFileError, ServerBusyError, ServerError, ToolkitError, cli_entry, require_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
+BUSY_RETRIES = 3  # a request the server shed (503 / UNAVAILABLE) is retried with backoff
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -75,7 +78,8 @@ class TritonDetectorClient:
         if not ready:
             raise ServerError(f"model {self.model!r} is not ready on {self.url}")
 
-    def infer_raw(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+    def infer_raw(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = OUTPUT_NAMES,
+                  model_version: str = "") -> dict[str, np.ndarray]:
         """One request with arbitrary named inputs; raises tritonclient's InferenceServerException."""
         from tritonclient.utils import np_to_triton_dtype
 
@@ -86,7 +90,7 @@ class TritonDetectorClient:
             infer_inputs.append(item)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self.client.infer(self.model, infer_inputs, outputs=requested, **kwargs)
+        result = self.client.infer(self.model, infer_inputs, model_version=model_version, outputs=requested, **kwargs)
         return {name: result.as_numpy(name) for name in outputs}
 
     def detect(self, payloads: list[bytes]) -> list[Detections]:
@@ -100,6 +104,9 @@ class TritonDetectorClient:
             message = error.message() or str(error)
             if status in ("400", "StatusCode.INVALID_ARGUMENT"):
                 raise BadImageError(f"server rejected the request: {message}") from None
+            if status in ("503", "StatusCode.UNAVAILABLE"):
+                raise ServerBusyError(f"server is shedding load ({status}): {message}",
+                                      hint="retry later, or lower --concurrency") from None
             raise ServerError(f"inference failed ({status or 'no status'}): {message}") from None
 
     def close(self) -> None:
@@ -158,18 +165,37 @@ def annotate(image: np.ndarray, detections: Detections, names: dict[int, str] | 
     return out
 
 
-def run(images: list[Path], detector, batch: int, concurrency: int) -> list[list[Detections] | Exception]:
-    """Send images in batches, `concurrency` requests in flight; one result (or error) per batch."""
+def run(images: list[Path], make_detector, batch: int, concurrency: int) -> list[list[Detections] | Exception]:
+    """Send images in batches, `concurrency` requests in flight; one result (or error) per batch.
+
+    Each worker thread gets its own detector from `make_detector()`: tritonclient's HTTP client
+    runs on gevent and must stay in the thread that made it (sharing one fails with
+    "greenlet.error: Cannot switch to a different thread").
+    """
     chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+    local, made, lock = threading.local(), [], threading.Lock()
 
     def send(chunk):
-        try:
-            return detector.detect([p.read_bytes() for p in chunk])
-        except (BadImageError, OSError) as error:
-            return error
+        if not hasattr(local, "detector"):
+            local.detector = make_detector()
+            with lock:
+                made.append(local.detector)
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return local.detector.detect([p.read_bytes() for p in chunk])
+            except ServerBusyError as error:  # shed under load: back off and try again
+                if attempt == BUSY_RETRIES:
+                    return error
+                time.sleep(0.2 * 2 ** attempt)
+            except (ToolkitError, OSError) as error:  # this batch's failure, reported beside the others
+                return error
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(send, chunks))
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(send, chunks))
+    finally:
+        for detector in made:
+            getattr(detector, "close", lambda: None)()
 
 
 @cli_entry
@@ -190,17 +216,24 @@ def main(argv: list[str] | None = None) -> None:
     images = collect_images(args.images)
     names = None
     if args.local:
-        detector = LocalDetector(args.local)
-        names = detector.info.names
+        shared = LocalDetector(args.local)  # one ONNX Runtime session serves every thread
+        names = shared.info.names
+
+        def make_detector():
+            return shared
     else:
         url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
-        detector = TritonDetectorClient(url, args.protocol, args.model, concurrency=args.concurrency)
-        detector.check_ready()
+
+        def make_detector():
+            return TritonDetectorClient(url, args.protocol, args.model)
+
+        with make_detector() as probe:
+            probe.check_ready()
     if args.names:
         from compress.export import read_info
 
         names = read_info(args.names).names
-    results = run(images, detector, max(1, args.batch), max(1, args.concurrency))
+    results = run(images, make_detector, max(1, args.batch), max(1, args.concurrency))
     report, failures = [], 0
     batch = max(1, args.batch)
     for index, result in enumerate(results):

@@ -7,6 +7,9 @@ local mode), so "served == in-process" holds by construction. NumPy and OpenCV o
 
 from __future__ import annotations
 
+import io
+import sys
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -19,15 +22,81 @@ LETTERBOX_FIELDS = ("gain", "pad_x", "pad_y", "orig_w", "orig_h")
 
 
 class ImageDecodeError(ValueError):
-    """Bytes that are not a decodable image."""
+    """Bytes that are not a decodable image, or an image outside the limits: the sender's fault."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded JPEG/PNG/... bytes to a BGR uint8 image."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one encoded image may cost, checked from its header before any pixel is decoded.
+
+    The defaults suit camera frames: 40 MP covers 8K (33 MP); 32 MiB covers a 40 MP JPEG at
+    high quality; sides under 8 px are not frames (and 1xN images cannot be letterboxed sensibly).
+    The served values live in the preprocess model's config parameters.
+    """
+
+    max_pixels: int = 40_000_000
+    max_bytes: int = 32 * 1024 * 1024
+    min_side: int = 8
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "ImageLimits":
+        defaults = cls()
+        return cls(int(params.get("max_image_pixels", defaults.max_pixels)),
+                   int(params.get("max_image_bytes", defaults.max_bytes)),
+                   int(params.get("min_image_side", defaults.min_side)))
+
+
+def image_header(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
+    """(width, height, format) from the header alone (Pillow reads lazily); nothing is decoded."""
+    from PIL import Image
+
+    # Ultralytics replaces Image.open with a wrapper that tries to pip-install a HEIF plugin
+    # whenever a file is unidentified; garbage bytes must not do that, so use Pillow's own.
+    image_open = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", Image.open)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: our limit decides
+            with image_open(io.BytesIO(data)) as header:
+                width, height = header.size
+                return int(width), int(height), str(header.format)
+    except Image.DecompressionBombError:  # Pillow's hard stop is 2x its MAX_IMAGE_PIXELS, far above ours
+        raise ImageDecodeError(f"image header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the "
+                               f"limit max_image_pixels={limits.max_pixels:,}; refused before decoding") from None
+    except Exception:  # Pillow raises many types for garbage; all mean the same to the sender
+        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): unknown format or corrupt header") from None
+
+
+def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
+    """Refuse an image by its size and header, in microseconds, before decoding; returns the header."""
+    if not len(data):
+        raise ImageDecodeError("not a decodable image (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageDecodeError(f"image of {len(data):,} bytes is over the limit max_image_bytes={limits.max_bytes:,}")
+    width, height, kind = image_header(data, limits)
+    if width * height > limits.max_pixels:
+        raise ImageDecodeError(f"{kind} header says {width}x{height} = {width * height / 1e6:.1f} MP, over the limit "
+                               f"max_image_pixels={limits.max_pixels:,}; refused before decoding")
+    if min(width, height) < limits.min_side:
+        raise ImageDecodeError(f"{kind} image is {width}x{height}: a side under the limit "
+                               f"min_image_side={limits.min_side} px")
+    return width, height, kind
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = ImageLimits()) -> np.ndarray:
+    """Encoded JPEG/PNG/... bytes to a BGR uint8 image (EXIF orientation applied).
+
+    With `limits` (the default), the header is checked first; every failure is an ImageDecodeError.
+    """
+    kind = ""
+    if limits is not None:
+        kind = check_image(data, limits)[2] + " "
     array = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
-    if image is None:
-        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes)")
+    try:
+        image = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
+    except cv2.error as error:
+        raise ImageDecodeError(f"not a decodable {kind}image ({len(data)} bytes): {error.err}") from None
+    if image is None or image.size == 0:
+        raise ImageDecodeError(f"not a decodable {kind}image ({len(data)} bytes)")
     return image
 
 
@@ -38,9 +107,12 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.
     [gain, pad_x, pad_y, orig_w, orig_h] needed to map boxes back.
     """
     height, width = image.shape[:2]
+    if not height or not width:
+        raise ImageDecodeError(f"image of {width}x{height} pixels cannot be letterboxed")
     target_h, target_w = size
     gain = min(target_h / height, target_w / width)
-    new_w, new_h = round(width * gain), round(height * gain)
+    # at least one pixel: a 1x600 image would otherwise resize to a zero-size axis
+    new_w, new_h = max(1, round(width * gain)), max(1, round(height * gain))
     pad_w, pad_h = (target_w - new_w) / 2, (target_h - new_h) / 2
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -138,11 +210,16 @@ def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_thres
     """
     results = []
     for pred, params in zip(prediction, letterbox_params):
+        if not np.isfinite(params).all() or params[0] <= 0:
+            raise ValueError(f"letterbox parameters {params.tolist()} are not a valid letterbox")
         pred = pred.T  # [A, 4+nc]
         class_scores = pred[:, 4:]
+        if not np.isfinite(class_scores).all():  # a NaN would win argmax and hide the real classes
+            class_scores = np.where(np.isfinite(class_scores), class_scores, -np.inf)
         classes = class_scores.argmax(axis=1)
         scores = class_scores[np.arange(len(classes)), classes]
-        mask = scores > conf_threshold
+        # NaN/inf boxes from a broken model drop out here instead of poisoning NMS
+        mask = (scores > conf_threshold) & np.isfinite(pred[:, :4]).all(axis=1)
         xywh, scores, classes = pred[mask, :4], scores[mask], classes[mask]
         boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
         keep = nms(boxes + classes[:, None] * MAX_WH, scores, iou_threshold)[:max_det]
@@ -153,6 +230,27 @@ def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_thres
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, orig_h)
         results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32)))
     return results
+
+
+def run_isolated(requests: list, run_batch, on_error) -> list:
+    """Run a Python-backend `execute()` so that one bad request fails only itself.
+
+    `run_batch(requests)` returns one response per request. If the batch raises, each request
+    runs alone and a failing one gets `on_error(exception)` as its response. The common path
+    stays one batched call.
+    """
+    try:
+        return run_batch(requests)
+    except Exception as error:
+        if len(requests) == 1:
+            return [on_error(error)]
+    responses = []
+    for request in requests:
+        try:
+            responses.extend(run_batch([request]))
+        except Exception as error:
+            responses.append(on_error(error))
+    return responses
 
 
 def pad_detections(detections: list[Detections]) -> dict[str, np.ndarray]:

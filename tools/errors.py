@@ -49,6 +49,10 @@ class ServerError(ToolkitError):
     """The Triton server could not be started, reached or did not answer as expected."""
 
 
+class ServerBusyError(ServerError):
+    """The server shed the request (queue full or queue timeout: HTTP 503 / gRPC UNAVAILABLE)."""
+
+
 class GateFailedError(ToolkitError):
     """A measured quality gate did not hold."""
 

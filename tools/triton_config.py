@@ -13,6 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tools.detection import LETTERBOX_FIELDS, ImageLimits
 from tools.errors import ToolkitError
 
 TARGETS = ("local", "onnxruntime", "tensorrt")
@@ -25,6 +26,8 @@ DETECTION_OUTPUTS = (
     ("SCORES", mc.TYPE_FP32, [-1]),
     ("CLASSES", mc.TYPE_INT32, [-1]),
 )
+WARMUP_DIR = "warmup"  # Triton reads warmup input files from <model>/warmup/
+WARMUP_LETTERBOX_FILE = "letterbox.bin"
 
 
 class ConfigError(ToolkitError):
@@ -43,7 +46,8 @@ class RepositorySettings:
     reg_max: int = 16
     max_batch_size: int = 16
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8])
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 2000  # the detector's wait to fill a batch
+    step_queue_delay_us: int = 0  # preprocess/postprocess: no wait, they take what is queued
     detector_instances: int = 1
     preprocess_instances: int = 1
     postprocess_instances: int = 1
@@ -52,6 +56,16 @@ class RepositorySettings:
     max_det: int = 300
     device: str = "cpu"  # instance kind for the onnxruntime target: cpu | gpu
     ort_threads: int = 0  # 0 lets ONNX Runtime decide
+    # Overload: a step's queue holds at most this many requests, each for at most this long;
+    # beyond either the request is rejected at once (UNAVAILABLE / HTTP 503) instead of every
+    # stream's latency growing. 250 ms is 2.5x the 100 ms frame SLO: a frame that waited that
+    # long in one queue is late anyway. 0 means unbounded (Triton's default).
+    max_queue_size: int = 64
+    queue_timeout_us: int = 250_000
+    # Per-image limits, checked from the header before decoding (see tools.detection.ImageLimits).
+    max_image_pixels: int = ImageLimits.max_pixels
+    max_image_bytes: int = ImageLimits.max_bytes
+    min_image_side: int = ImageLimits.min_side
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
@@ -73,6 +87,10 @@ class RepositorySettings:
             raise ConfigError("conf_threshold must be in [0, 1) and iou_threshold in (0, 1]")
         if any(s % max(self.strides) for s in self.image_size):
             raise ConfigError(f"image size {self.image_size} is not a multiple of stride {max(self.strides)}")
+        if min(self.max_queue_size, self.queue_timeout_us, self.queue_delay_us, self.step_queue_delay_us) < 0:
+            raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
+        if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
+            raise ConfigError("max_image_pixels, max_image_bytes and min_image_side must be >= 1")
 
     @property
     def anchors(self) -> int:
@@ -93,11 +111,34 @@ def _instances(count: int, kind: int) -> list:
     return [mc.ModelInstanceGroup(count=count, kind=kind)]
 
 
-def _dynamic_batching(settings: RepositorySettings, preferred: list[int] | None = None) -> mc.ModelDynamicBatching:
+def _dynamic_batching(settings: RepositorySettings, wait_for_batch: bool) -> mc.ModelDynamicBatching:
+    """Dynamic batching with the bounded, rejecting queue policy.
+
+    Only the detector waits (`queue_delay_us`) to fill batches: that is where batching pays.
+    The Python pre/post steps take what is queued and go (`step_queue_delay_us`, 0 by default),
+    so the wait is not paid three times.
+    """
+    policy = mc.ModelQueuePolicy(timeout_action=mc.ModelQueuePolicy.REJECT,
+                                 default_timeout_microseconds=settings.queue_timeout_us,
+                                 allow_timeout_override=True, max_queue_size=settings.max_queue_size)
     return mc.ModelDynamicBatching(
-        preferred_batch_size=preferred if preferred is not None else settings.preferred_batch_sizes,
-        max_queue_delay_microseconds=settings.queue_delay_us,
+        preferred_batch_size=settings.preferred_batch_sizes if wait_for_batch else [],
+        max_queue_delay_microseconds=settings.queue_delay_us if wait_for_batch else settings.step_queue_delay_us,
+        default_queue_policy=policy,
     )
+
+
+def _warmup(name: str, batch_size: int, inputs: dict[str, tuple[int, list[int], str | None]]) -> mc.ModelWarmup:
+    """One warmup sample: inputs are (dtype, dims, data file under warmup/ or None for zeros)."""
+    warmup = mc.ModelWarmup(name=name, batch_size=batch_size, count=1)
+    for input_name, (data_type, dims, data_file) in inputs.items():
+        item = warmup.inputs[input_name]
+        item.data_type, item.dims[:] = data_type, dims
+        if data_file:
+            item.input_data_file = data_file
+        else:
+            item.zero_data = True
+    return warmup
 
 
 def _parameters(config: mc.ModelConfig, values: dict[str, object]) -> None:
@@ -117,9 +158,12 @@ def preprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
             _tensor(mc.ModelOutput, "LETTERBOX", mc.TYPE_FP32, [5]),
         ],
         instance_group=_instances(settings.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
-        dynamic_batching=_dynamic_batching(settings, preferred=[]),
+        dynamic_batching=_dynamic_batching(settings, wait_for_batch=False),
+        # no model_warmup: Triton 2.51 misreads BYTES warmup files (garbage lengths, once a
+        # segfault); the model decodes a synthetic frame in initialize() instead
     )
-    _parameters(config, {"image_height": height, "image_width": width})
+    _parameters(config, {"image_height": height, "image_width": width, "max_image_pixels": settings.max_image_pixels,
+                         "max_image_bytes": settings.max_image_bytes, "min_image_side": settings.min_image_side})
     return config
 
 
@@ -130,7 +174,10 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
         max_batch_size=settings.max_batch_size,
         input=[_tensor(mc.ModelInput, "images", mc.TYPE_FP32, [3, height, width])],
         output=[_tensor(mc.ModelOutput, name, mc.TYPE_FP32, dims) for name, dims in settings.head_outputs()],
-        dynamic_batching=_dynamic_batching(settings),
+        dynamic_batching=_dynamic_batching(settings, wait_for_batch=True),
+        # the first real request should not pay session set-up: one frame and one full batch
+        model_warmup=[_warmup(f"zeros_batch_{size}", size, {"images": (mc.TYPE_FP32, [3, height, width], None)})
+                      for size in sorted({1, settings.max_batch_size})],
     )
     if settings.target == "local":
         config.backend = "python"
@@ -157,7 +204,10 @@ def postprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         + [_tensor(mc.ModelInput, "LETTERBOX", mc.TYPE_FP32, [5])],
         output=[_tensor(mc.ModelOutput, name, dtype, dims) for name, dtype, dims in DETECTION_OUTPUTS],
         instance_group=_instances(settings.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
-        dynamic_batching=_dynamic_batching(settings, preferred=[]),
+        dynamic_batching=_dynamic_batching(settings, wait_for_batch=False),
+        model_warmup=[_warmup("zero_logits", 1, {
+            **{name: (mc.TYPE_FP32, dims, None) for name, dims in settings.head_outputs()},
+            "LETTERBOX": (mc.TYPE_FP32, [len(LETTERBOX_FIELDS)], WARMUP_LETTERBOX_FILE)})],
     )
     _parameters(config, {
         "conf_threshold": settings.conf_threshold,

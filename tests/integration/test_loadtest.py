@@ -42,18 +42,27 @@ def test_distributed_mode_with_one_worker(triton, tmp_path, val_images):
     assert summary["frames"]["frames_due"] == 40 and summary["frames"]["errors"] == 0
 
 
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("slow_repo")
-    shutil.copytree(ROOT / "tests" / "fixtures" / "slow_model", repo / "slow")
+def slow_config(name: str, shed_after_us: int = 0) -> mc.ModelConfig:
     config = mc.ModelConfig(
-        name="slow", backend="python", max_batch_size=4,
+        name=name, backend="python", max_batch_size=4,
         input=[mc.ModelInput(name="IMAGE", data_type=mc.TYPE_STRING, dims=[1])],
         output=[mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in tc.DETECTION_OUTPUTS],
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)])
     config.parameters["delay_ms"].string_value = "250"
-    tc.write_config(config, repo / "slow")
-    with TritonServer(repo, models=("slow",), log_path=repo / "server.log") as server:
+    if shed_after_us:  # the repository's overload policy: bounded queue, timeout, reject
+        config.dynamic_batching.default_queue_policy.CopyFrom(mc.ModelQueuePolicy(
+            timeout_action=mc.ModelQueuePolicy.REJECT, default_timeout_microseconds=shed_after_us, max_queue_size=2))
+    return config
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """Two stand-ins answering 4 requests/s: `slow` queues without bound, `slow_shedding` rejects."""
+    repo = tmp_path_factory.mktemp("slow_repo")
+    for config in (slow_config("slow"), slow_config("slow_shedding", shed_after_us=300_000)):
+        shutil.copytree(ROOT / "tests" / "fixtures" / "slow_model", repo / config.name)
+        tc.write_config(config, repo / config.name)
+    with TritonServer(repo, models=("slow", "slow_shedding"), log_path=repo / "server.log") as server:
         yield server
 
 
@@ -72,3 +81,41 @@ def test_open_loop_shows_growing_latency_and_drops_not_a_lower_send_rate(slow_se
     latencies = np.array([lat for _, lat in ok])
     third = len(latencies) // 3
     assert latencies[-third:].mean() > latencies[:third].mean() + 100  # latency from due time grows
+
+
+def test_queue_policy_sheds_overload_as_counted_rejections(slow_server, tmp_path, val_images):
+    """At 5x capacity a bounded, rejecting queue answers fast refusals instead of ever-later frames."""
+    runs = {}
+    for model in ("slow", "slow_shedding"):
+        runs[model] = load_test(LoadSpec(streams=2, fps=10, duration_s=6, model=model, max_in_flight=3),
+                                tmp_path / model, url=slow_server.grpc_url, metrics_url=slow_server.metrics_url,
+                                images=val_images[0].parent)["frames"]
+    unbounded, shedding = runs["slow"], runs["slow_shedding"]
+    assert unbounded["rejected"] == 0 and unbounded["errors"] == 0
+    assert shedding["rejected"] > 0 and shedding["errors"] == 0  # rejections are not counted as errors
+    assert shedding["frames_ok"] > 0
+    # frames the shedding server accepted wait less than those of the server that queues everything
+    assert shedding["latency_ms"]["p99"] < unbounded["latency_ms"]["p99"]
+    assert "rejected by the server" in (tmp_path / "slow_shedding" / "summary.md").read_text()
+
+
+def test_short_soak_reports_memory_of_the_server_and_every_stub(served_repo, tmp_path, val_images):
+    """`make soak`'s CLI, briefly: RSS of tritonserver and each Python stub over time, no errors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "soak"
+    command = [sys.executable, "-m", "loadtest.soak", "--streams", "2", "--fps", "5", "--duration", "12s",
+               "--sample-s", "0.5", "--warmup-s", "2", "--repo", str(served_repo), "--images",
+               str(val_images[0].parent), "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "soak.json").read_text())
+    assert result["frames"]["errors"] == 0 and result["frames"]["frames_ok"] > 0
+    assert {"tritonserver", "preprocess", "detector", "postprocess", "total"} <= set(result["memory"])
+    assert all(m["start_mb"] > 1 for m in result["memory"].values())
+    assert result["samples"] >= 10
+    assert (out / "rss_over_time.png").stat().st_size > 0 and "memory growth" in (out / "soak.md").read_text()

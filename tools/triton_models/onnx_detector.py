@@ -2,15 +2,24 @@
 
 The local server (from the nvidia-pytriton wheel) has no onnxruntime backend, so this runs the
 same model.onnx the NGC `onnxruntime_onnx` target serves. All requests of one `execute()`
-call run as one ONNX Runtime batch, so Triton's dynamic batching pays off.
+call run as one ONNX Runtime batch, so Triton's dynamic batching pays off; if that batch
+fails, each request runs alone so that one bad request fails only itself.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(__file__))
+from yolo_ops import run_isolated  # noqa: E402  (copied in by the repository builder)
+
+
+def error_response(error):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"detector: {error}", pb_utils.TritonError.INTERNAL))
 
 
 class TritonPythonModel:
@@ -26,7 +35,7 @@ class TritonPythonModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
 
-    def execute(self, requests):
+    def _run_batch(self, requests):
         parts = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
         outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(parts)})
         responses, start = [], 0
@@ -38,3 +47,6 @@ class TritonPythonModel:
             ]))
             start = stop
         return responses
+
+    def execute(self, requests):
+        return run_isolated(requests, self._run_batch, error_response)

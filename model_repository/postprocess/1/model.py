@@ -1,7 +1,9 @@
 """Triton Python model `postprocess`: head outputs + letterbox params -> boxes, scores, classes.
 
 Thresholds, head layout and image size come from the model config's parameters. All requests
-of one `execute()` call are decoded as one batch, then split back and padded per request.
+of one `execute()` call are decoded as one batch, then split back and padded per request. If
+that batch fails, each request runs alone, so one bad request (e.g. invalid letterbox
+parameters) fails only itself; non-finite head values are dropped as candidates, not errors.
 """
 
 import json
@@ -12,7 +14,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import decode_raw_head, pad_detections, postprocess  # noqa: E402  (copied in by the repository builder)
+from yolo_ops import decode_raw_head, pad_detections, postprocess, run_isolated  # noqa: E402  (copied in by the repository builder)
+
+
+def error_response(error):
+    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, ValueError) else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"postprocess: {error}", code))
 
 
 class TritonPythonModel:
@@ -27,7 +34,7 @@ class TritonPythonModel:
         self.strides = tuple(int(s) for s in params["strides"].split(","))
         self.head_names = [i["name"] for i in config["input"] if i["name"] != "LETTERBOX"]
 
-    def execute(self, requests):
+    def _run_batch(self, requests):
         heads = {name: [] for name in self.head_names}
         letterboxes, counts = [], []
         for request in requests:
@@ -48,3 +55,7 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in padded.items()]))
         return responses
+
+    def execute(self, requests):
+        with np.errstate(all="ignore"):  # overflow in exp() on extreme logits is handled as non-finite
+            return run_isolated(requests, self._run_batch, error_response)
