@@ -1,0 +1,79 @@
+"""`python -m tools.client` as the README types it: both protocols, a folder, --concurrency > 1,
+--annotate, a bad file among good ones. The old tests called the client class from one thread,
+which is how an HTTP client shared across threads (a crash on every CLI call) slipped through."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TEST_CONF
+from tests.integration.test_served_ensemble import assert_same_detections
+from tools.client import LocalDetector
+from tools.detection import Detections
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.client", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def as_detections(entry: dict) -> Detections:
+    import numpy as np
+
+    dets = entry["detections"]
+    return Detections(np.array([d["box_xyxy"] for d in dets], dtype=np.float32).reshape(-1, 4),
+                      np.array([d["score"] for d in dets], dtype=np.float32),
+                      np.array([d["class_id"] for d in dets], dtype=np.int32))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, val_images, photos):
+    folder = tmp_path_factory.mktemp("frames")
+    for path in val_images[:8] + photos:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_folder_with_concurrency_and_annotations(triton, tiny_onnx, image_folder, tmp_path, protocol):
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    done = run_cli(str(image_folder), "--protocol", protocol, "--url", url, "--concurrency", "4", "--batch", "2",
+                   "--annotate", str(tmp_path / "annotated"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    images = sorted(image_folder.iterdir())
+    assert [e["image"] for e in report] == [str(p) for p in images]
+    local = LocalDetector(tiny_onnx, conf_threshold=TEST_CONF)
+    for entry, path in zip(report, images):
+        # the CLI rounds boxes to 0.01 px and scores to 1e-4: well inside the comparison's tolerance
+        assert_same_detections(as_detections(entry), local.detect([path.read_bytes()])[0])
+    assert sum(len(e["detections"]) for e in report) > 0
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == [p.name for p in images]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_reports_a_bad_file_and_serves_the_rest(triton, image_folder, tmp_path, protocol):
+    folder = tmp_path / "mixed"
+    shutil.copytree(image_folder, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    done = run_cli(str(folder), "--protocol", protocol, "--url", url, "--concurrency", "3")
+    assert done.returncode == 2
+    report = {os.path.basename(e["image"]): e for e in json.loads(done.stdout)}
+    assert "not a decodable image" in report["broken.jpg"]["error"]
+    assert all("detections" in e for name, e in report.items() if name != "broken.jpg")
+    assert "1 of" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_without_a_server_says_so_in_one_line(tmp_path, image_folder):
+    done = run_cli(str(image_folder), "--protocol", "http", "--url", "127.0.0.1:9")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: cannot reach Triton") and "make serve" in done.stderr
