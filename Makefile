@@ -20,6 +20,7 @@ FPS         ?= 10
 DURATION    ?= 60s
 PROTOCOL    ?= grpc
 WORKERS     ?= 0
+MAX_IN_FLIGHT ?= 2
 SLO_MS      ?= 100
 PYTEST_ARGS ?=
 PARITY_ARGS ?=
@@ -48,7 +49,7 @@ help: ## List the targets and the variables they read
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
 	@echo "           PROFILE=default|tiny EPOCHS=<n> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
 	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
-	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS (load tests)"
+	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
 
 venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
 
@@ -91,7 +92,7 @@ infer: venv ## Send IMAGES=<files or folders> to a running server (PROTOCOL=http
 	$(PY) -m tools.client $(or $(IMAGES),$(shell $(PY) -c 'from ultralytics.utils import ASSETS; print(ASSETS)')) --protocol $(or $(PROTOCOL),http)
 
 LOAD_ARGS = --streams $(STREAMS) --fps $(FPS) --duration $(DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) \
-	--workers $(WORKERS) --repo $(REPO) --artifacts $(ARTIFACTS)
+	--workers $(WORKERS) --max-in-flight $(MAX_IN_FLIGHT) --repo $(REPO) --artifacts $(ARTIFACTS)
 
 loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS) -> $(ARTIFACTS)/loadtest/
 	$(PY) -m loadtest.run $(LOAD_ARGS) --out $(ARTIFACTS)/loadtest

@@ -4,7 +4,8 @@
 
 1. Poisoning: 60 concurrent single-image gRPC requests (12 in flight), every tenth one a bad
    frame of a kind (1x600, 600x1, a PNG whose header claims 40000x40000). Counts good requests
-   that failed: each bad frame must fail only itself.
+   that failed: each bad frame must fail only itself. Requests the server shed under the burst
+   (503, its queue policy) are counted apart: they are load, not poisoning.
 2. Refusal time: median client-side latency of a good frame and of header-lie and real
    decompression-bomb PNGs (48 MP and 400 MP), sent one at a time.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from loadtest.bad_frames import decompression_bomb, png_claiming, thin_png
 from loadtest.run import default_images
 from tools.client import TritonDetectorClient, collect_images
-from tools.errors import InputFileError, cli_entry
+from tools.errors import InputFileError, ServerBusyError, cli_entry
 from tools.server import TritonServer
 
 POISON_KINDS = {"png_1x600": lambda: thin_png(1, 600), "png_600x1": lambda: thin_png(600, 1),
@@ -41,15 +42,18 @@ def poisoning(url: str, good: bytes, bad: bytes, requests: int = 60, every: int 
         try:
             local.client.detect([payload])
             return "ok"
+        except ServerBusyError as error:  # load shedding (503): not caused by the bad frame, counted apart
+            return "shed: " + str(error)[:160]
         except Exception as error:
             return type(error).__name__ + ": " + str(error)[:160]
 
     with ThreadPoolExecutor(max_workers=in_flight) as pool:
         outcomes = list(pool.map(send, payloads))
-    good_failed = [o for i, o in enumerate(outcomes) if i % every and o != "ok"]
+    good = [o for i, o in enumerate(outcomes) if i % every]
+    good_failed = [o for o in good if o != "ok" and not o.startswith("shed")]
     bad_outcomes = [o for i, o in enumerate(outcomes) if i % every == 0]
-    return {"requests": requests, "bad": len(bad_outcomes), "good": requests - len(bad_outcomes),
-            "good_failed": len(good_failed), "bad_refused": sum(o != "ok" for o in bad_outcomes),
+    return {"requests": requests, "bad": len(bad_outcomes), "good": len(good), "good_failed": len(good_failed),
+            "good_shed": sum(o.startswith("shed") for o in good), "bad_refused": sum(o != "ok" for o in bad_outcomes),
             "example_bad_reply": bad_outcomes[0], "example_good_failure": good_failed[0] if good_failed else None}
 
 
@@ -72,10 +76,10 @@ def refusal_times(url: str, payloads: dict[str, bytes], repeats: int) -> dict:
 
 def to_markdown(result: dict) -> str:
     lines = ["# Robustness: bad frames beside good ones", "",
-             "| bad kind (6 of 60 concurrent gRPC requests) | good requests failed | bad refused | reply to the bad one |",
-             "|---|---:|---:|---|"]
+             "| bad kind (6 of 60 concurrent gRPC requests) | good requests failed | good shed (503) | bad refused | "
+             "reply to the bad one |", "|---|---:|---:|---:|---|"]
     for kind, r in result["poisoning"].items():
-        lines.append(f"| {kind} | {r['good_failed']} of {r['good']} | {r['bad_refused']} of {r['bad']} | "
+        lines.append(f"| {kind} | {r['good_failed']} of {r['good']} | {r['good_shed']} | {r['bad_refused']} of {r['bad']} | "
                      f"{r['example_bad_reply'][:110]} |")
     lines += ["", "| payload | bytes | median ms | max ms | outcome |", "|---|---:|---:|---:|---|"]
     for name, r in result["refusal"].items():

@@ -271,8 +271,8 @@ def check_docker() -> None:
 
 
 def docker_command(repository: Path, gpus: bool, image: str = NGC_IMAGE) -> list[str]:
-    """The NGC container with the same repository; Python models there need OpenCV installed."""
-    inner = "pip install -q opencv-python-headless && tritonserver --model-repository=/models"
+    """The NGC container with the same repository; Python models there need OpenCV and Pillow installed."""
+    inner = "pip install -q opencv-python-headless pillow && tritonserver --model-repository=/models"
     return ["docker", "run", "--rm", *(["--gpus", "all"] if gpus else []), "-p", "8000:8000", "-p", "8001:8001",
             "-p", "8002:8002", "-v", f"{Path(repository).resolve()}:/models", image, "bash", "-c", inner]
 
