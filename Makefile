@@ -14,6 +14,11 @@ TARGET      ?= local
 WEIGHTS     ?=
 DATA        ?=
 EPOCHS      ?=
+DISTILL_EPOCHS ?=
+IMGSZ       ?=
+MIN_BASELINE_MAP ?=
+ALLOW_WEAK_BASELINE ?=
+ALLOW_UNGATED ?=
 STAGE       ?=
 STREAMS     ?= 16
 FPS         ?= 10
@@ -35,19 +40,23 @@ export PYTHONUNBUFFERED := 1
 
 PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
 	$(if $(PRUNE_TARGET),--prune-target $(PRUNE_TARGET)) $(if $(IMPORTANCE),--importance $(IMPORTANCE)) \
-	$(if $(CALIBRATION),--calibration $(CALIBRATION))
-REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE))
+	$(if $(CALIBRATION),--calibration $(CALIBRATION)) $(if $(IMGSZ),--imgsz $(IMGSZ)) \
+	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline)
+REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
+	$(if $(ALLOW_UNGATED),--allow-ungated)
 
-.PHONY: all help venv pipeline compress parity bench plan repo demo serve serve-docker infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify bench plan repo demo serve serve-docker infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
-all: venv pipeline parity repo demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> serve + real inference
+all: venv pipeline parity repo verify demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> served mAP check -> real inference
 
 help: ## List the targets and the variables they read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
-	@echo "           PROFILE=default|tiny EPOCHS=<n> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
+	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
+	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1"
 	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
 	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
 
@@ -67,8 +76,11 @@ pipeline: venv ## Run the pipeline stages that are out of date (dataset, baselin
 
 compress: pipeline ## Same as pipeline: prune -> distill -> INT8 -> plan -> report (after dataset/baseline/export)
 
-parity: venv ## Accuracy parity gate (Polygraphy + task-level + served mAP); exits 3 when it fails
+parity: venv ## Accuracy parity gate (Polygraphy + task level vs FP32 and equal-budget baseline); only a passing model can be served; exit 3 on failure
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) $(PARITY_ARGS)
+
+verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree
+	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO)
 
 bench: venv ## Re-measure the report (latency side by side, mAP) into $(ARTIFACTS)/report/
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force
@@ -76,7 +88,7 @@ bench: venv ## Re-measure the report (latency side by side, mAP) into $(ARTIFACT
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages plan --force
 
-repo: venv ## Build the Triton model repository for TARGET from the pipeline's artifacts
+repo: venv ## Build the Triton model repository for TARGET from the gated model (ALLOW_UNGATED=1 or STAGE= override, loudly)
 	$(PY) -m tools.build_repo $(REPO_ARGS)
 
 demo: venv ## Start the local Triton server, run one real inference, print a summary, stop

@@ -135,8 +135,13 @@ def _trainer_class():
     return DistillationTrainer
 
 
-def distill(student_weights: Path, teacher_weights: Path, data: Path, out_dir: Path, settings: DistillSettings) -> Path:
-    """Fine-tune the pruned student with KD; returns a normal checkpoint (adapters removed)."""
+def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out_dir: Path,
+            settings: DistillSettings) -> Path:
+    """Fine-tune the pruned student with KD; returns a normal checkpoint (adapters removed).
+
+    With no teacher it is a plain fine-tune on the same trainer and schedule: the
+    equal-budget baseline that distillation is measured against.
+    """
     import ultralytics.utils.torch_utils as torch_utils
 
     from compress import yolo
@@ -144,9 +149,10 @@ def distill(student_weights: Path, teacher_weights: Path, data: Path, out_dir: P
 
     torch_utils.NUM_THREADS = env.cpu_threads()
     student = yolo.load(student_weights).model
-    teacher = yolo.load(teacher_weights).model.float()
+    teacher = yolo.load(teacher_weights).model.float() if teacher_weights else None
     pruned_params = sum(p.numel() for p in student.parameters())
-    student.kd_adapters = make_adapters(student, teacher)
+    if teacher is not None:
+        student.kd_adapters = make_adapters(student, teacher)
     trainer_cls = _trainer_class()
     trainer = trainer_cls(overrides=dict(
         model=str(student_weights), data=str(yolo.check_data(data)), epochs=settings.epochs, imgsz=settings.imgsz,
@@ -160,7 +166,8 @@ def distill(student_weights: Path, teacher_weights: Path, data: Path, out_dir: P
     def on_train_start(trainer):
         attach_distillation(trainer.model, teacher, settings)
 
-    trainer.add_callback("on_train_start", on_train_start)
+    if teacher is not None:
+        trainer.add_callback("on_train_start", on_train_start)
     trainer.train()
     weights_dir = Path(out_dir) / "train" / "weights"
     best = weights_dir / "best.pt" if (weights_dir / "best.pt").exists() else weights_dir / "last.pt"

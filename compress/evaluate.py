@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 
 from tools.detection import Detections, box_iou
 from tools.errors import InputFileError
@@ -32,26 +31,46 @@ class LabelledImage:
 
 def val_split(data_yaml: Path, limit: int | None = None, split: str = "val") -> list[LabelledImage]:
     """Images and YOLO-format labels of a dataset split, boxes in pixels."""
-    import cv2
-    from ultralytics.data.utils import img2label_paths
+    from PIL import Image
+    from ultralytics.data.utils import exif_size, img2label_paths
 
-    data = yaml.safe_load(Path(data_yaml).read_text())
-    root = Path(data.get("path") or Path(data_yaml).parent)
-    if not root.is_absolute():
-        root = (Path(data_yaml).parent / root).resolve()
-    image_dir = root / data[split]
-    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
-    if not images:
-        raise InputFileError(f"no {split} images in {image_dir}")
+    from compress import data
+
+    images = data.load(data_yaml).split(split)[:limit]
     items = []
-    images = images[:limit]
     for path, label in zip(images, map(Path, img2label_paths([str(p) for p in images]))):
-        rows = np.loadtxt(label, ndmin=2) if label.exists() and label.stat().st_size else np.zeros((0, 5))
-        height, width = cv2.imread(str(path)).shape[:2]
+        rows = _label_rows(label)
+        with Image.open(path) as image:  # EXIF-rotated size, as Ultralytics' labels and the server's decode
+            width, height = exif_size(image)
         xywh = rows[:, 1:5] * [width, height, width, height]
         boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
         items.append(LabelledImage(path, boxes.astype(np.float32), rows[:, 0].astype(int)))
     return items
+
+
+def _label_rows(label: Path) -> np.ndarray:
+    """[N, 5] class cx cy w h of a YOLO label file (segment polygons become their boxes, as in
+    Ultralytics); none for a missing or empty file."""
+    if not label.exists():
+        return np.zeros((0, 5))
+    rows = []
+    for number, line in enumerate(label.read_text().splitlines(), 1):
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError:
+            raise InputFileError(f"{label}:{number} is not numeric", hint="one 'class cx cy w h' row per object") from None
+        if not values:
+            continue
+        if len(values) == 5:
+            rows.append(values)
+        elif len(values) >= 7 and len(values) % 2 == 1:
+            xy = np.array(values[1:]).reshape(-1, 2)
+            (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+            rows.append([values[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+        else:
+            raise InputFileError(f"{label}:{number} has {len(values)} values",
+                                 hint="detection labels are 'class cx cy w h' (or a segment polygon)")
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
 
 
 def match_predictions(det: Detections, target: LabelledImage) -> np.ndarray:

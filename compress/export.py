@@ -116,3 +116,13 @@ def read_info(path: Path) -> OnnxInfo:
     if layout == "decoded" and outputs != ["output0"]:
         raise UnsupportedModelError(f"{path} has outputs {outputs}; expected a YOLO detect head (output0)")
     return OnnxInfo(path, image_size, names, int(meta.get("stride", 32)), layout, meta)
+
+
+def graph_facts(path: Path) -> dict:
+    """Opset, batch dimension and outputs read back from an exported file (recorded, not assumed)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return {"opset": next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "batch_dim": batch.dim_param or int(batch.dim_value), "outputs": [o.name for o in model.graph.output]}

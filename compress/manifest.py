@@ -98,3 +98,40 @@ class Manifest:
 
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
+
+
+# -- the served-model record ---------------------------------------------------------------------
+# Written by the parity gate alone, tied to the exact bytes it gated; the repository builder
+# refuses anything else unless explicitly overridden.
+
+SERVED_FILE = "served.json"
+
+
+def record_served(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None) -> Path:
+    path = Path(artifacts) / SERVED_FILE
+    record = {"stage": stage, "onnx": str(Path(onnx).resolve()), "sha256": file_hash(onnx),
+              "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if trt_onnx is not None:
+        record.update(trt_onnx=str(Path(trt_onnx).resolve()), trt_onnx_sha256=file_hash(trt_onnx))
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def clear_served(artifacts: Path) -> None:
+    (Path(artifacts) / SERVED_FILE).unlink(missing_ok=True)
+
+
+def gated_model(artifacts: Path) -> dict:
+    """The record of the model the parity gate passed, checked against the file's current bytes."""
+    from tools.errors import GateFailedError
+
+    path = Path(artifacts) / SERVED_FILE
+    if not path.exists():
+        raise GateFailedError(f"no model in {artifacts} has passed the parity gate",
+                              hint="run `make parity` (or override with ALLOW_UNGATED=1, which serves it unchecked)")
+    record = json.loads(path.read_text())
+    onnx = Path(record["onnx"])
+    if not onnx.exists() or file_hash(onnx) != record["sha256"]:
+        raise GateFailedError(f"{onnx} changed since the parity gate passed it (or is gone)",
+                              hint="run `make parity` again on the current artifacts")
+    return record

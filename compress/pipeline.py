@@ -19,7 +19,7 @@ from typing import Callable
 
 from compress.dataset import DatasetSpec
 from compress.manifest import Manifest, file_hash
-from tools.errors import ToolkitError, cli_entry
+from tools.errors import ToolkitError, WeakBaselineError, cli_entry
 from tools.progress import stage as stage_banner
 
 
@@ -39,12 +39,16 @@ class Profile:
     distill_epochs: int = 15
     calibration: str = "percentile"
     calibration_images: int = 64
+    max_auto_imgsz: int = 640  # user data without IMGSZ= or weights: the images' size, capped here
+    min_baseline_map: float = 0.05
+    quantize_stem: bool = False  # the first conv sees raw pixels; the report measures both choices  # mAP50-95 below this: the baseline learned nothing worth compressing
 
 
 PROFILES = {
     "default": Profile(),
     "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
-                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=10, calibration_images=16),
+                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=10, calibration_images=16,
+                    max_auto_imgsz=128),
 }
 
 
@@ -54,6 +58,8 @@ class Context:
     profile: Profile
     data: Path | None = None  # user data.yaml; None -> generated
     weights: Path | None = None  # user .pt; None -> trained
+    imgsz_override: int | None = None  # IMGSZ=
+    allow_weak_baseline: bool = False
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,11 +67,16 @@ class Context:
         self.manifest = Manifest(self.artifacts)
 
     def data_yaml(self) -> Path:
-        return self.data if self.data else self.manifest.output("dataset", "data_yaml")
+        """The dataset stage's resolved yaml (absolute paths): what every later stage reads."""
+        return self.manifest.output("dataset", "data_yaml")
+
+    def data_hash(self) -> str:
+        """Hash of the image and label files the dataset resolves to (not of the yaml text)."""
+        return self.manifest.get("dataset").metrics["content_hash"]
 
     def imgsz(self) -> int:
         record = self.manifest.get("baseline")
-        return int(record.settings["imgsz"]) if record else self.profile.imgsz
+        return int(record.settings["imgsz"]) if record else _baseline_imgsz(self)
 
 
 @dataclass
@@ -79,19 +90,32 @@ class Stage:
 # dataset ------------------------------------------------------------------------------------
 
 def _dataset_run(ctx: Context, out: Path):
+    from compress import data
     from compress.dataset import generate
 
-    if ctx.data:
-        return {"data_yaml": ctx.data.resolve()}, {"source": "user"}
-    data_yaml = generate(out, ctx.profile.dataset)
-    spec = ctx.profile.dataset
-    return {"data_yaml": data_yaml}, {"train_images": spec.train_images, "val_images": spec.val_images}
+    dataset = data.load(ctx.data if ctx.data else generate(out, ctx.profile.dataset))
+    outputs = {"data_yaml": dataset.resolved_yaml(out / ("user_data.yaml" if ctx.data else "data.yaml")),
+               **{f"{split}_images": dataset.write_image_list(split, out / f"{split}_images.txt")
+                  for split in data.SPLITS}}
+    counts = {f"{split}_images": len(dataset.split(split)) for split in data.SPLITS}
+    print(f"    dataset: {dataset.source} -> {counts['train_images']} train / {counts['val_images']} val images, "
+          f"{dataset.num_classes} classes", flush=True)
+    return outputs, {"source": str(dataset.source), "content_hash": dataset.content_hash(), **counts,
+                     "classes": dataset.num_classes}
+
+
+def _user_data_hash(ctx: Context) -> dict:
+    from compress import data
+
+    return {"user_data": data.load(ctx.data).content_hash()} if ctx.data else {}
 
 
 DATASET = Stage(
     "dataset",
-    inputs=lambda ctx: {"user_data": file_hash(ctx.data)} if ctx.data else {},
-    settings=lambda ctx: {"user_data": str(ctx.data) if ctx.data else None, **asdict(ctx.profile.dataset)},
+    inputs=_user_data_hash,
+    # "version": bumped when the stage's outputs change, so older records are not reused
+    settings=lambda ctx: {"version": 2, "user_data": str(ctx.data.resolve()) if ctx.data else None,
+                          **({} if ctx.data else asdict(ctx.profile.dataset))},
     run=_dataset_run,
 )
 
@@ -105,11 +129,19 @@ def _baseline_settings(ctx: Context) -> dict:
 
 
 def _baseline_imgsz(ctx: Context) -> int:
-    if not ctx.weights:
-        return ctx.profile.imgsz
-    from compress import yolo
+    """IMGSZ=, else the size the given weights were trained at, else (user data) the images'
+    own size capped by the profile, else (generated data) the profile's size."""
+    if ctx.imgsz_override:
+        return ctx.imgsz_override
+    if ctx.weights:
+        from compress import yolo
 
-    return yolo.checkpoint_imgsz(yolo.load(ctx.weights), ctx.profile.imgsz)
+        return yolo.checkpoint_imgsz(yolo.load(ctx.weights), ctx.profile.imgsz)
+    if ctx.data:
+        from compress import data
+
+        return data.suggest_imgsz(data.load(ctx.data_yaml()), ctx.profile.max_auto_imgsz)
+    return ctx.profile.imgsz
 
 
 def _baseline_run(ctx: Context, out: Path):
@@ -134,8 +166,7 @@ def _baseline_run(ctx: Context, out: Path):
 
 BASELINE = Stage(
     "baseline",
-    inputs=lambda ctx: {"data": file_hash(ctx.data_yaml()),
-                        **({"weights": file_hash(ctx.weights)} if ctx.weights else {})},
+    inputs=lambda ctx: {"data": ctx.data_hash(), **({"weights": file_hash(ctx.weights)} if ctx.weights else {})},
     settings=_baseline_settings,
     run=_baseline_run,
 )
@@ -152,8 +183,10 @@ def _export(ctx: Context, weights: Path, out_path: Path, stage: str, pruning_rat
 
 
 def _export_run(ctx: Context, out: Path):
+    from compress.export import graph_facts
+
     path = _export(ctx, ctx.manifest.output("baseline", "weights"), out / "baseline.onnx", "baseline")
-    return {"onnx": path}, {"file_mb": _mb(path)}
+    return {"onnx": path}, {"file_mb": _mb(path), **graph_facts(path)}
 
 
 def _mb(path: Path) -> float:
@@ -163,7 +196,7 @@ def _mb(path: Path) -> float:
 EXPORT = Stage(
     "export",
     inputs=lambda ctx: {"weights": file_hash(ctx.manifest.output("baseline", "weights"))},
-    settings=lambda ctx: {"imgsz": ctx.imgsz(), "opset": 17, "dynamic": True, "head": "raw"},
+    settings=lambda ctx: {"imgsz": ctx.imgsz()},
     run=_export_run,
 )
 
@@ -211,9 +244,32 @@ DISTILL = Stage(
     "distill",
     inputs=lambda ctx: {"student": file_hash(ctx.manifest.output("prune", "weights")),
                         "teacher": file_hash(ctx.manifest.output("baseline", "weights")),
-                        "data": file_hash(ctx.data_yaml())},
+                        "data": ctx.data_hash()},
     settings=lambda ctx: {"epochs": ctx.profile.distill_epochs, "imgsz": ctx.imgsz()},
     run=_distill_run,
+)
+
+
+# finetune: the equal-budget baseline ------------------------------------------------------------
+
+def _finetune_run(ctx: Context, out: Path):
+    """The unpruned baseline trained for the same extra epochs, data and schedule as distill,
+    without a teacher: the fair reference for what compression costs (more epochs alone
+    would otherwise count as a compression gain)."""
+    from compress.distill import DistillSettings, distill
+
+    settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz())
+    baseline = ctx.manifest.output("baseline", "weights")
+    weights = distill(baseline, None, ctx.data_yaml(), out, settings)
+    onnx_path = _export(ctx, weights, out / "finetuned.onnx", "finetune")
+    return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs}
+
+
+FINETUNE = Stage(
+    "finetune",
+    inputs=lambda ctx: {"weights": file_hash(ctx.manifest.output("baseline", "weights")), "data": ctx.data_hash()},
+    settings=lambda ctx: {"epochs": ctx.profile.distill_epochs, "imgsz": ctx.imgsz(), "teacher": None},
+    run=_finetune_run,
 )
 
 
@@ -225,19 +281,25 @@ def _quantize_run(ctx: Context, out: Path):
     source = ctx.manifest.output("distill", "onnx")
     size = (ctx.imgsz(), ctx.imgsz())
     common = dict(method=ctx.profile.calibration, calibration_count=ctx.profile.calibration_images)
-    info = quantize(source, out / "int8.onnx", ctx.data_yaml(), size, activation="uint8", **common)
-    quantize(source, out / "int8_trt.onnx", ctx.data_yaml(), size, activation="int8", **common)
+    stem_float = not ctx.profile.quantize_stem
+    info = quantize(source, out / "int8.onnx", ctx.data_yaml(), size, activation="uint8",
+                    keep_stem_float=stem_float, **common)
+    quantize(source, out / "int8_trt.onnx", ctx.data_yaml(), size, activation="int8", keep_stem_float=stem_float,
+             **common)
+    # The other stem choice, measured beside the served one in the report (not served).
+    other = quantize(source, out / "int8_other_stem.onnx", ctx.data_yaml(), size, activation="uint8",
+                     keep_stem_float=not stem_float, **common)
     summary = qdq_summary(out / "int8.onnx")
-    return {"onnx": out / "int8.onnx", "trt_onnx": out / "int8_trt.onnx"}, {
+    return {"onnx": out / "int8.onnx", "trt_onnx": out / "int8_trt.onnx", "other_stem_onnx": out / "int8_other_stem.onnx"}, {
         **info, "quantized_convs": len(summary["quantized_convs"]), "float_convs": summary["float_convs"],
-        "file_mb": _mb(out / "int8.onnx")}
+        "other_stem_float_nodes": other["float_nodes"], "file_mb": _mb(out / "int8.onnx")}
 
 
 QUANTIZE = Stage(
     "quantize",
-    inputs=lambda ctx: {"onnx": file_hash(ctx.manifest.output("distill", "onnx")), "data": file_hash(ctx.data_yaml())},
+    inputs=lambda ctx: {"onnx": file_hash(ctx.manifest.output("distill", "onnx")), "data": ctx.data_hash()},
     settings=lambda ctx: {"calibration": ctx.profile.calibration, "images": ctx.profile.calibration_images,
-                          "per_channel": True, "float": ["stem", "head_outputs"]},
+                          "per_channel": True, "quantize_stem": ctx.profile.quantize_stem},
     run=_quantize_run,
 )
 
@@ -261,7 +323,7 @@ def _plan_run(ctx: Context, out: Path):
 def _plan_settings(ctx: Context) -> dict:
     from compress.plan import tensorrt_version
 
-    return {"tensorrt": tensorrt_version(), "max_batch": 16, "imgsz": ctx.imgsz()}
+    return {"tensorrt": tensorrt_version(), "imgsz": ctx.imgsz()}
 
 
 PLAN = Stage(
@@ -275,7 +337,7 @@ PLAN = Stage(
 
 # report -------------------------------------------------------------------------------------
 
-REPORTED = ("export", "prune", "distill", "quantize")
+REPORTED = ("export", "finetune", "prune", "distill", "quantize")
 
 
 def _report_run(ctx: Context, out: Path):
@@ -288,34 +350,48 @@ def _report_run(ctx: Context, out: Path):
 REPORT = Stage(
     "report",
     inputs=lambda ctx: {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REPORTED},
-    settings=lambda ctx: {"threads": 2, "batch_sizes": [1, 8]},
+    settings=lambda ctx: {},  # threads and batch sizes used are in the report itself
     run=_report_run,
 )
 
 
-STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, QUANTIZE, PLAN, REPORT]
-SERVED_STAGE = "quantize"
+STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, FINETUNE, QUANTIZE, PLAN, REPORT]
 STAGE_NAMES = [s.name for s in STAGES]
+
+
+def check_baseline(ctx: Context, metrics: dict) -> None:
+    """Stop before compressing a baseline that learned (next to) nothing."""
+    score, floor = metrics.get("map50_95", 0.0), ctx.profile.min_baseline_map
+    if score >= floor:
+        return
+    what = f"the given WEIGHTS={ctx.weights}" if ctx.weights else f"the baseline trained for {ctx.profile.epochs} epochs"
+    message = (f"{what} scores mAP50-95 {score:.4f} on the val split, below the floor of {floor}: "
+               "compressing it would measure noise")
+    if ctx.allow_weak_baseline:
+        print(f"    WARNING: {message}; going on because the floor was overridden", flush=True)
+        return
+    raise WeakBaselineError(message, hint="train longer (EPOCHS=), bring trained weights (WEIGHTS=), check the "
+                                          "labels, or override with ALLOW_WEAK_BASELINE=1 / MIN_BASELINE_MAP=")
 
 
 def run_stages(ctx: Context, names: list[str] | None = None, force: bool = False) -> dict:
     """Run `names` (default: all) in pipeline order; returns {stage: metrics}."""
     selected = [s for s in STAGES if names is None or s.name in names]
     results = {}
-    for stage in selected:
+    for index, stage in enumerate(selected):
         inputs, settings = stage.inputs(ctx), stage.settings(ctx)
         if not force and ctx.manifest.is_current(stage.name, inputs, settings):
             print(f"--- {stage.name}: up to date, reusing {ctx.artifacts / stage.name}", flush=True)
             results[stage.name] = ctx.manifest.get(stage.name).metrics
-            continue
-        with stage_banner(f"stage {stage.name}"):
-            start = time.perf_counter()
-            outputs, metrics = stage.run(ctx, ctx.artifacts / stage.name)
-            ctx.manifest.record(stage.name, inputs, settings, outputs, metrics, time.perf_counter() - start)
-        print(f"    {stage.name}: {metrics}", flush=True)
-        results[stage.name] = metrics
-    if "quantize" in ctx.manifest.records:
-        (ctx.artifacts / "served.json").write_text(json.dumps({"stage": SERVED_STAGE}))
+        else:
+            with stage_banner(f"stage {stage.name}"):
+                start = time.perf_counter()
+                outputs, metrics = stage.run(ctx, ctx.artifacts / stage.name)
+                ctx.manifest.record(stage.name, inputs, settings, outputs, metrics, time.perf_counter() - start)
+            print(f"    {stage.name}: {metrics}", flush=True)
+            results[stage.name] = metrics
+        if stage is BASELINE and index + 1 < len(selected):
+            check_baseline(ctx, results[stage.name])
     return results
 
 
@@ -333,18 +409,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distill-epochs", type=int)
     parser.add_argument("--calibration", choices=["minmax", "entropy", "percentile"])
     parser.add_argument("--calibration-images", type=int)
+    parser.add_argument("--quantize-stem", action="store_true", default=None,
+                        help="quantize the first conv too (default: keep it float; the report shows both)")
+    parser.add_argument("--imgsz", type=int, help="training/serving image size (default: the weights' own, else "
+                                                  "the images' size for user data, else the profile's)")
+    parser.add_argument("--min-baseline-map", type=float, help="stop when the baseline's mAP50-95 is below this")
+    parser.add_argument("--allow-weak-baseline", action="store_true", help="go on (with a warning) below the floor")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages")
     parser.add_argument("--force", action="store_true", help="re-run even if up to date")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     overrides = {"epochs": args.epochs, "prune_target": args.prune_target, "importance": args.importance,
                  "prune_steps": args.prune_steps, "distill_epochs": args.distill_epochs,
-                 "calibration": args.calibration, "calibration_images": args.calibration_images}
+                 "calibration": args.calibration, "calibration_images": args.calibration_images,
+                 "min_baseline_map": args.min_baseline_map, "quantize_stem": args.quantize_stem}
     profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     for path, what in ((args.data, "DATA"), (args.weights, "WEIGHTS")):
         if path is not None and not path.exists():
             raise ToolkitError(f"{what}={path} does not exist")
-    ctx = Context(args.artifacts, profile, data=args.data, weights=args.weights)
+    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
+        raise ToolkitError(f"IMGSZ={args.imgsz} is not a positive multiple of 32 (the detector's largest stride)")
+    ctx = Context(args.artifacts, profile, data=args.data, weights=args.weights, imgsz_override=args.imgsz,
+                  allow_weak_baseline=args.allow_weak_baseline)
     run_stages(ctx, args.stages, force=args.force)
 
 

@@ -155,9 +155,9 @@ def _apply(model: nn.Module, imgsz: int, importance: str, ratio: float, steps: i
 def prune(model: nn.Module, imgsz: int, target_macs_reduction: float, importance: str = "magnitude",
           steps: int = 1, max_ratio: float = 0.9, round_to: int = 8, tolerance: float = 0.04,
           progress=None) -> PruneResult:
-    """Prune `model` (a DetectionModel) in place until MACs fall by `target_macs_reduction`x.
+    """Prune `model` (a DetectionModel) in place until MACs fall by at least `target_macs_reduction`x.
 
-    The channel ratio that meets the target is found by bisection on copies (MACs fall roughly
+    The smallest channel ratio that meets the target is found by bisection on copies (MACs fall roughly
     with the square of the kept channels, and rounding to 8 makes the curve steppy); the model
     is then pruned to that ratio in `steps` iterative steps of torch-pruning's linear schedule.
     """
@@ -176,9 +176,12 @@ def prune(model: nn.Module, imgsz: int, target_macs_reduction: float, importance
         reduction = base_macs / count_macs(candidate, imgsz)[0]
         if progress:
             progress(trial, ratio, reduction)
-        if best is None or abs(reduction - target_macs_reduction) < abs(best[1] - target_macs_reduction):
+        # The target is a floor: of the ratios that reach it, keep the one that prunes least.
+        meets = reduction >= target_macs_reduction
+        if best is None or (meets and (best[1] < target_macs_reduction or reduction < best[1])) or \
+                (not meets and best[1] < target_macs_reduction and reduction > best[1]):
             best = (ratio, reduction)
-        if abs(reduction / target_macs_reduction - 1) <= tolerance:
+        if meets and reduction / target_macs_reduction - 1 <= tolerance:
             break
         low, high = (ratio, high) if reduction < target_macs_reduction else (low, ratio)
     _apply(model, imgsz, importance, best[0], steps, round_to)

@@ -26,13 +26,25 @@ from tools.errors import InputFileError, UnsupportedModelError
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
+def equal_batch_size(count: int, largest: int) -> int:
+    """The largest batch <= `largest` that divides `count`: ONNX Runtime's percentile/entropy
+    calibrators stack every batch's activations, so a ragged last batch cannot be stacked."""
+    return max(size for size in range(1, max(1, min(largest, count)) + 1) if count % size == 0)
+
+
 class ImageCalibrationReader:
-    """onnxruntime CalibrationDataReader over letterboxed images, in small batches."""
+    """onnxruntime CalibrationDataReader over letterboxed images, in equal small batches."""
 
     def __init__(self, images: list[Path], image_size: tuple[int, int], batch: int = 8, input_name: str = "images"):
         import cv2
 
-        tensors = [letterbox(cv2.imread(str(p)), image_size)[0] for p in images]
+        tensors = []
+        for path in images:
+            image = cv2.imread(str(path))
+            if image is None:
+                raise InputFileError(f"cannot read calibration image {path}")
+            tensors.append(letterbox(image, image_size)[0])
+        batch = equal_batch_size(len(tensors), batch)
         self.batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
         self.input_name = input_name
         self._iter = iter(self.batches)
@@ -50,14 +62,9 @@ class ImageCalibrationReader:
 
 def calibration_images(data_yaml: Path, count: int, seed: int = 0) -> list[Path]:
     """`count` images of the training split, spread deterministically."""
-    import yaml
+    from compress import data
 
-    data = yaml.safe_load(Path(data_yaml).read_text())
-    root = Path(data.get("path") or Path(data_yaml).parent)
-    train = data["train"] if isinstance(data["train"], str) else data["train"][0]
-    images = sorted(p for p in (root / train).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not images:
-        raise InputFileError(f"no training images under {root / train} to calibrate with")
+    images = data.load(data_yaml).split("train")
     rng = np.random.default_rng(seed)
     return [images[i] for i in sorted(rng.choice(len(images), min(count, len(images)), replace=False))]
 
@@ -81,8 +88,8 @@ def head_output_convs(model) -> list[str]:
 
 
 def stem_conv(model) -> list[str]:
-    """The first Conv: it sees raw pixels, and quantizing its output cost 2.7 mAP50-95 points
-    on the default model (0.6247 vs 0.6516 float) while keeping it float costs no latency."""
+    """The first Conv, which sees raw pixels. Whether keeping it float pays is measured per run:
+    the quantize stage also writes the stem-quantized variant and the report compares both."""
     return [n.name for n in model.graph.node if n.op_type == "Conv"][:1]
 
 
@@ -123,8 +130,13 @@ def quantize(onnx_in: Path, onnx_out: Path, data_yaml: Path, image_size: tuple[i
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(graph.metadata_props)
     onnx.save(quantized, str(onnx_out))
-    return {"calibration": method, "calibration_images": len(images), "float_nodes": excluded,
-            "per_channel": per_channel, "activation": activation}
+    return {"calibration": method, "calibration_images": len(images),
+            "calibration_batch": int(reader.batches[0].shape[0]), "float_nodes": excluded, "per_channel": per_channel,
+            "activation": activation, "stem_float": keep_stem_float, "opset": _opset(quantized)}
+
+
+def _opset(model) -> int:
+    return next(int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def qdq_summary(path: Path) -> dict:

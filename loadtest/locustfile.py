@@ -32,7 +32,7 @@ def _options(parser):
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second per stream")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--model", default="yolo")
-    parser.add_argument("--images", default="", help="folder of frames (default: the dataset's val split)")
+    parser.add_argument("--images", default="", help="folder or .txt list of frames (default: the dataset's val split)")
     parser.add_argument("--max-in-flight", type=int, default=2, help="pending frames per stream before dropping")
     parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
     parser.add_argument("--streams-hint", type=int, default=1, help="stream count, to spread staggered phases")

@@ -53,12 +53,9 @@ def default_images(artifacts: Path) -> Path:
     from compress.manifest import Manifest
 
     record = Manifest(artifacts).get("dataset")
-    if record is None:
+    if record is None or "val_images" not in record.outputs:
         raise InputFileError("no dataset in the artifacts to take frames from", hint="run `make` or pass --images")
-    import yaml
-
-    data = yaml.safe_load((artifacts / record.outputs["data_yaml"]).read_text())
-    return Path(data["path"]) / data["val"]
+    return artifacts / record.outputs["val_images"]  # the val split's image list, as the dataset reader resolved it
 
 
 def locust_commands(spec: LoadSpec, url: str, images: Path, out: Path) -> list[list[str]]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from compress.export import read_info
-from compress.manifest import Manifest, file_hash
+from compress.manifest import Manifest, file_hash, gated_model
 from tools import triton_config as tc
-from tools.errors import InputFileError, MissingDependencyError, cli_entry
+from tools.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 
 TOOLS_DIR = Path(__file__).resolve().parent
 SHARED_MATHS = TOOLS_DIR / "detection.py"
@@ -28,22 +29,45 @@ LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
 PYTHON_MODELS = (tc.PREPROCESS, tc.POSTPROCESS)
 
 
-def served_model(artifacts: Path, stage: str | None, target: str) -> tuple[str, Path]:
-    """(stage, file) the detector serves: an ONNX for local/onnxruntime, a plan for tensorrt."""
+def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated: bool = False) -> tuple[str, Path]:
+    """(stage, file) the detector serves: an ONNX for local/onnxruntime, a plan for tensorrt.
+
+    Only what the parity gate passed, byte for byte (`served.json`); `allow_ungated` (with a
+    loud warning) serves a named stage or an ungated file instead.
+    """
     manifest = Manifest(artifacts)
-    if target == "tensorrt":
-        record = manifest.get("plan")
-        if record is None or "int8_plan" not in record.outputs:
-            raise MissingDependencyError(
-                "no TensorRT plan has been built",
-                hint="run `make plan` where TensorRT is installed (an NGC TensorRT/Triton container)")
-        return "plan", manifest.output("plan", "int8_plan")
-    if stage is None:
-        served = json.loads((artifacts / "served.json").read_text()) if (artifacts / "served.json").exists() else {}
-        if "onnx" in served:  # the parity gate's mixed-precision model
-            return served["stage"], Path(served["onnx"])
-        stage = served.get("stage", "export")
-    return stage, manifest.output(stage, "onnx")
+    if stage is not None or allow_ungated:
+        stage = stage or "quantize"
+        warn_ungated(f"stage {stage!r} of {artifacts}")
+        if target == "tensorrt":
+            return "plan", _plan_file(manifest)
+        return stage, manifest.output(stage, "onnx")
+    gated = gated_model(artifacts)
+    if target != "tensorrt":
+        return gated["stage"], Path(gated["onnx"])
+    plan = _plan_file(manifest)
+    built_from = manifest.get("plan").inputs.get("int8")
+    if gated.get("trt_onnx_sha256") is None or built_from != gated["trt_onnx_sha256"]:
+        raise GateFailedError(
+            "the TensorRT plan was not built from the INT8 model the parity gate passed",
+            hint="the gate chose a mixed-precision model or the plan is stale: rebuild with `make plan` after "
+                 "`make parity`, or override with ALLOW_UNGATED=1")
+    return "plan", plan
+
+
+def _plan_file(manifest: Manifest) -> Path:
+    record = manifest.get("plan")
+    if record is None or "int8_plan" not in record.outputs:
+        raise MissingDependencyError(
+            "no TensorRT plan has been built",
+            hint="run `make plan` where TensorRT is installed (an NGC TensorRT/Triton container)")
+    return manifest.output("plan", "int8_plan")
+
+
+def warn_ungated(what: str) -> None:
+    bar = "!" * 78
+    print(f"{bar}\n!! WARNING: serving {what} WITHOUT the parity gate's approval.\n"
+          f"!! Nothing checked that it still detects what the original model did.\n{bar}", file=sys.stderr, flush=True)
 
 
 def copy_python_models(dest: Path) -> Path:
@@ -121,8 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--target", choices=tc.TARGETS, default="local")
-    parser.add_argument("--stage", help="which pipeline stage's model to serve (default: the compressed one)")
-    parser.add_argument("--onnx", type=Path, help="serve this ONNX instead of a pipeline artifact")
+    parser.add_argument("--stage", help="serve this pipeline stage's model (ungated: warns; default: the model "
+                                        "the parity gate passed)")
+    parser.add_argument("--onnx", type=Path, help="serve this ONNX instead of a pipeline artifact (ungated: warns)")
+    parser.add_argument("--allow-ungated", action="store_true",
+                        help="serve without the parity gate's record (warns loudly)")
     parser.add_argument("--max-batch-size", dest="max_batch_size", type=int)
     parser.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=int, nargs="*")
     parser.add_argument("--queue-delay-us", dest="queue_delay_us", type=int)
@@ -142,16 +169,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-image-side", dest="min_image_side", type=int)
     args = parser.parse_args(argv)
     if args.onnx:
+        warn_ungated(str(args.onnx))
         stage, model_file, onnx_file = "user", args.onnx, args.onnx
     else:
-        stage, model_file = served_model(args.artifacts, args.stage, args.target)
+        stage, model_file = served_model(args.artifacts, args.stage, args.target, args.allow_ungated)
         onnx_file = model_file if args.target != "tensorrt" else Manifest(args.artifacts).output("quantize", "onnx")
     info = read_info(onnx_file)
+    if not all((args.repo / name / "1" / "model.py").exists() for name in PYTHON_MODELS):
+        copy_python_models(args.repo)  # a new REPO= folder: start from the committed Python models
     settings = settings_from_args(args, info)
     previous = args.repo / "repository.json"
     tuned = json.loads(previous.read_text()).get("tuned") if previous.exists() else None
+    gated = not (args.onnx or args.stage or args.allow_ungated)
     build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
-                                            **({"tuned": tuned} if tuned else {})})
+                                            "gated": gated, **({"tuned": tuned} if tuned else {})})
     print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
           f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout})")
 

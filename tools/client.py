@@ -29,12 +29,14 @@ BUSY_RETRIES = 3  # a request the server shed (503 / UNAVAILABLE) is retried wit
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted)."""
+    """Files as given, folders expanded to their images (sorted), `.txt` files read as image lists."""
     images = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
             images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.suffix == ".txt" and path.is_file():
+            images.extend(Path(line.strip()) for line in path.read_text().splitlines() if line.strip())
         elif path.is_file():
             images.append(path)
         else:

@@ -16,7 +16,7 @@ import cv2
 
 from compress.export import read_info
 from compress.manifest import Manifest
-from tools.client import TritonDetectorClient, annotate
+from tools.client import TritonDetectorClient, annotate, collect_images
 from tools.errors import InputFileError, ServerError, cli_entry
 from tools.server import TritonServer
 
@@ -27,12 +27,8 @@ def demo_images(artifacts: Path, count: int = 2) -> list[Path]:
 
     images = sorted(Path(ASSETS).glob("*.jpg"))
     record = Manifest(artifacts).get("dataset")
-    if record:
-        import yaml
-
-        data = yaml.safe_load((artifacts / record.outputs["data_yaml"]).read_text())
-        val_dir = Path(data.get("path", "")) / data["val"]
-        images += sorted(val_dir.glob("*.jpg"))[:count]
+    if record and "val_images" in record.outputs:
+        images += collect_images([artifacts / record.outputs["val_images"]])[:count]
     return images
 
 

@@ -132,6 +132,10 @@ class Detections:
     scores: np.ndarray  # [N] float32
     classes: np.ndarray  # [N] int32
 
+    def __getitem__(self, keep) -> "Detections":
+        """The detections selected by a boolean mask or index array."""
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+
     def __len__(self) -> int:
         return len(self.scores)
 

@@ -59,6 +59,10 @@ class GateFailedError(ToolkitError):
     exit_code = 3
 
 
+class WeakBaselineError(GateFailedError):
+    """The model to compress scores too low to make compressing it meaningful."""
+
+
 def require_file(path, what: str = "file"):
     """Return `path` as a Path if it exists, else raise a readable InputFileError."""
     from pathlib import Path

@@ -1,6 +1,7 @@
 """Accuracy parity gate: is the compressed detector still seeing what the original saw?
 
-    python -m tools.parity                  # `make parity`; exit 3 with a summary if the gate fails
+    python -m tools.parity                          # `make parity`; exit 3 with a summary if the gate fails
+    python -m tools.parity --deployed model_repository  # `make verify`: served vs offline mAP of the deployed repo
 
 1. Polygraphy (Comparator + per-output CompareFunc.simple) on real val images, fed through a
    Polygraphy data loader: torch vs its FP32 ONNX, FP32 ONNX vs INT8 ONNX, TensorRT plan vs
@@ -8,7 +9,10 @@
    outputs with their own tolerances: boxes in pixels and class scores on the anchors the
    reference is confident about (a whole-output comparison passes broken models).
 2. Task level: detections matched by IoU (recall of reference boxes, score drift, class
-   flips) and mAP50-95 deltas; the same mAP measured through the live Triton ensemble.
+   flips) and mAP50-95 deltas, against the FP32 model and the equal-budget baseline.
+   Only a model that passes is recorded as servable (`served.json`, tied to its hash).
+   After `make repo`, `--deployed` measures the repository as deployed (its thresholds and
+   tuned settings) through the live Triton server against the same model in-process.
 3. Sensitivity: ONNX Runtime's Q/DQ debugger ranks quantized convs by SQNR; if the gate
    fails, the most sensitive are kept in float, a few more at a time, until it holds.
 Artifacts land in <artifacts>/parity/ (inputs, outputs, statistics, parity.json/.md).
@@ -25,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.evaluate import VAL_CONF, VAL_IOU, evaluate, evaluate_onnx, val_split
+from compress.evaluate import evaluate, evaluate_onnx, val_split
 from compress.export import read_info
-from compress.manifest import Manifest
+from compress.manifest import Manifest, clear_served, record_served
 from tools.detection import box_iou, decode_raw_head, letterbox
-from tools.errors import GateFailedError, cli_entry
+from tools.errors import GateFailedError, InputFileError, cli_entry
 
 PARITY_CONF = 0.25  # detections compared at a deployment threshold
 TOP_ANCHORS = 50
@@ -38,11 +42,10 @@ TOP_ANCHORS = 50
 @dataclass
 class Gate:
     max_map_drop_vs_fp32: float = 1.0  # points: INT8 vs the FP32 model it was quantized from
-    max_map_drop_vs_baseline: float = 1.5  # points: served model vs the original baseline
+    max_map_drop_vs_baseline: float = 1.0  # points: served model vs the equal-budget baseline
     min_box_recall: float = 0.90  # reference boxes found again (IoU >= 0.5, same class)
     max_score_drift: float = 0.05  # mean |score change| of matched boxes
     max_class_flips: float = 0.02  # share of matched boxes whose class changed
-    max_served_delta: float = 0.2  # points: served ensemble mAP vs offline INT8 mAP
     detection_conf: float = PARITY_CONF  # threshold of the detections compared task-level
     box_atol_frac: float = 0.004  # Polygraphy: median |box error| on compared anchors, share of image side
     score_atol: float = 0.02  # Polygraphy: mean |score error| on compared anchors
@@ -142,21 +145,46 @@ def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, con
     return detection_agreement(ref, cand)
 
 
-def served_map(model_onnx: Path, data_yaml: Path, work_dir: Path) -> dict:
-    """mAP of the live Triton ensemble serving `model_onnx`, validation thresholds."""
-    from tools import build_repo
-    from tools.client import TritonDetectorClient
+def deployed_map(repo: Path, data_yaml: Path, log_dir: Path) -> dict:
+    """mAP of the repository as deployed (its model, thresholds, batching and instances) through
+    the live Triton server, beside the same model in-process at the same thresholds."""
+    from tools.client import LocalDetector, TritonDetectorClient
     from tools.server import TritonServer
-    from tools.triton_config import RepositorySettings
 
-    info = read_info(model_onnx)
-    repo = build_repo.copy_python_models(work_dir / "repo")
-    settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
-                                  head_layout=info.head_layout, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU)
-    build_repo.build(repo, model_onnx, settings, {"stage": "parity", "target": "local"})
-    with TritonServer(repo, log_path=work_dir / "server.log") as server:
+    record_path = Path(repo) / "repository.json"
+    if not record_path.exists():
+        raise InputFileError(f"{repo} has no repository.json", hint="build it first with `make repo`")
+    record = json.loads(record_path.read_text())
+    settings = record["settings"]
+    if settings.get("target") != "local":
+        from compress.plan import NO_TENSORRT
+
+        why = NO_TENSORRT if settings.get("target") == "tensorrt" else \
+            "the onnxruntime backend exists only in the NGC tritonserver container"
+        return {"skipped": f"target {settings.get('target')!r} cannot be served on this machine: {why}"}
+    model = Path(repo) / "detector" / "1" / "model.onnx"
+    offline = LocalDetector(model, conf_threshold=settings["conf_threshold"], iou_threshold=settings["iou_threshold"],
+                            max_det=settings["max_det"])
+    result = {"repo": str(repo), "model_sha256": record["model_sha256"], "stage": record.get("stage"),
+              "conf_threshold": settings["conf_threshold"], "iou_threshold": settings["iou_threshold"],
+              "offline": evaluate(offline.detect, data_yaml, desc="mAP offline")}
+    with TritonServer(Path(repo), log_path=Path(log_dir) / "server.log") as server:
         with TritonDetectorClient(server.grpc_url, "grpc") as client:
-            return evaluate(client.detect, data_yaml, desc="mAP served")
+            result["served"] = evaluate(client.detect, data_yaml, desc="mAP served")
+    return result
+
+
+def verify_deployed(repo: Path, artifacts: Path, max_delta_points: float) -> dict:
+    """The served-vs-offline check on the deployed repository; writes <artifacts>/parity/deployed.json."""
+    data_yaml = Manifest(artifacts).output("dataset", "data_yaml")
+    out_dir = Path(artifacts) / "parity"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = deployed_map(repo, data_yaml, out_dir)
+    if "skipped" not in result:
+        delta = round(abs(result["served"]["map50_95"] - result["offline"]["map50_95"]) * 100, 2)
+        result.update(delta_points=delta, max_delta_points=max_delta_points, passed=delta <= max_delta_points)
+    (out_dir / "deployed.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 # -- sensitivity and mixed precision -------------------------------------------------------
@@ -208,16 +236,13 @@ def check(gate: Gate, measured: dict) -> list[tuple[str, str, str, bool]]:
     drop_fp32 = round((maps["fp32"] - maps["int8"]) * 100, 2)
     add("mAP50-95 drop vs FP32 (points)", f"<= {gate.max_map_drop_vs_fp32}", drop_fp32, drop_fp32 <= gate.max_map_drop_vs_fp32)
     drop_base = round((maps["baseline"] - maps["int8"]) * 100, 2)
-    add("mAP50-95 drop vs baseline (points)", f"<= {gate.max_map_drop_vs_baseline}", drop_base,
+    add("mAP50-95 drop vs equal-budget baseline (points)", f"<= {gate.max_map_drop_vs_baseline}", drop_base,
         drop_base <= gate.max_map_drop_vs_baseline)
-    if "served" in maps:
-        delta = round(abs(maps["served"] - maps["int8"]) * 100, 2)
-        add("served vs offline mAP50-95 (points)", f"<= {gate.max_served_delta}", delta, delta <= gate.max_served_delta)
     return rows
 
 
 def measure(fp32: Path, int8: Path, baseline_onnx: Path, data_yaml: Path, gate: Gate, out_dir: Path,
-            torch_weights: Path | None = None, plan: Path | None = None, served: bool = True) -> dict:
+            torch_weights: Path | None = None, plan: Path | None = None) -> dict:
     from tools.runners import TorchRunner, onnx_runner, tensorrt_runner
 
     info = read_info(int8)
@@ -239,9 +264,6 @@ def measure(fp32: Path, int8: Path, baseline_onnx: Path, data_yaml: Path, gate: 
         skipped["onnx_vs_tensorrt"] = NO_TENSORRT
     maps = {"fp32": evaluate_onnx(fp32, data_yaml)["map50_95"], "int8": evaluate_onnx(int8, data_yaml)["map50_95"],
             "baseline": evaluate_onnx(baseline_onnx, data_yaml)["map50_95"]}
-    if served:
-        with tempfile.TemporaryDirectory() as tmp:
-            maps["served"] = served_map(int8, data_yaml, Path(tmp))["map50_95"]
     return {"polygraphy": comparisons, "skipped": skipped, "task": task_parity(fp32, int8, data_yaml, gate.detection_conf),
             "map": maps}
 
@@ -253,11 +275,11 @@ def mixed_precision(fp32: Path, data_yaml: Path, ranking: list[dict], base_float
 
     info = read_info(fp32)
     tried = []
-    for count in [n for n in (1, 2, 4, 8, max_layers) if n <= min(max_layers, len(ranking))]:
+    for count in sorted({n for n in (1, 2, 4, 8, max_layers) if n <= min(max_layers, len(ranking))}):
         kept = [r["conv"] for r in ranking[:count]]
         candidate = out_dir / f"int8_mixed_{count}.onnx"
         quantize(fp32, candidate, data_yaml, info.image_size, float_nodes=base_float + kept, **quantize_settings)
-        measured = measure(fp32, candidate, baseline_onnx, data_yaml, gate, out_dir / f"mixed_{count}", served=False)
+        measured = measure(fp32, candidate, baseline_onnx, data_yaml, gate, out_dir / f"mixed_{count}")
         rows = check(gate, measured)
         tried.append({"float_convs": kept, "onnx": str(candidate), "passed": all(r[3] for r in rows),
                       "map50_95": measured["map"]["int8"]})
@@ -290,26 +312,26 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_gate(artifacts: Path, gate: Gate, served: bool = True, allow_mixed_precision: bool = True) -> dict:
+def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True) -> dict:
     manifest = Manifest(artifacts)
     out_dir = artifacts / "parity"
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     fp32, int8 = manifest.output("distill", "onnx"), manifest.output("quantize", "onnx")
-    baseline_onnx, data_yaml = manifest.output("export", "onnx"), manifest.output("dataset", "data_yaml")
+    # Accuracy is held against the equal-budget baseline: the unpruned model given the same extra epochs.
+    baseline_onnx, data_yaml = manifest.output("finetune", "onnx"), manifest.output("dataset", "data_yaml")
+    clear_served(artifacts)  # whatever was gated before is not what is measured now
     plan_record = manifest.get("plan")
     plan = manifest.output("plan", "int8_plan") if plan_record and "int8_plan" in plan_record.outputs else None
     measured = measure(fp32, int8, baseline_onnx, data_yaml, gate, out_dir, torch_weights=manifest.output("distill", "weights"),
-                       plan=plan, served=served)
+                       plan=plan)
     checks = check(gate, measured)
     info = read_info(int8)
     sensitivity = conv_sensitivity(fp32, int8, data_yaml, info.image_size)
     result = {"gate": asdict(gate), "measured": measured, "checks": checks, "sensitivity": sensitivity,
               "passed": all(c[3] for c in checks), "served_onnx": str(int8)}
-    # Only accuracy failures can be helped by keeping layers in float (not a served/offline mismatch).
-    accuracy_failed = [name for name, _, _, ok in checks if not ok and not name.startswith("served")]
-    if allow_mixed_precision and accuracy_failed:
+    if allow_mixed_precision and not result["passed"]:
         quant = manifest.get("quantize").metrics
         settings = {"method": quant["calibration"], "calibration_count": quant["calibration_images"]}
         best, tried = mixed_precision(fp32, data_yaml, sensitivity, quant["float_nodes"], gate, baseline_onnx, out_dir,
@@ -320,10 +342,13 @@ def run_gate(artifacts: Path, gate: Gate, served: bool = True, allow_mixed_preci
             result["mixed_precision"] = {"float_convs": kept, "onnx": str(best),
                                          "latency_cost_ms": latency_cost(int8, [Path(t["onnx"]) for t in tried],
                                                                          info.image_size)}
-            measured = measure(fp32, best, baseline_onnx, data_yaml, gate, out_dir / "final", served=served)
+            measured = measure(fp32, best, baseline_onnx, data_yaml, gate, out_dir / "final")
             result.update(measured=measured, checks=check(gate, measured), served_onnx=str(best))
             result["passed"] = all(c[3] for c in result["checks"])
-            (artifacts / "served.json").write_text(json.dumps({"stage": "parity", "onnx": str(best.resolve())}))
+    if result["passed"]:
+        chosen = Path(result["served_onnx"])
+        trt_onnx = manifest.output("quantize", "trt_onnx") if chosen == int8 else None  # same Q/DQ choices only
+        record_served(artifacts, "quantize" if chosen == int8 else "parity", chosen, trt_onnx)
     (out_dir / "parity.json").write_text(json.dumps(result, indent=2, default=str))
     (out_dir / "parity.md").write_text(to_markdown(result))
     report_md = artifacts / "report" / "report.md"
@@ -337,14 +362,24 @@ def run_gate(artifacts: Path, gate: Gate, served: bool = True, allow_mixed_preci
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--no-served", action="store_true", help="skip the live-server mAP check")
+    parser.add_argument("--deployed", type=Path, metavar="REPO",
+                        help="instead of the gate: served-vs-offline mAP of this built repository")
+    parser.add_argument("--max-served-delta", type=float, default=0.2,
+                        help="points of mAP50-95 the served repository may differ from the same model offline")
     parser.add_argument("--no-mixed-precision", action="store_true",
                         help="report a failing gate as is instead of keeping sensitive layers in float")
     for field, default in asdict(Gate()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=default)
     args = parser.parse_args(argv)
+    if args.deployed:
+        result = verify_deployed(args.deployed, args.artifacts, args.max_served_delta)
+        print(json.dumps(result, indent=2))
+        if not result.get("passed", True):
+            raise GateFailedError(f"served mAP50-95 differs from offline by {result['delta_points']} points "
+                                  f"(allowed {args.max_served_delta})", hint=f"details in {args.artifacts}/parity/")
+        return
     gate = Gate(**{f: getattr(args, f) for f in asdict(Gate())})
-    result = run_gate(args.artifacts, gate, served=not args.no_served, allow_mixed_precision=not args.no_mixed_precision)
+    result = run_gate(args.artifacts, gate, allow_mixed_precision=not args.no_mixed_precision)
     print(to_markdown(result))
     if not result["passed"]:
         failed = [f"{name}: {value} (wanted {wanted})" for name, wanted, value, ok in result["checks"] if not ok]

@@ -9,7 +9,6 @@ import pytest
 
 from loadtest.capacity import find_capacity, tune
 from loadtest.run import LoadSpec
-from tools import triton_config as tc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,10 +33,22 @@ def test_tune_reloads_configs_and_writes_the_best(served_repo, tmp_path, val_ima
                   late_budget=0.05, measure_capacity=False, small_grid=True)
     assert len(result["rows"]) == 2 and all(r["p99_ms"] for r in result["rows"])
     best = result["best"]["settings"]
-    detector = tc.read_config(repo / "detector" / "config.pbtxt")
-    assert detector.instance_group[0].count == best["detector_instances"]
-    assert detector.dynamic_batching.max_queue_delay_microseconds == best["queue_delay_us"]
     assert json.loads((repo / "repository.json").read_text())["tuned"]["streams"] == 2
+    # what a restarted server actually runs, asked from the server, not read from the files
+    import tritonclient.grpc as grpcclient
+
+    from tools.server import TritonServer
+
+    with TritonServer(repo, log_path=tmp_path / "restarted.log") as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        live = client.get_model_config("detector", as_json=True)["config"]
+        client.close()
+    assert live["instance_group"][0]["count"] == best["detector_instances"]
+    batching = live["dynamic_batching"]  # proto3 JSON leaves zero/empty fields out
+    assert int(batching.get("max_queue_delay_microseconds", 0)) == best["queue_delay_us"]
+    # Triton normalises "no preferred sizes" to [max_batch_size] (the same batching behaviour)
+    expected = best["preferred_batch_sizes"] or [int(live["max_batch_size"])]
+    assert [int(b) for b in batching.get("preferred_batch_size", [])] == expected
 
 
 def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images):

@@ -19,8 +19,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # The tiny profile's model is weak (mAP50-95 ~0.1, scores rarely above 0.25): detections are
 # compared at 0.1 so there are enough of them to count, and its ambiguous boxes flip class more
-# often (1 of 44 at the default 0.02). Every other check keeps its default.
-TINY_GATE = Gate(detection_conf=0.1, max_class_flips=0.05)
+# often (1 of 44 at the default 0.02). Ten distillation epochs on 160 images leave the pruned
+# student well behind the equal-budget baseline, so that drop is not what these tests check.
+# Every other check keeps its default.
+TINY_GATE = Gate(detection_conf=0.1, max_class_flips=0.05, max_map_drop_vs_baseline=100.0)
 
 
 def corrupt_weight_scale(int8_path, out_path, factor: float = 8.0) -> str:
@@ -37,13 +39,24 @@ def corrupt_weight_scale(int8_path, out_path, factor: float = 8.0) -> str:
     return target.name
 
 
-def test_gate_passes_pipeline_int8(tiny_artifacts):
-    result = run_gate(tiny_artifacts, TINY_GATE, served=True, allow_mixed_precision=False)
+def test_gate_passes_pipeline_int8_and_records_it_for_serving(tiny_artifacts):
+    from compress.manifest import file_hash
+
+    result = run_gate(tiny_artifacts, TINY_GATE, allow_mixed_precision=False)
     assert result["passed"], result["checks"]
     names = [c[0] for c in result["checks"]]
     assert "polygraphy fp32_vs_int8" in names and "polygraphy torch_vs_onnx" in names
-    served = result["measured"]["map"]["served"]
-    assert abs(served - result["measured"]["map"]["int8"]) * 100 <= 0.2  # live server vs offline
+    assert "mAP50-95 drop vs equal-budget baseline (points)" in names
+    # the equal-budget baseline is the reference, not the shorter-trained original
+    manifest = Manifest(tiny_artifacts)
+    from compress.evaluate import evaluate_onnx
+
+    assert result["measured"]["map"]["baseline"] == evaluate_onnx(manifest.output("finetune", "onnx"),
+                                                                  manifest.output("dataset", "data_yaml"))["map50_95"]
+    record = json.loads((tiny_artifacts / "served.json").read_text())
+    int8 = manifest.output("quantize", "onnx")
+    assert record["stage"] == "quantize" and record["sha256"] == file_hash(int8)
+    assert record["trt_onnx_sha256"] == file_hash(manifest.output("quantize", "trt_onnx"))
     assert result["sensitivity"] and result["sensitivity"][0]["sqnr_db"] <= result["sensitivity"][-1]["sqnr_db"]
     saved = tiny_artifacts / "parity"
     assert (saved / "fp32_vs_int8_inputs.json").exists() and (saved / "fp32_vs_int8_outputs.json").exists()
@@ -56,7 +69,7 @@ def test_gate_fails_corrupted_scale_and_says_why(tiny_artifacts, tmp_path):
     broken = tmp_path / "broken.onnx"
     corrupt_weight_scale(manifest.output("quantize", "onnx"), broken, factor=30.0)
     measured = measure(manifest.output("distill", "onnx"), broken, manifest.output("export", "onnx"),
-                       manifest.output("dataset", "data_yaml"), TINY_GATE, tmp_path / "parity", served=False)
+                       manifest.output("dataset", "data_yaml"), TINY_GATE, tmp_path / "parity")
     failed = {name for name, _, _, ok in check(TINY_GATE, measured) if not ok}
     assert "polygraphy fp32_vs_int8" in failed
     assert failed & {"box recall vs FP32", "mAP50-95 drop vs FP32 (points)", "score drift"}
@@ -65,8 +78,8 @@ def test_gate_fails_corrupted_scale_and_says_why(tiny_artifacts, tmp_path):
 def test_cli_exits_non_zero_with_readable_summary(tiny_artifacts):
     # An impossible threshold: the gate must fail, exit 3 and say which check failed.
     result = subprocess.run(
-        [sys.executable, "-m", "tools.parity", "--artifacts", str(tiny_artifacts), "--no-served",
-         "--no-mixed-precision", "--detection-conf", "0.1", "--max-class-flips", "0.05", "--min-box-recall", "1.01"],
+        [sys.executable, "-m", "tools.parity", "--artifacts", str(tiny_artifacts),
+         "--no-mixed-precision", "--max-map-drop-vs-baseline", "100", "--detection-conf", "0.1", "--max-class-flips", "0.05", "--min-box-recall", "1.01"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 3
     assert "parity gate FAILED: box recall vs FP32" in result.stderr and "Traceback" not in result.stderr
@@ -94,9 +107,62 @@ def test_mixed_precision_keeps_the_most_sensitive_convs_in_float(tiny_artifacts,
     ranking = conv_sensitivity(fp32, int8, data, (128, 128), count=8)
     base_float = manifest.get("quantize").metrics["float_nodes"]
     assert not {r["conv"] for r in ranking} & set(base_float)  # only quantized convs are ranked
-    best, tried = mixed_precision(fp32, data, ranking, base_float, TINY_GATE, manifest.output("export", "onnx"),
+    best, tried = mixed_precision(fp32, data, ranking, base_float, TINY_GATE, manifest.output("finetune", "onnx"),
                                   tmp_path, {"method": "minmax", "calibration_count": 8}, max_layers=2)
     assert best is not None and tried[-1]["passed"]
     kept = tried[-1]["float_convs"]
     assert kept == [r["conv"] for r in ranking[:len(kept)]]
     assert set(kept) <= set(qdq_summary(best)["float_convs"])
+
+
+def test_mixed_precision_escalates_while_the_gate_fails(tiny_artifacts, tmp_path):
+    """A gate no candidate can pass: 1, 2, then 4 of the most sensitive convs go float in turn,
+    each candidate really has them in float, and no model is returned."""
+    from compress.quantize import qdq_summary
+    from tools.parity import conv_sensitivity, mixed_precision
+
+    manifest = Manifest(tiny_artifacts)
+    fp32, int8 = manifest.output("distill", "onnx"), manifest.output("quantize", "onnx")
+    data = manifest.output("dataset", "data_yaml")
+    ranking = conv_sensitivity(fp32, int8, data, (128, 128), count=8)
+    base_float = manifest.get("quantize").metrics["float_nodes"]
+    impossible = Gate(detection_conf=0.1, max_class_flips=0.05, max_map_drop_vs_baseline=100.0, min_box_recall=1.01)
+    best, tried = mixed_precision(fp32, data, ranking, base_float, impossible, manifest.output("finetune", "onnx"),
+                                  tmp_path, {"method": "minmax", "calibration_count": 8}, max_layers=4)
+    assert best is None
+    assert [len(t["float_convs"]) for t in tried] == [1, 2, 4]
+    for attempt in tried:
+        assert attempt["float_convs"] == [r["conv"] for r in ranking[:len(attempt["float_convs"])]]
+        assert set(attempt["float_convs"]) <= set(qdq_summary(attempt["onnx"])["float_convs"])
+        assert not attempt["passed"]
+
+
+def test_repo_refuses_ungated_and_verify_checks_the_deployed_repository(tiny_artifacts, tmp_path):
+    """`make repo` serves only the gated file; `make verify` measures the repository as built
+    (its deployment threshold), served against in-process."""
+    run_gate(tiny_artifacts, TINY_GATE, allow_mixed_precision=False)  # records the gated model
+    record = json.loads((tiny_artifacts / "served.json").read_text())
+    repo = tmp_path / "repo"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    built = cli("tools.build_repo", "--artifacts", str(tiny_artifacts), "--repo", str(repo), "--conf-threshold", "0.05")
+    assert built.returncode == 0, built.stderr
+    assert json.loads((repo / "repository.json").read_text())["model_sha256"] == record["sha256"]
+    verified = cli("tools.parity", "--artifacts", str(tiny_artifacts), "--deployed", str(repo))
+    assert verified.returncode == 0, verified.stderr
+    deployed = json.loads((tiny_artifacts / "parity" / "deployed.json").read_text())
+    assert deployed["conf_threshold"] == 0.05 and deployed["passed"] and deployed["delta_points"] <= 0.2
+    assert deployed["served"]["map50"] > 0  # a comparison of two zeros would prove nothing
+    (tiny_artifacts / "served.json").unlink()
+    try:
+        refused = cli("tools.build_repo", "--artifacts", str(tiny_artifacts), "--repo", str(tmp_path / "r2"))
+        assert refused.returncode == 3 and "has passed the parity gate" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        forced = cli("tools.build_repo", "--artifacts", str(tiny_artifacts), "--repo", str(tmp_path / "r2"),
+                     "--allow-ungated")
+        assert forced.returncode == 0 and "WITHOUT the parity gate" in forced.stderr
+        assert json.loads((tmp_path / "r2" / "repository.json").read_text())["gated"] is False
+    finally:
+        (tiny_artifacts / "served.json").write_text(json.dumps(record))

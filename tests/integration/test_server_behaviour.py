@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,30 +15,47 @@ pytestmark = pytest.mark.integration
 
 
 def detector_counts(server) -> tuple[float, float]:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    from loadtest.metrics import scrape
 
-    def metric(name):
-        match = re.search(rf'^{name}{{[^}}]*model="detector"[^}}]*}} (\S+)$', text, re.M)
-        assert match, f"{name} for the detector is missing from the metrics"
-        return float(match.group(1))
-
-    return metric("nv_inference_count"), metric("nv_inference_exec_count")
+    detector = scrape(server.metrics_url)["detector"]
+    return detector["nv_inference_count"], detector["nv_inference_exec_count"]
 
 
-def test_dynamic_batching_forms_batches(triton, val_images):
-    before_count, before_exec = detector_counts(triton)
+@pytest.fixture(scope="module")
+def shipped_triton(tiny_onnx, tmp_path_factory):
+    """A server on the settings `make repo` ships (2 ms batching wait, rejecting queues), not the
+    test fixture's 20 ms: batching must happen with what users get."""
+    from compress.export import read_info
+    from tests.conftest import copy_committed_repository
+    from tools import build_repo
+    from tools.server import TritonServer
+    from tools.triton_config import RepositorySettings
+
+    info = read_info(tiny_onnx)
+    repo = copy_committed_repository(tmp_path_factory.mktemp("shipped"))
+    build_repo.build(repo, tiny_onnx, RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
+                                                         head_layout=info.head_layout), {"stage": "export"})
+    with TritonServer(repo, log_path=tmp_path_factory.mktemp("logs") / "server.log", exit_timeout_s=5) as server:
+        yield server
+
+
+def test_dynamic_batching_forms_batches_with_shipped_settings(shipped_triton, val_images):
+    from tools.triton_config import RepositorySettings
+
+    assert RepositorySettings((128, 128), 4).queue_delay_us == 2000  # what this test is about
+    before_count, before_exec = detector_counts(shipped_triton)
     payload = val_images[0].read_bytes()
 
     def send(_):
-        with TritonDetectorClient(triton.http_url) as client:
+        with TritonDetectorClient(shipped_triton.grpc_url, "grpc") as client:
             return len(client.detect([payload]))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(send, range(48)))
-    count, executions = detector_counts(triton)
+        list(pool.map(send, range(96)))
+    count, executions = detector_counts(shipped_triton)
     inferences, runs = count - before_count, executions - before_exec
-    assert inferences == 48
-    assert runs < inferences, f"{inferences} inferences in {runs} executions: no batches formed"
+    assert inferences == 96
+    assert runs <= 0.75 * inferences, f"{inferences} inferences in {runs} executions: few batches formed"
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

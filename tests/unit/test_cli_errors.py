@@ -15,17 +15,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
-@pytest.mark.parametrize("args,message", [
-    (("tools.client", "no/such/image.jpg"), "no such image or folder"),
-    (("tools.client", "--local", "no/such.onnx", "tests"), "ONNX model not found"),
-    (("compress.pipeline", "--weights", "missing.pt"), "WEIGHTS=missing.pt does not exist"),
-    (("tools.build_repo", "--artifacts", "no/such/artifacts"), "has no output"),
-    (("tools.build_repo", "--onnx", "README.md"), "not a readable ONNX model"),
-    (("tools.client", "README.md", "--url", "127.0.0.1:9", "--protocol", "http"), "cannot reach Triton"),
+@pytest.mark.parametrize("args,message,code", [
+    (("tools.client", "no/such/image.jpg"), "no such image or folder", 2),
+    (("tools.client", "--local", "no/such.onnx", "tests"), "ONNX model not found", 2),
+    (("compress.pipeline", "--weights", "missing.pt"), "WEIGHTS=missing.pt does not exist", 2),
+    (("compress.pipeline", "--artifacts", "build/no-artifacts", "--data", "pytest.ini"), "is not a data.yaml", 2),
+    (("compress.pipeline", "--artifacts", "build/no-artifacts", "--data", "tests/fixtures/bad_data.yaml"),
+     "'val:' key missing", 2),
+    (("compress.pipeline", "--imgsz", "100"), "not a positive multiple of 32", 2),
+    (("tools.build_repo", "--artifacts", "no/such/artifacts"), "has passed the parity gate", 3),
+    (("tools.build_repo", "--onnx", "README.md"), "not a readable ONNX model", 2),
+    (("tools.client", "README.md", "--url", "127.0.0.1:9", "--protocol", "http"), "cannot reach Triton", 2),
 ])
-def test_one_line_error(args, message):
+def test_one_line_error(args, message, code):
     result = run_cli(*args)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr

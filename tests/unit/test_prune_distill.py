@@ -93,7 +93,8 @@ def test_distillation_loss_is_finite_and_falls():
     student.train()
     for param in student.parameters():
         param.requires_grad_(True)
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    # 1e-4: with 1e-3 the task-aligned assigner makes the first steps' loss jump about (measured)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-4)
     torch.manual_seed(0)
     batch = {
         "img": torch.rand(2, 3, IMGSZ, IMGSZ),
@@ -102,7 +103,7 @@ def test_distillation_loss_is_finite_and_falls():
         "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.6, 0.2, 0.25]]),
     }
     losses = []
-    for _ in range(6):
+    for _ in range(10):
         optimizer.zero_grad()
         loss, _items = student.loss(batch)
         loss.sum().backward()
@@ -110,4 +111,44 @@ def test_distillation_loss_is_finite_and_falls():
         losses.append(float(loss.sum().detach()))
         assert all(torch.isfinite(torch.tensor(v)) for v in criterion.last_terms.values())
     assert set(criterion.last_terms) == {"cls_kd", "box_kd", "feat_kd"}
-    assert losses[-1] < losses[0]
+    assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
+
+
+def test_distillation_terms_are_nonzero_and_reach_the_adapters():
+    """The KD terms are really in the loss: each is non-zero, the total exceeds the plain detection
+    loss, and the gradient reaches the adapters (only the feature term depends on them)."""
+    import copy
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_cfg
+
+    from compress.distill import DistillSettings, attach_distillation
+
+    torch.manual_seed(0)
+    teacher, student = detection_model("yolov8n.yaml"), detection_model("yolov8n.yaml")
+    prune(student, IMGSZ, 2.0)
+    for model in (teacher, student):
+        model.args = SimpleNamespace(**vars(get_cfg()))
+    criterion = attach_distillation(student, teacher, DistillSettings())
+    student.train()
+    for param in student.parameters():
+        param.requires_grad_(True)
+    batch = {"img": torch.rand(2, 3, IMGSZ, IMGSZ), "batch_idx": torch.tensor([0.0, 1.0]),
+             "cls": torch.tensor([[1.0], [2.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.6, 0.2, 0.25]])}
+    twin = copy.deepcopy(student)
+    loss, _ = student.loss(batch)
+    loss.sum().backward()
+    assert set(criterion.last_terms) == {"cls_kd", "box_kd", "feat_kd"}
+    assert all(value > 1e-6 for value in criterion.last_terms.values()), criterion.last_terms
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.kd_adapters.parameters())
+    plain, _ = criterion.base(twin(batch["img"]), batch)  # same weights, no KD
+    assert float(loss.sum()) > float(plain.sum()) + 1e-4
+    # without a teacher's signal, the adapters would get nothing
+    settings = DistillSettings(logit_weight=0.0, feature_weight=0.0)
+    twin_criterion = attach_distillation(twin, teacher, settings)
+    twin.zero_grad()
+    twin_loss, _ = twin.loss(batch)
+    twin_loss.sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in twin.kd_adapters.parameters())
+    assert twin_criterion.last_terms["feat_kd"] > 0  # computed, but weighted out

@@ -1,0 +1,86 @@
+"""A user's own dataset through `make`'s stages, as typed: 37 non-square tiles of one class,
+.txt image lists, a relative `path:` (so 37 calibration images: a ragged batch of 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from compress.manifest import Manifest
+from tests import byo_dataset
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Small budgets: this checks that every stage runs on such data, not how well it learns.
+BUDGET = ["PROFILE=tiny", "EPOCHS=3", "DISTILL_EPOCHS=1", "CALIBRATION_IMAGES=64"]
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aerial")
+    return byo_dataset.make(root, train=37, val=11), root
+
+
+def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
+    data_yaml, _ = user_data
+    artifacts = tmp_path_factory.mktemp("byo") / "artifacts"
+    common = [f"DATA={data_yaml}", f"ARTIFACTS={artifacts}", *BUDGET]
+
+    # 1. a baseline under the floor stops the run with one clear message, before pruning
+    stopped = make("pipeline", *common, "MIN_BASELINE_MAP=1.0")
+    assert stopped.returncode != 0
+    assert "below the floor of 1.0" in stopped.stderr and "EPOCHS=" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert Manifest(artifacts).get("prune") is None
+
+    # 2. overridden, the run goes on through every stage (the baseline is reused, not retrained)
+    forced = make("pipeline", *common, "MIN_BASELINE_MAP=1.0", "ALLOW_WEAK_BASELINE=1")
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert "--- baseline: up to date" in forced.stdout and "WARNING" in forced.stdout
+    manifest = Manifest(artifacts)
+    dataset = manifest.get("dataset").metrics
+    assert (dataset["train_images"], dataset["val_images"], dataset["classes"]) == (37, 11, 1)
+    assert manifest.get("baseline").settings["imgsz"] == 128  # from the 400 px tiles, capped by the tiny profile
+    quant = manifest.get("quantize").metrics
+    assert quant["calibration_images"] == 37 and quant["calibration_batch"] == 1
+    report = json.loads((artifacts / "report" / "report.json").read_text())
+    assert len(report["rows"]) == 6 and all(r["bs1_ms"] > 0 for r in report["rows"])
+
+    # 3. nothing is served ungated; the override builds a repository that serves these images
+    repo = artifacts.parent / "repo"
+    refused = make("repo", f"ARTIFACTS={artifacts}", f"REPO={repo}")
+    assert refused.returncode != 0 and "has passed the parity gate" in refused.stderr
+    built = make("repo", f"ARTIFACTS={artifacts}", f"REPO={repo}", "ALLOW_UNGATED=1")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "1 classes" in built.stdout and "128x128" in built.stdout
+    verified = make("verify", f"ARTIFACTS={artifacts}", f"REPO={repo}")
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    deployed = json.loads((artifacts / "parity" / "deployed.json").read_text())
+    assert deployed["passed"] and deployed["stage"] == "quantize"
+
+
+def test_changing_an_image_invalidates_the_stages(user_data, tmp_path):
+    """Stage reuse keys on the files the yaml resolves to, not on the yaml's text."""
+    from compress.pipeline import PROFILES, Context, run_stages
+
+    data_yaml, root = user_data
+    ctx = Context(tmp_path / "artifacts", PROFILES["tiny"], data=data_yaml)
+    run_stages(ctx, ["dataset"])
+    first = ctx.manifest.get("dataset").metrics["content_hash"]
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    original = label.read_text()
+    label.write_text(original + "0 0.5 0.5 0.1 0.1\n")
+    try:
+        run_stages(ctx, ["dataset"])
+        assert ctx.manifest.get("dataset").metrics["content_hash"] != first
+    finally:
+        label.write_text(original)

@@ -1,0 +1,95 @@
+"""Only a gated model is served: the record ties it to its bytes, and a weak baseline stops the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.manifest import Manifest, gated_model, record_served
+from compress.pipeline import PROFILES, Context, check_baseline
+from tools.build_repo import served_model
+from tools.errors import GateFailedError, MissingDependencyError, WeakBaselineError
+
+
+def fake_artifacts(tmp_path, with_plan_from: str | None = None):
+    """A manifest with quantize outputs (and a plan record built from `with_plan_from`'s hash)."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "quantize").mkdir(parents=True)
+    int8, trt = artifacts / "quantize" / "int8.onnx", artifacts / "quantize" / "int8_trt.onnx"
+    int8.write_bytes(b"int8 model bytes")
+    trt.write_bytes(b"int8 trt model bytes")
+    manifest = Manifest(artifacts)
+    manifest.record("quantize", {}, {}, {"onnx": int8, "trt_onnx": trt}, {}, 0.0)
+    if with_plan_from is not None:
+        (artifacts / "plan").mkdir()
+        plan = artifacts / "plan" / "int8.plan"
+        plan.write_bytes(b"engine")
+        manifest.record("plan", {"int8": with_plan_from}, {}, {"int8_plan": plan}, {}, 0.0)
+    return artifacts, int8, trt
+
+
+def test_nothing_is_served_before_the_gate(tmp_path):
+    artifacts, _, _ = fake_artifacts(tmp_path)
+    with pytest.raises(GateFailedError, match="has passed the parity gate"):
+        served_model(artifacts, None, "local")
+
+
+def test_the_gated_file_is_served_and_a_changed_one_refused(tmp_path):
+    artifacts, int8, trt = fake_artifacts(tmp_path)
+    record_served(artifacts, "quantize", int8, trt)
+    assert served_model(artifacts, None, "local") == ("quantize", int8.resolve())
+    int8.write_bytes(b"re-quantized after the gate")  # e.g. the pipeline re-ran quantize
+    with pytest.raises(GateFailedError, match="changed since the parity gate"):
+        served_model(artifacts, None, "onnxruntime")
+
+
+def test_override_serves_ungated_with_a_loud_warning(tmp_path, capsys):
+    artifacts, int8, _ = fake_artifacts(tmp_path)
+    assert served_model(artifacts, None, "local", allow_ungated=True) == ("quantize", int8)
+    assert "WITHOUT the parity gate" in capsys.readouterr().err
+    assert served_model(artifacts, "quantize", "local") == ("quantize", int8)  # STAGE= is an override too
+    assert "WITHOUT the parity gate" in capsys.readouterr().err
+
+
+def test_tensorrt_plan_must_come_from_the_gated_model(tmp_path):
+    from compress.manifest import file_hash
+
+    artifacts, int8, trt = fake_artifacts(tmp_path, with_plan_from="stale0000000000")
+    record_served(artifacts, "quantize", int8, trt)
+    with pytest.raises(GateFailedError, match="not built from the INT8 model the parity gate passed"):
+        served_model(artifacts, None, "tensorrt")
+    artifacts2, int8_2, trt_2 = fake_artifacts(tmp_path / "two", with_plan_from=file_hash(tmp_path / "artifacts" /
+                                                                                          "quantize" / "int8_trt.onnx"))
+    record_served(artifacts2, "quantize", int8_2, trt_2)
+    assert served_model(artifacts2, None, "tensorrt") == ("plan", artifacts2 / "plan" / "int8.plan")
+    # a mixed-precision model chosen by the gate has no TensorRT twin: refused for tensorrt
+    record_served(artifacts2, "parity", int8_2, None)
+    with pytest.raises(GateFailedError):
+        served_model(artifacts2, None, "tensorrt")
+
+
+def test_tensorrt_without_a_plan_says_so(tmp_path):
+    artifacts, int8, trt = fake_artifacts(tmp_path)
+    record_served(artifacts, "quantize", int8, trt)
+    with pytest.raises(MissingDependencyError, match="no TensorRT plan"):
+        served_model(artifacts, None, "tensorrt")
+
+
+def test_gated_record_holds_the_hash(tmp_path):
+    artifacts, int8, trt = fake_artifacts(tmp_path)
+    record_served(artifacts, "quantize", int8, trt)
+    record = json.loads((artifacts / "served.json").read_text())
+    assert record == gated_model(artifacts) and len(record["sha256"]) == 16
+
+
+def test_weak_baseline_stops_unless_overridden(tmp_path, capsys):
+    ctx = Context(tmp_path, PROFILES["tiny"])
+    check_baseline(ctx, {"map50_95": 0.2})
+    with pytest.raises(WeakBaselineError) as error:
+        check_baseline(ctx, {"map50_95": 0.01})
+    assert "below the floor of 0.05" in str(error.value) and "EPOCHS=" in str(error.value)
+    assert error.value.exit_code == 3
+    ctx.allow_weak_baseline = True
+    check_baseline(ctx, {"map50_95": 0.01})
+    assert "WARNING" in capsys.readouterr().out
