@@ -109,12 +109,18 @@ SERVED_FILE = "served.json"
 
 def record_served(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None) -> Path:
     path = Path(artifacts) / SERVED_FILE
-    record = {"stage": stage, "onnx": str(Path(onnx).resolve()), "sha256": file_hash(onnx),
+    record = {"stage": stage, "onnx": _under(artifacts, onnx), "sha256": file_hash(onnx),
               "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if trt_onnx is not None:
-        record.update(trt_onnx=str(Path(trt_onnx).resolve()), trt_onnx_sha256=file_hash(trt_onnx))
+        record.update(trt_onnx=_under(artifacts, trt_onnx), trt_onnx_sha256=file_hash(trt_onnx))
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def _under(artifacts: Path, path: Path) -> str:
+    """Relative to the artifacts folder when inside it (the folder can move), else absolute."""
+    path, root = Path(path).resolve(), Path(artifacts).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def clear_served(artifacts: Path) -> None:
@@ -130,7 +136,8 @@ def gated_model(artifacts: Path) -> dict:
         raise GateFailedError(f"no model in {artifacts} has passed the parity gate",
                               hint="run `make parity` (or override with ALLOW_UNGATED=1, which serves it unchecked)")
     record = json.loads(path.read_text())
-    onnx = Path(record["onnx"])
+    onnx = Path(artifacts) / record["onnx"]  # relative to the artifacts folder (or absolute)
+    record["onnx"] = str(onnx)
     if not onnx.exists() or file_hash(onnx) != record["sha256"]:
         raise GateFailedError(f"{onnx} changed since the parity gate passed it (or is gone)",
                               hint="run `make parity` again on the current artifacts")

@@ -36,7 +36,7 @@ class Profile:
     prune_target: float = 2.5  # MACs reduction
     importance: str = "magnitude"
     prune_steps: int = 1
-    distill_epochs: int = 15
+    distill_epochs: int = 30  # 15 left the student 9.1 points behind the equal-budget baseline, 30: 6.0
     calibration: str = "percentile"
     calibration_images: int = 64
     max_auto_imgsz: int = 640  # user data without IMGSZ= or weights: the images' size, capped here

@@ -76,11 +76,13 @@ def test_tensorrt_without_a_plan_says_so(tmp_path):
         served_model(artifacts, None, "tensorrt")
 
 
-def test_gated_record_holds_the_hash(tmp_path):
+def test_gated_record_holds_the_hash_and_moves_with_the_folder(tmp_path):
     artifacts, int8, trt = fake_artifacts(tmp_path)
     record_served(artifacts, "quantize", int8, trt)
     record = json.loads((artifacts / "served.json").read_text())
-    assert record == gated_model(artifacts) and len(record["sha256"]) == 16
+    assert record["onnx"] == "quantize/int8.onnx" and len(record["sha256"]) == 16
+    moved = artifacts.rename(tmp_path / "elsewhere")  # e.g. a clone in another folder
+    assert gated_model(moved)["onnx"] == str(moved / "quantize" / "int8.onnx")
 
 
 def test_weak_baseline_stops_unless_overridden(tmp_path, capsys):
