@@ -3,6 +3,7 @@
     python -m compress.pipeline                      # every stage, default profile
     python -m compress.pipeline --stages export      # one stage (its inputs must exist)
     python -m compress.pipeline --weights my.pt --data my/data.yaml
+    python -m compress.pipeline --data my/data.yaml --epochs 100 --imgsz 416
 
 Each stage reads artifacts, writes new ones under `--artifacts` and records itself in
 `manifest.json` (inputs' hashes, settings, outputs, metrics).
@@ -40,8 +41,8 @@ class Profile:
     calibration: str = "percentile"
     calibration_images: int = 64
     max_auto_imgsz: int = 640  # user data without IMGSZ= or weights: the images' size, capped here
-    min_baseline_map: float = 0.05
-    quantize_stem: bool = False  # the first conv sees raw pixels; the report measures both choices  # mAP50-95 below this: the baseline learned nothing worth compressing
+    min_baseline_map: float = 0.05  # mAP50-95 below this: the baseline learned nothing worth compressing
+    quantize_stem: bool = False  # the first conv sees raw pixels; the report measures both choices
 
 
 PROFILES = {
