@@ -53,7 +53,10 @@ def collect(ctx) -> dict:
             **latency[key], **evaluate_onnx(path, ctx.data_yaml(), threads=threads),
         })
     by_key = {(r["stage"], r["output"]): r for r in rows}
-    base, fair, served = by_key[("export", "onnx")], by_key[("finetune", "onnx")], by_key[("quantize", "onnx")]
+    base, served = by_key[("export", "onnx")], by_key[("quantize", "onnx")]
+    # The equal-budget baseline, unless the extra epochs made the unpruned model worse (seen on
+    # 37 images): then the original is the stronger unpruned model the budget could buy.
+    fair = max(by_key[("finetune", "onnx")], base, key=lambda row: row["map50_95"])
     measured = {
         "speedup_bs1": round(base["bs1_ms"] / served["bs1_ms"], 3),
         "speedup_bs8": round(base["bs8_ms"] / served["bs8_ms"], 3),
@@ -98,9 +101,12 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {label} | {t['wanted'][key]} | {t['measured'][key]} | {'yes' if t['met'][key] else 'NO'} |")
     q, p = report["quantization"], report["pruning"]
     lines += [
-        "", f"Measured against the baseline without the extra epochs, the drop would read "
-        f"{t['map_drop_vs_unfair_baseline_points']} points instead of {t['measured']['map_drop_points']}: that "
-        "difference is training budget, not compression.",
+        "", f"Accuracy reference: {t['accuracy_reference']}. "
+        + (f"Measured against the baseline without the extra epochs, the drop would read "
+           f"{t['map_drop_vs_unfair_baseline_points']} points instead of {t['measured']['map_drop_points']}: that "
+           "difference is training budget, not compression."
+           if t["map_drop_vs_unfair_baseline_points"] != t["measured"]["map_drop_points"] else
+           "The extra epochs did not improve the unpruned model, so the original baseline is the reference."),
         "", f"Pruning: channel ratio {p.get('ratio')}, {p.get('macs_reduction')}x fewer MACs, "
         f"{p.get('params_kept')} of the parameters kept.",
         f"INT8: {q['calibration']} calibration on {q['calibration_images']} training images "

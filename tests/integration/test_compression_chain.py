@@ -73,7 +73,8 @@ def test_report_lists_every_stage_with_numbers(tiny_artifacts):
     assert set(report["targets"]["met"]) == {"speedup_bs1", "speedup_bs8", "size_ratio", "macs_reduction",
                                              "map_drop_points"}
     rows = {(r["stage"], r["output"]): r for r in report["rows"]}
-    fair, served = rows[("finetune", "onnx")], rows[("quantize", "onnx")]
+    fair = max(rows[("finetune", "onnx")], rows[("export", "onnx")], key=lambda r: r["map50_95"])
+    served = rows[("quantize", "onnx")]
     # the accuracy target is measured against the equal-budget baseline, from the rows themselves
     assert report["targets"]["measured"]["map_drop_points"] == round((fair["map50_95"] - served["map50_95"]) * 100, 2)
     assert report["quantization"]["stem_float"] is True

@@ -95,3 +95,15 @@ def test_weak_baseline_stops_unless_overridden(tmp_path, capsys):
     ctx.allow_weak_baseline = True
     check_baseline(ctx, {"map50_95": 0.01})
     assert "WARNING" in capsys.readouterr().out
+
+
+def test_a_model_that_finds_nothing_fails_the_gate_as_itself():
+    """No FP32 detection at the deployment threshold: one explicit failing row, no vacuous recall,
+    and no claim that keeping layers in float would help."""
+    from tools.parity import NO_REFERENCE, Gate, check
+
+    measured = {"polygraphy": [], "task": {"reference_boxes": 0, "box_recall": 0.0, "score_drift": 0.0,
+                                           "class_flips": 0.0},
+                "map": {"fp32": 0.5, "int8": 0.5, "baseline": 0.5}}
+    rows = {name: ok for name, _, _, ok in check(Gate(), measured)}
+    assert rows[NO_REFERENCE] is False and "box recall vs FP32" not in rows
