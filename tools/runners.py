@@ -1,8 +1,9 @@
-"""One runner shape for PyTorch, ONNX Runtime, TensorRT and Triton: Polygraphy's BaseRunner.
+"""One runner shape for PyTorch, ONNX Runtime and TensorRT: Polygraphy's BaseRunner.
 
 Every runner takes {"images": float32 [B, 3, H, W]} and returns the raw head outputs
-{"box_logits", "class_logits"}, so Polygraphy's Comparator, the parity gate and the
-benchmarks treat them alike. torch, tensorrt and tritonclient are imported only inside.
+{"box_logits", "class_logits"}, so Polygraphy's Comparator and the parity gate treat them
+alike. torch and tensorrt are imported only inside. The served ensemble is compared at the
+task level instead (`tools.parity --deployed`), through the real client.
 """
 
 from __future__ import annotations
@@ -51,34 +52,6 @@ class TorchRunner(BaseRunner):
 
     def deactivate_impl(self):
         self.model = None
-
-
-class TritonRunner(BaseRunner):
-    """The served `detector` model, called directly over HTTP with the same tensors."""
-
-    def __init__(self, url: str, image_size: tuple[int, int], model: str = "detector", name: str | None = None):
-        super().__init__(name=name, prefix="triton-runner")
-        self.url, self.image_size, self.model = url, image_size, model
-        self.client = None
-
-    def activate_impl(self):
-        from tools.client import TritonDetectorClient
-
-        self.client = TritonDetectorClient(self.url, "http", self.model)
-        self.client.check_ready()
-
-    def get_input_metadata_impl(self):
-        return _image_metadata(self.image_size)
-
-    def infer_impl(self, feed_dict):
-        start = time.perf_counter()
-        outputs = self.client.infer_raw({"images": feed_dict["images"].astype(np.float32)}, outputs=HEAD_OUTPUTS)
-        self.inference_time = time.perf_counter() - start
-        return OrderedDict((name, outputs[name]) for name in HEAD_OUTPUTS)
-
-    def deactivate_impl(self):
-        self.client.close()
-        self.client = None
 
 
 def onnx_runner(path: Path, name: str):
