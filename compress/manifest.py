@@ -83,10 +83,7 @@ class Manifest:
         return entry
 
     def _relative(self, path: Path) -> str:
-        """Relative to the artifacts folder when inside it (the folder can move), else absolute."""
-        path = Path(path).resolve()
-        root = self.root.resolve()
-        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        return _under(self.root, path)
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

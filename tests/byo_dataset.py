@@ -4,7 +4,7 @@ Aerial-looking tiles (textured ground, a road, one class of vehicles seen from a
 three non-square sizes, listed in .txt files, with a relative `path:` in the yaml and names
 as a list: the layout a user exporting from a labelling tool often has.
 
-    python -m tests.byo_dataset /tmp/aerial --train 37 --val 11
+    python -m tests.byo_dataset build/aerial --train 37 --val 11
 """
 
 from __future__ import annotations
