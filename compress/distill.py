@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools import env
-from tools.errors import UnsupportedModelError
+from compress import env
+from compress.errors import UnsupportedModelError
 
 env.configure()
 

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from tools.detection import Detections, box_iou
-from tools.errors import InputFileError
-from tools.progress import progress
+from compress.detection import Detections, box_iou
+from compress.errors import InputFileError
+from compress.progress import progress
 
 VAL_CONF, VAL_IOU = 0.001, 0.7
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -114,7 +114,7 @@ def evaluate(detect: Callable[[list[bytes]], list[Detections]], data_yaml: Path,
 
 
 def evaluate_onnx(onnx_path: Path, data_yaml: Path, threads: int = 0, limit: int | None = None) -> dict[str, float]:
-    from tools.client import LocalDetector
+    from compress.local_detector import LocalDetector
 
     detector = LocalDetector(onnx_path, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, threads=threads)
     return evaluate(detector.detect, data_yaml, limit=limit, desc=f"mAP {Path(onnx_path).name}")

@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.errors import UnsupportedModelError, require_file
+from compress.errors import UnsupportedModelError, require_file
 
 OPSET = 17
 
@@ -24,7 +24,8 @@ class OnnxInfo:
     path: Path
     image_size: tuple[int, int]
     names: dict[int, str]
-    stride: int
+    strides: tuple[int, ...]  # one per head level, in the output's anchor order
+    reg_max: int  # DFL bins per box side (raw head)
     head_layout: str
     metadata: dict[str, str]
 
@@ -60,7 +61,7 @@ def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[
     """Export with the head cut before decoding: `box_logits` [B, 4*reg_max, A] and
     `class_logits` [B, nc, A].
 
-    DFL, box decoding and sigmoid move to post-processing (tools/detection.py), which keeps
+    DFL, box decoding and sigmoid move to post-processing (compress/detection.py), which keeps
     pixel boxes and 0..1 scores out of one tensor: that mix is what breaks whole-graph INT8.
     Every stage is exported this way so latencies compare like for like.
     """
@@ -79,7 +80,8 @@ def export_raw_onnx(weights: Path, out_path: Path, imgsz: int, provenance: dict[
     onnx.save(onnxslim.slim(onnx.load(str(out_path))), str(out_path))
     add_metadata(out_path, {
         "names": str(dict(model.names)), "imgsz": str([imgsz, imgsz]), "stride": int(max(model.stride)),
-        "task": "detect", "head_layout": "raw", "reg_max": int(detect.reg_max), **provenance,
+        "strides": str([int(v) for v in detect.stride]), "reg_max": int(detect.reg_max), "task": "detect",
+        "head_layout": "raw", **provenance,
     })
     return out_path
 
@@ -115,7 +117,32 @@ def read_info(path: Path) -> OnnxInfo:
     layout = "raw" if outputs == ["box_logits", "class_logits"] else "decoded"
     if layout == "decoded" and outputs != ["output0"]:
         raise UnsupportedModelError(f"{path} has outputs {outputs}; expected a YOLO detect head (output0)")
-    return OnnxInfo(path, image_size, names, int(meta.get("stride", 32)), layout, meta)
+    head = model.graph.output[0].type.tensor_type.shape.dim
+    channels, anchors = (d.dim_value or None for d in head[1:3]) if len(head) == 3 else (None, None)
+    strides = head_strides(meta, image_size, anchors, path)
+    reg_max = channels // 4 if layout == "raw" and channels else int(meta.get("reg_max", 16))
+    return OnnxInfo(path, image_size, names, strides, reg_max, layout, meta)
+
+
+def anchor_count(image_size: tuple[int, int], strides: tuple[int, ...]) -> int:
+    return sum((image_size[0] // s) * (image_size[1] // s) for s in strides)
+
+
+def head_strides(meta: dict[str, str], image_size: tuple[int, int], anchors: int | None, path: Path) -> tuple[int, ...]:
+    """The head's level strides: recorded by this toolkit's export (`strides`), else the pyramid
+    up to Ultralytics' `stride` (the largest) whose anchor count matches the output (P2: 4..32,
+    P5: 8..32, P6: 8..64)."""
+    if "strides" in meta:
+        strides = tuple(int(v) for v in ast.literal_eval(meta["strides"]))
+    else:
+        largest = int(meta.get("stride", 32))
+        pyramids = [tuple(2 ** k for k in range(low, largest.bit_length())) for low in (3, 2, 4)]
+        strides = next((p for p in pyramids if anchors is None or anchor_count(image_size, p) == anchors), pyramids[0])
+    if anchors is not None and anchor_count(image_size, strides) != anchors:
+        raise UnsupportedModelError(f"{path}: {anchors} anchors in the output, but strides {list(strides)} at "
+                                    f"{image_size[0]}x{image_size[1]} give {anchor_count(image_size, strides)}",
+                                    hint="record the head's strides in the metadata (key 'strides', e.g. [8, 16, 32])")
+    return strides
 
 
 def graph_facts(path: Path) -> dict:

@@ -56,7 +56,7 @@ class Manifest:
     def output(self, stage: str, name: str) -> Path:
         record = self.records.get(stage)
         if record is None or name not in record.outputs:
-            from tools.errors import InputFileError
+            from compress.errors import InputFileError
 
             raise InputFileError(f"stage {stage!r} has no output {name!r} yet", hint=f"run the {stage} stage first")
         return self.root / record.outputs[name]
@@ -126,7 +126,7 @@ def clear_served(artifacts: Path) -> None:
 
 def gated_model(artifacts: Path) -> dict:
     """The record of the model the parity gate passed, checked against the file's current bytes."""
-    from tools.errors import GateFailedError
+    from compress.errors import GateFailedError
 
     path = Path(artifacts) / SERVED_FILE
     if not path.exists():
@@ -139,3 +139,14 @@ def gated_model(artifacts: Path) -> dict:
         raise GateFailedError(f"{onnx} changed since the parity gate passed it (or is gone)",
                               hint="run `make parity` again on the current artifacts")
     return record
+
+
+def val_image_list(artifacts: Path) -> Path:
+    """The dataset stage's val image list (as the dataset reader resolved it): the frames the demo,
+    the load tests and the load-test image send by default."""
+    from compress.errors import InputFileError
+
+    record = Manifest(artifacts).get("dataset")
+    if record is None or "val_images" not in record.outputs:
+        raise InputFileError("no dataset in the artifacts to take frames from", hint="run `make` or pass --images")
+    return Path(artifacts) / record.outputs["val_images"]

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from compress.dataset import DatasetSpec
+from compress.errors import ToolkitError, WeakBaselineError, cli_entry
 from compress.manifest import Manifest, file_hash
-from tools.errors import ToolkitError, WeakBaselineError, cli_entry
-from tools.progress import stage as stage_banner
+from compress.progress import stage as stage_banner
 
 
 @dataclass
@@ -43,13 +43,16 @@ class Profile:
     max_auto_imgsz: int = 640  # user data without IMGSZ= or weights: the images' size, capped here
     min_baseline_map: float = 0.05  # mAP50-95 below this: the baseline learned nothing worth compressing
     quantize_stem: bool = False  # the first conv sees raw pixels; the report measures both choices
+    # Further students, each pruned from the baseline, distilled and quantized like the main one:
+    # "activation@MACs reduction". Their rows join the report's accuracy/latency front.
+    variants: tuple[str, ...] = ("relu@2.5", "relu@3.5")
 
 
 PROFILES = {
     "default": Profile(),
     "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
                     optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=10, calibration_images=16,
-                    max_auto_imgsz=128),
+                    max_auto_imgsz=128, variants=("relu@2.0",)),
 }
 
 
@@ -305,6 +308,64 @@ QUANTIZE = Stage(
 )
 
 
+# variants: other students on the accuracy / latency front ---------------------------------------
+
+def parse_variant(spec: str) -> tuple[str, float, str]:
+    """"relu@2.5" -> ("relu", 2.5, "relu_2.5x")."""
+    from compress.prune import ACTIVATIONS
+
+    activation, _, target = spec.partition("@")
+    try:
+        reduction = float(target)
+    except ValueError:
+        raise ToolkitError(f"variant {spec!r} is not activation@MACs-reduction (e.g. relu@2.5)") from None
+    if activation not in ACTIVATIONS or reduction < 1:
+        raise ToolkitError(f"variant {spec!r}: activation one of {sorted(ACTIVATIONS)}, reduction >= 1")
+    return activation, reduction, f"{activation}_{reduction:g}x"
+
+
+def _variants_run(ctx: Context, out: Path):
+    from compress import yolo
+    from compress.distill import DistillSettings, distill
+    from compress.prune import prune, save_checkpoint, use_activation
+    from compress.quantize import quantize
+
+    teacher = ctx.manifest.output("baseline", "weights")
+    size = (ctx.imgsz(), ctx.imgsz())
+    outputs, metrics = {}, {}
+    for spec in ctx.profile.variants:
+        activation, reduction, name = parse_variant(spec)
+        folder = out / name
+        print(f"    variant {name}: prune to {reduction:g}x fewer MACs, {activation}, distill, INT8", flush=True)
+        model = yolo.load(teacher).model
+        result = prune(model, ctx.imgsz(), reduction, ctx.profile.importance, ctx.profile.prune_steps)
+        swapped = use_activation(model, activation)
+        student = save_checkpoint(model, folder / "student.pt", {"imgsz": ctx.imgsz(), "task": "detect"},
+                                  {"pruning": {"ratio": result.ratio, "macs_reduction": result.macs_reduction}})
+        settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz())
+        weights = distill(student, teacher, ctx.data_yaml(), folder, settings)
+        fp32 = _export(ctx, weights, folder / "fp32.onnx", f"variants:{name}", result.ratio)
+        quantization = quantize(fp32, folder / "int8.onnx", ctx.data_yaml(), size, method=ctx.profile.calibration,
+                                calibration_count=ctx.profile.calibration_images, activation="uint8",
+                                keep_stem_float=not ctx.profile.quantize_stem)
+        outputs.update({f"{name}_weights": weights, f"{name}_fp32": fp32, f"{name}_int8": folder / "int8.onnx"})
+        metrics[name] = {"activation": activation, "swapped_activations": swapped, "target": reduction,
+                         "ratio": round(result.ratio, 4), "macs_reduction": round(result.macs_reduction, 3),
+                         "quantization": quantization}
+    return outputs, metrics
+
+
+VARIANTS = Stage(
+    "variants",
+    inputs=lambda ctx: {"teacher": file_hash(ctx.manifest.output("baseline", "weights")), "data": ctx.data_hash()},
+    settings=lambda ctx: {"variants": list(ctx.profile.variants), "epochs": ctx.profile.distill_epochs,
+                          "imgsz": ctx.imgsz(), "importance": ctx.profile.importance,
+                          "calibration": ctx.profile.calibration, "images": ctx.profile.calibration_images,
+                          "quantize_stem": ctx.profile.quantize_stem},
+    run=_variants_run,
+)
+
+
 # plan ---------------------------------------------------------------------------------------
 
 def _plan_run(ctx: Context, out: Path):
@@ -348,15 +409,24 @@ def _report_run(ctx: Context, out: Path):
     return paths, {"targets_met": json.loads(paths["json"].read_text())["targets"]["all_met"]}
 
 
+def _report_inputs(ctx: Context) -> dict[str, str]:
+    inputs = {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REPORTED}
+    variants = ctx.manifest.get("variants")
+    for key in sorted(variants.outputs if variants else []):
+        if key.endswith("_int8"):
+            inputs[f"variants:{key}"] = file_hash(ctx.manifest.output("variants", key))
+    return inputs
+
+
 REPORT = Stage(
     "report",
-    inputs=lambda ctx: {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REPORTED},
+    inputs=_report_inputs,
     settings=lambda ctx: {},  # threads and batch sizes used are in the report itself
     run=_report_run,
 )
 
 
-STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, FINETUNE, QUANTIZE, PLAN, REPORT]
+STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, FINETUNE, QUANTIZE, VARIANTS, PLAN, REPORT]
 STAGE_NAMES = [s.name for s in STAGES]
 
 
@@ -410,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distill-epochs", type=int)
     parser.add_argument("--calibration", choices=["minmax", "entropy", "percentile"])
     parser.add_argument("--calibration-images", type=int)
+    parser.add_argument("--variants", nargs="*", metavar="ACT@X",
+                        help="further students on the accuracy/latency front, e.g. relu@2.5 silu@3.5 (none: skip)")
     parser.add_argument("--quantize-stem", action="store_true", default=None,
                         help="quantize the first conv too (default: keep it float; the report shows both)")
     parser.add_argument("--imgsz", type=int, help="training/serving image size (default: the weights' own, else "
@@ -423,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"epochs": args.epochs, "prune_target": args.prune_target, "importance": args.importance,
                  "prune_steps": args.prune_steps, "distill_epochs": args.distill_epochs,
                  "calibration": args.calibration, "calibration_images": args.calibration_images,
-                 "min_baseline_map": args.min_baseline_map, "quantize_stem": args.quantize_stem}
+                 "min_baseline_map": args.min_baseline_map, "quantize_stem": args.quantize_stem,
+                 "variants": tuple(args.variants) if args.variants is not None else None}
     profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     for path, what in ((args.data, "DATA"), (args.weights, "WEIGHTS")):
         if path is not None and not path.exists():

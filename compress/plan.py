@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.errors import MissingDependencyError, UnsupportedModelError
+from compress.errors import MissingDependencyError, UnsupportedModelError
 
 NO_TENSORRT = ("TensorRT is not installed here (it cannot be pip-installed on these machines); "
                "run `make plan` inside an NGC TensorRT or Triton container on a GPU machine")

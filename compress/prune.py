@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tools.errors import UnsupportedModelError
+from compress.errors import UnsupportedModelError
 
 IMPORTANCES = ("magnitude", "bn_scale", "lamp")
 MAX_LAYER_RATIO = 0.75  # no layer loses more than this share of its channels
@@ -202,6 +202,27 @@ def _flatten(output) -> list[torch.Tensor]:
     if isinstance(output, (list, tuple)):
         return [t for item in output for t in _flatten(item)]
     return []
+
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU}
+
+
+def use_activation(model: nn.Module, name: str) -> int:
+    """Swap every SiLU for `name` (in place); returns how many were swapped.
+
+    ReLU lets ONNX Runtime fold the activation into the integer conv (QLinearConv clamps at the
+    zero point), where SiLU stays a Sigmoid and a Mul between quantized convs. Distillation from
+    the SiLU teacher recovers the accuracy.
+    """
+    if name not in ACTIVATIONS:
+        raise UnsupportedModelError(f"unknown activation {name!r}", hint=f"choose one of {sorted(ACTIVATIONS)}")
+    swapped = 0
+    for module in model.modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.SiLU) and name != "silu":
+                setattr(module, child_name, ACTIVATIONS[name]())
+                swapped += 1
+    return swapped
 
 
 def save_checkpoint(model: nn.Module, path: Path, train_args: dict | None = None, extra: dict | None = None) -> Path:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.detection import letterbox
-from tools.errors import InputFileError, UnsupportedModelError
+from compress.detection import letterbox
+from compress.errors import InputFileError, UnsupportedModelError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 

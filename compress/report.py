@@ -9,24 +9,57 @@ training is not counted as a compression gain.
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from pathlib import Path
 
-from compress.benchmark import measure_in_subprocess
+from compress.benchmark import BATCH_SIZES, ROUNDS, measure_in_subprocess, speedup, verdict
+from compress.env import cpu_threads
 from compress.evaluate import evaluate_onnx
-from tools.env import cpu_threads
+from compress.plotting import saved_figure
+from compress.profile import plot as profile_plot
+from compress.profile import profile_in_subprocess
+from compress.profile import to_markdown as profile_markdown
 
 TARGETS = {"speedup_bs1": 2.0, "speedup_bs8": 2.5, "size_ratio": 0.30, "macs_reduction": 2.5,
            "map_drop_points": 1.0}
-# (stage, manifest output) -> label; the weights each row's params/MACs come from.
+# (stage, manifest output) -> label, (stage, output) of the weights its params/MACs come from.
 ROWS = {
-    ("export", "onnx"): ("baseline FP32", "baseline"),
-    ("finetune", "onnx"): ("baseline FP32, +distill epochs (equal budget)", "finetune"),
-    ("prune", "onnx"): ("pruned FP32", "prune"),
-    ("distill", "onnx"): ("pruned+distilled FP32", "distill"),
-    ("quantize", "onnx"): ("pruned+distilled INT8 (served)", "distill"),
-    ("quantize", "other_stem_onnx"): ("pruned+distilled INT8, other stem choice (not served)", "distill"),
+    ("export", "onnx"): ("baseline FP32", ("baseline", "weights")),
+    ("finetune", "onnx"): ("baseline FP32, +distill epochs (equal budget)", ("finetune", "weights")),
+    ("prune", "onnx"): ("pruned FP32", ("prune", "weights")),
+    ("distill", "onnx"): ("pruned+distilled FP32", ("distill", "weights")),
+    ("quantize", "onnx"): ("pruned+distilled INT8", ("distill", "weights")),
+    ("quantize", "other_stem_onnx"): ("pruned+distilled INT8, other stem choice", ("distill", "weights")),
 }
+# Rows that can be served: INT8 models with the FP32 twin the parity gate compares them with.
+SERVABLE = {("quantize", "onnx"): ("distill", "onnx")}
+# The accuracy a served model may give up against the fair reference (points of mAP50-95): the
+# parity gate's own allowance (tools.parity.Gate.max_map_drop_vs_baseline), so that the report's
+# candidate is one the gate can pass.
+SERVING_MAP_ALLOWANCE_POINTS = 8.0
+
+
+def rows_of(manifest) -> tuple[dict, dict]:
+    """The fixed rows present in the manifest, then one FP32 and one INT8 row per variant; and the
+    servable rows with their FP32 twins."""
+    rows = {key: value for key, value in ROWS.items() if key[1] in manifest.get(key[0]).outputs}
+    servable = dict(SERVABLE)
+    variants = manifest.get("variants")
+    for name, info in (variants.metrics if variants else {}).items():
+        what = f"{ {'relu': 'ReLU', 'silu': 'SiLU'}[info['activation']]} student, {info['target']:g}x MACs target"
+        rows[("variants", f"{name}_fp32")] = (f"{what}, FP32", ("variants", f"{name}_weights"))
+        rows[("variants", f"{name}_int8")] = (f"{what}, INT8", ("variants", f"{name}_weights"))
+        servable[("variants", f"{name}_int8")] = ("variants", f"{name}_fp32")
+    return rows, servable
+
+
+def pareto_front(rows: list[dict], latency_key: str = "bs1_ms") -> list[dict]:
+    """Rows no other row beats on both latency (lower) and mAP50-95 (higher)."""
+    return [r for r in rows if not any(o is not r and o[latency_key] <= r[latency_key] and o["map50_95"] >= r["map50_95"]
+                                       and (o[latency_key] < r[latency_key] or o["map50_95"] > r["map50_95"])
+                                       for o in rows)]
 
 
 def _torch_numbers(weights: Path, imgsz: int) -> dict:
@@ -38,39 +71,64 @@ def _torch_numbers(weights: Path, imgsz: int) -> dict:
 def collect(ctx) -> dict:
     manifest = ctx.manifest
     imgsz = ctx.imgsz()
-    rows_wanted = {key: value for key, value in ROWS.items() if key[1] in manifest.get(key[0]).outputs}
+    rows_wanted, servable_twins = rows_of(manifest)
     onnx_paths = {f"{stage}:{output}": manifest.output(stage, output) for stage, output in rows_wanted}
     threads = min(2, cpu_threads())
     print(f"    measuring latency of {len(onnx_paths)} models side by side ({threads} threads)", flush=True)
     latency = measure_in_subprocess(onnx_paths, (imgsz, imgsz), threads=threads)
     rows = []
-    for (stage, output), (label, weights_stage) in rows_wanted.items():
+    spread_keys = {f"bs{b}" for b in BATCH_SIZES} | {f"bs{b}_rounds" for b in BATCH_SIZES}
+    for (stage, output), (label, weights) in rows_wanted.items():
         key, path = f"{stage}:{output}", manifest.output(stage, output)
-        numbers = _torch_numbers(manifest.output(weights_stage, "weights"), imgsz)
+        numbers = _torch_numbers(manifest.output(*weights), imgsz)
         rows.append({
             "stage": stage, "output": output, "model": label, "onnx": str(path.relative_to(ctx.artifacts)),
             "params": numbers["params"], "gmacs": numbers["gmacs"], "file_mb": round(path.stat().st_size / 1e6, 3),
-            **latency[key], **evaluate_onnx(path, ctx.data_yaml(), threads=threads),
+            **{k: v for k, v in latency[key].items() if k not in spread_keys},
+            **{f"bs{b}_iqr_ms": [latency[key][f"bs{b}"]["p25"], latency[key][f"bs{b}"]["p75"]] for b in BATCH_SIZES},
+            **evaluate_onnx(path, ctx.data_yaml(), threads=threads),
         })
     by_key = {(r["stage"], r["output"]): r for r in rows}
-    base, served = by_key[("export", "onnx")], by_key[("quantize", "onnx")]
+    base = by_key[("export", "onnx")]
     # The equal-budget baseline, unless the extra epochs made the unpruned model worse (seen on
     # 37 images): then the original is the stronger unpruned model the budget could buy.
     fair = max(by_key[("finetune", "onnx")], base, key=lambda row: row["map50_95"])
+    # The serving candidate: the fastest servable INT8 model on the accuracy/latency front whose
+    # accuracy is within the gate's allowance of the fair reference (else the most accurate one).
+    servable = [by_key[key] for key in servable_twins if key in by_key]
+    front = pareto_front(rows)
+    allowed = [r for r in servable if r in front
+               and (fair["map50_95"] - r["map50_95"]) * 100 <= SERVING_MAP_ALLOWANCE_POINTS]
+    served = min(allowed, key=lambda r: r["bs1_ms"]) if allowed else max(servable, key=lambda r: r["map50_95"])
+    for row in rows:
+        row["pareto"] = row in front
+        row["candidate"] = row is served
+    served_key = f"{served['stage']}:{served['output']}"
+    ratios = {f"speedup_bs{b}": speedup(latency, "export:onnx", served_key, b) for b in BATCH_SIZES}
     measured = {
-        "speedup_bs1": round(base["bs1_ms"] / served["bs1_ms"], 3),
-        "speedup_bs8": round(base["bs8_ms"] / served["bs8_ms"], 3),
+        "speedup_bs1": ratios["speedup_bs1"]["median"],
+        "speedup_bs8": ratios["speedup_bs8"]["median"],
         "size_ratio": round(served["file_mb"] / base["file_mb"], 3),
         "macs_reduction": round(base["gmacs"] / served["gmacs"], 3),
         "map_drop_points": round((fair["map50_95"] - served["map50_95"]) * 100, 2),
     }
     met = {key: (measured[key] <= TARGETS[key]) if key in ("size_ratio", "map_drop_points")
            else (measured[key] >= TARGETS[key]) for key in TARGETS}
+    for key, ratio in ratios.items():  # speed is met only when it holds beyond the round-to-round noise
+        met[key] = verdict(ratio, TARGETS[key]) == "met"
     quant = manifest.get("quantize").metrics
     plan = manifest.get("plan")
     return {
         "image_size": imgsz, "threads": threads, "rows": rows,
+        "candidate": {"stage": served["stage"], "onnx": served["onnx"], "model": served["model"],
+                      "fp32_onnx": str(manifest.output(*servable_twins[(served["stage"], served["output"])])
+                                       .relative_to(ctx.artifacts)),
+                      "rule": f"fastest servable INT8 on the accuracy/latency front within "
+                              f"{SERVING_MAP_ALLOWANCE_POINTS} points of the fair reference"},
         "targets": {"wanted": TARGETS, "measured": measured, "met": met, "all_met": all(met.values()),
+                    "speedup_spread": {key: {**ratio, "verdict": verdict(ratio, TARGETS[key])}
+                                       for key, ratio in ratios.items()},
+                    "speedup_rounds": {f"bs{b}": ROUNDS[b] for b in BATCH_SIZES},
                     "accuracy_reference": fair["model"],
                     "map_drop_vs_unfair_baseline_points": round((base["map50_95"] - served["map50_95"]) * 100, 2)},
         "baseline_ultralytics_val": {k: manifest.get("baseline").metrics.get(k) for k in ("map50", "map50_95")},
@@ -85,20 +143,34 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Compression report ({report['image_size']}x{report['image_size']}, ONNX Runtime CPU, "
         f"{report['threads']} threads, latencies measured side by side in one run)", "",
-        "| stage | params | GMACs | file MB | bs1 ms | bs8 ms | mAP50 | mAP50-95 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | params | GMACs | file MB | bs1 ms (IQR) | bs8 ms (IQR) | mAP50 | mAP50-95 | front |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['gmacs']:.3f} | {r['file_mb']:.2f} | {r['bs1_ms']:.2f} | "
-                     f"{r['bs8_ms']:.2f} | {r['map50']:.4f} | {r['map50_95']:.4f} |")
+        mark = "**serving candidate**" if r.get("candidate") else ("yes" if r.get("pareto") else "")
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['gmacs']:.3f} | {r['file_mb']:.2f} | "
+                     f"{r['bs1_ms']:.2f} ({r['bs1_iqr_ms'][0]:.2f}-{r['bs1_iqr_ms'][1]:.2f}) | "
+                     f"{r['bs8_ms']:.2f} ({r['bs8_iqr_ms'][0]:.2f}-{r['bs8_iqr_ms'][1]:.2f}) | "
+                     f"{r['map50']:.4f} | {r['map50_95']:.4f} | {mark} |")
+    if report.get("candidate"):
+        lines += ["", f"Serving candidate: **{report['candidate']['model']}** ({report['candidate']['rule']}); "
+                      "`make parity` gates it against its FP32 twin."]
     t = report["targets"]
     names = {"speedup_bs1": "speed-up at batch 1 vs baseline FP32 (x, >=)",
              "speedup_bs8": "speed-up at batch 8 vs baseline FP32 (x, >=)",
              "size_ratio": "file size vs baseline FP32 (<=)", "macs_reduction": "fewer MACs than baseline (x, >=)",
              "map_drop_points": "mAP50-95 drop vs the equal-budget baseline, points (<=; negative = gain)"}
-    lines += ["", "## Targets (served INT8)", "", "| target | wanted | measured | met |", "|---|---:|---:|---|"]
+    lines += ["", "## Targets (serving candidate)", "", "| target | wanted | measured | met |", "|---|---:|---:|---|"]
     for key, label in names.items():
-        lines.append(f"| {label} | {t['wanted'][key]} | {t['measured'][key]} | {'yes' if t['met'][key] else 'NO'} |")
+        measured = t["measured"][key]
+        if key in t.get("speedup_spread", {}):
+            ratio = t["speedup_spread"][key]
+            measured = f"{ratio['median']} (p10-p90 {ratio['p10']}-{ratio['p90']}: {ratio['verdict']})"
+        lines.append(f"| {label} | {t['wanted'][key]} | {measured} | {'yes' if t['met'][key] else 'NO'} |")
+    if t.get("previous_run"):
+        agreement = ", ".join(f"{k} {v:+.1%}" for k, v in t["previous_run"]["change"].items())
+        lines += ["", f"Against the previous `make bench` ({t['previous_run']['when']}): {agreement} "
+                      f"({'all within' if t['previous_run']['within_10pct'] else 'NOT all within'} 10%)."]
     q, p = report["quantization"], report["pruning"]
     lines += [
         "", f"Accuracy reference: {t['accuracy_reference']}. "
@@ -117,33 +189,50 @@ def to_markdown(report: dict) -> str:
         f"gives the baseline mAP50-95 {report['baseline_ultralytics_val']['map50_95']}.",
         f"TensorRT plans: {report['plan'].get('skipped') or report['plan']}",
     ]
+    if report.get("op_profile"):
+        lines += ["", "## Where the time goes (ONNX Runtime profiler, kernel time per run)", "",
+                  profile_markdown(report["op_profile"]).rstrip("\n"), "", "Plot: op_profile.png."]
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    with saved_figure(path, columns=2, size=(11, 4.2)) as (_, axes):
+        for ax, key, title in ((axes[0], "bs1_ms", "batch 1"), (axes[1], "bs8_ms", "batch 8")):
+            for row, marker in zip(report["rows"], itertools.cycle("osD^vP*X")):
+                low, high = row[f"{key[:3]}_iqr_ms"]
+                ax.errorbar(row[key], row["map50_95"], xerr=[[row[key] - low], [high - row[key]]], fmt=marker,
+                            markersize=8, capsize=3, label=row["model"])
+            ax.legend(fontsize=8, loc="lower right")
+            ax.set_xlabel(f"ONNX Runtime CPU latency, {title} (ms, median and IQR)")
+            ax.set_ylabel("mAP50-95 (val)")
+            ax.set_title(f"accuracy vs latency, {title}")
+            ax.grid(alpha=0.3)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, title in ((axes[0], "bs1_ms", "batch 1"), (axes[1], "bs8_ms", "batch 8")):
-        for row, marker in zip(report["rows"], "osD^v"):
-            ax.scatter(row[key], row["map50_95"], s=70, marker=marker, label=row["model"])
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_xlabel(f"ONNX Runtime CPU latency, {title} (ms, median)")
-        ax.set_ylabel("mAP50-95 (val)")
-        ax.set_title(f"accuracy vs latency, {title}")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def op_profile(ctx, report: dict) -> dict:
+    """ONNX Runtime's per-node profile of the baseline, the pruned FP32 graph and every INT8 row."""
+    models = {"baseline FP32": ctx.manifest.output("export", "onnx"), "pruned FP32": ctx.manifest.output("distill", "onnx")}
+    for row in report["rows"]:
+        if row["model"].endswith("INT8"):
+            models[row["model"].replace("pruned+distilled ", "SiLU student, ")] = ctx.artifacts / row["onnx"]
+    print(f"    profiling {len(models)} models by operator (ONNX Runtime profiler)", flush=True)
+    return profile_in_subprocess(models, (ctx.imgsz(), ctx.imgsz()), threads=report["threads"])
 
 
 def write_report(ctx, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = collect(ctx)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "accuracy_vs_latency.png"}
+    if paths["json"].exists():  # the previous run: do the ratios hold from one run to the next?
+        previous = json.loads(paths["json"].read_text())
+        before, now = previous["targets"]["measured"], report["targets"]["measured"]
+        change = {k: round(now[k] / before[k] - 1, 4) for k in ("speedup_bs1", "speedup_bs8") if before.get(k)}
+        report["targets"]["previous_run"] = {"when": previous.get("measured_at", "unknown"), "change": change,
+                                             "within_10pct": all(abs(v) <= 0.10 for v in change.values())}
+    report["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    report["op_profile"] = op_profile(ctx, report)
+    paths["op_profile_plot"] = out / "op_profile.png"
+    profile_plot(report["op_profile"], paths["op_profile_plot"])
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(to_markdown(report))
     plot(report, paths["plot"])

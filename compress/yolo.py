@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools import env
-from tools.errors import InputFileError, UnsupportedModelError, require_file
+from compress import env
+from compress.errors import InputFileError, UnsupportedModelError, require_file
 
 env.configure()
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from loadtest.run import LoadSpec, add_spec_arguments, default_images, load_test, spec_from_args
+from compress.env import cpu_threads
+from compress.errors import InputFileError, cli_entry
+from compress.manifest import val_image_list
+from loadtest.run import LoadSpec, add_spec_arguments, load_test, spec_from_args
 from tools import triton_config as tc
-from tools.errors import InputFileError, cli_entry
 from tools.server import TritonServer
 
 
@@ -33,8 +35,8 @@ def within_slo(summary: dict, late_budget: float) -> bool:
     p99 = frames["latency_ms"]["p99"]
     # ceil: in a short probe a 1% budget of 80 frames must still allow one late frame
     allowed_late = math.ceil(late_budget * frames["frames_due"])
-    return (frames["errors"] == 0 and frames["dropped"] == 0 and frames.get("rejected", 0) == 0 and p99 is not None and p99 <= frames["slo_ms"]
-            and frames["late_over_slo"] <= allowed_late)
+    failed = frames["errors"] + frames.get("lost", 0) + frames["dropped"] + frames.get("rejected", 0)
+    return failed == 0 and p99 is not None and p99 <= frames["slo_ms"] and frames["late_over_slo"] <= allowed_late
 
 
 def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path, late_budget: float = 0.01,
@@ -46,8 +48,11 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path,
         if streams not in probes:
             summary = load_test(replace(spec, streams=streams), out / f"streams_{streams}", url=url,
                                 metrics_url=server.metrics_url, images=images)
+            detector = summary["triton"]["models"].get(tc.DETECTOR, {})
             probes[streams] = {"ok": within_slo(summary, late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
-                               "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"]}
+                               "p50_ms": summary["frames"]["latency_ms"]["p50"],
+                               "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
+                               "detector_queue_ms": detector.get("queue_ms_per_request")}
             print(f"    {streams:3d} streams: p99 {probes[streams]['p99_ms']} ms, dropped {probes[streams]['dropped']} "
                   f"-> {'holds' if probes[streams]['ok'] else 'over'}", flush=True)
         return probes[streams]["ok"]
@@ -64,8 +69,9 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path,
         while bad - good > 1:
             middle = (good + bad) // 2
             good, bad = (middle, bad) if probe(middle) else (good, middle)
+    # The machine the capacity belongs to: a replica needs as much to serve as many streams.
     return {"capacity_streams": good, "fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget,
-            "probes": {str(k): v for k, v in sorted(probes.items())}}
+            "machine": {"cpus": cpu_threads()}, "probes": {str(k): v for k, v in sorted(probes.items())}}
 
 
 def candidate_settings(base: tc.RepositorySettings, small: bool = False) -> list[tuple[str, tc.RepositorySettings]]:
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
     spec = spec_from_args(args)
-    images = args.images or default_images(args.artifacts)
+    images = args.images or val_image_list(args.artifacts)
     out = args.artifacts / args.mode
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "capacity":

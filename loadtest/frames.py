@@ -9,21 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 REJECTED_STATUSES = {"503", "StatusCode.UNAVAILABLE"}
+# How gRPC and HTTP clients report a replica that is gone (killed, restarting, unreachable), as
+# opposed to a live server shedding load (which answers UNAVAILABLE / 503 with its own message).
+CONNECTION_LOST = ("failed to connect", "connection refused", "connection closed", "socket closed", "connection reset",
+                   "broken pipe", "connection aborted", "goaway", "unreachable")
 
 
 def frame_status(error: Exception | None) -> str:
-    """ok, rejected (the server shed load: queue full or queue timeout, 503 / UNAVAILABLE) or error."""
+    """ok, lost (the replica was unreachable or died with the frame), rejected (the server shed
+    load: queue full or queue timeout, 503 / UNAVAILABLE) or error."""
     if error is None:
         return "ok"
+    if isinstance(error, OSError) or any(text in str(error).lower() for text in CONNECTION_LOST):
+        return "lost"
     status = getattr(error, "status", None)
     return "rejected" if str(status() if callable(status) else "") in REJECTED_STATUSES else "error"
 
 
 def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
-    """Throughput, latency percentiles from due time (answered frames), late/dropped/rejected/error counts.
+    """Throughput, latency percentiles from due time (answered frames), late/dropped/rejected/lost/error
+    counts, and the same counts per endpoint when frames went to several.
 
     Rejected frames (the server shed load) are counted apart from errors, with how fast the
-    rejection came back.
+    rejection came back; lost frames (a replica that died or could not be reached) apart from both.
     """
     done = [f for f in frames if f["status"] == "ok"]
     rejected = np.array([f["latency_ms"] for f in frames if f["status"] == "rejected"])
@@ -37,6 +45,7 @@ def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
         "frames_due": count,
         "frames_ok": len(done),
         "errors": sum(f["status"] == "error" for f in frames),
+        "lost": sum(f["status"] == "lost" for f in frames),
         "dropped": sum(f["status"] == "dropped" for f in frames),
         "rejected": len(rejected),
         "rejected_share": round(len(rejected) / count, 4) if count else 0.0,
@@ -48,4 +57,15 @@ def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
         "late_over_interval": int((latencies > 1e3 / fps).sum()),
         "late_over_slo": int((latencies > slo_ms).sum()),
         "slo_ms": slo_ms,
+        "by_endpoint": by_endpoint(frames),
     }
+
+
+def by_endpoint(frames: list[dict]) -> dict[str, dict[str, int]]:
+    """{endpoint: {status: frames}} for the frames that were sent (dropped ones never were)."""
+    counts: dict[str, dict[str, int]] = {}
+    for frame in frames:
+        if frame.get("endpoint"):
+            entry = counts.setdefault(frame["endpoint"], {})
+            entry[frame["status"]] = entry.get(frame["status"], 0) + 1
+    return counts

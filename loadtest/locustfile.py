@@ -5,6 +5,10 @@ came back, and its latency is measured from that due time, so a slow server show
 latency instead of a quietly lower send rate. A stream with `--max-in-flight` frames pending
 drops the next frame and counts it. Phases are staggered across streams by default.
 
+Several endpoints (`--endpoints a:8001,b:8001`, replicas without a load balancer in front):
+stream k starts on endpoint k mod n; a frame whose replica is gone counts as lost, and its
+stream moves on to the next endpoint not seen down in the last few seconds.
+
 Run through `python -m loadtest.run` (`make loadtest`), or plain `locust -f loadtest/locustfile.py`
 with the options below. Per-frame records reach the master in distributed mode and are written
 to `--records` when the test stops.
@@ -17,7 +21,6 @@ import time
 from pathlib import Path
 
 import gevent
-import numpy as np
 from locust import User, events, task
 
 from loadtest.frames import frame_status
@@ -25,6 +28,8 @@ from tools.client import TritonDetectorClient, collect_images, encoded_batch
 
 FRAMES: list[dict] = []  # per-process frame records; workers ship theirs to the master
 _STREAM_COUNTER = iter(range(1_000_000))
+DOWN_FOR_S = 5.0  # an endpoint that lost a frame is skipped by failing-over streams for this long
+_DOWN_UNTIL: dict[str, float] = {}
 
 
 @events.init_command_line_parser.add_listener
@@ -38,6 +43,7 @@ def _options(parser):
     parser.add_argument("--streams-hint", type=int, default=1, help="stream count, to spread staggered phases")
     parser.add_argument("--records", default="", help="write per-frame records (JSON) here when the test stops")
     parser.add_argument("--request-timeout", type=float, default=10.0)
+    parser.add_argument("--endpoints", default="", help="comma-separated host:port list (default: --host)")
     parser.add_argument("--stream-seconds", type=float, default=0.0,
                         help="schedule frames for this long per stream, then wait for replies (0: until stopped)")
 
@@ -65,9 +71,10 @@ class CameraStream(User):
         self.options = options
         self.stream_id = next(_STREAM_COUNTER)
         self.frames = load_frames(options.images)
-        url = self.host.replace("http://", "").replace("grpc://", "")
-        self.client = TritonDetectorClient(url, options.protocol, options.model, timeout_s=options.request_timeout,
-                                           concurrency=options.max_in_flight)
+        self.endpoints = [e.strip() for e in (options.endpoints or self.host).split(",") if e.strip()]
+        self.endpoints = [e.replace("http://", "").replace("grpc://", "") for e in self.endpoints]
+        self.clients: list[TritonDetectorClient] = []
+        self._connect(self.stream_id % len(self.endpoints))
         self.interval = 1.0 / options.fps
         phase = 0.0
         if options.phase == "staggered":
@@ -75,21 +82,46 @@ class CameraStream(User):
         self.start = time.time() + phase
         self.in_flight = 0
 
+    def _connect(self, endpoint_index: int):
+        self.endpoint_index = endpoint_index
+        self.client = TritonDetectorClient(self.endpoints[endpoint_index], self.options.protocol, self.options.model,
+                                           timeout_s=self.options.request_timeout,
+                                           concurrency=self.options.max_in_flight)
+        self.clients.append(self.client)
+
+    def _fail_over(self, lost_index: int):
+        """The replica at `lost_index` is gone: mark it down, move to the next one not down."""
+        now = time.time()
+        _DOWN_UNTIL[self.endpoints[lost_index]] = now + DOWN_FOR_S
+        if lost_index != self.endpoint_index or len(self.endpoints) == 1:
+            return  # another frame of this stream already moved it
+        for step in range(1, len(self.endpoints)):
+            candidate = (lost_index + step) % len(self.endpoints)
+            if _DOWN_UNTIL.get(self.endpoints[candidate], 0.0) <= now:
+                self._connect(candidate)
+                return
+
     def on_stop(self):
-        self.client.close()
+        for client in self.clients:
+            client.close()
 
     def _send(self, index: int, due: float):
         self.in_flight += 1
         error = None
+        client, endpoint_index = self.client, self.endpoint_index
         try:
-            self.client.infer_raw({"IMAGE": encoded_batch([self.frames[index % len(self.frames)]])})
+            client.infer_raw({"IMAGE": encoded_batch([self.frames[index % len(self.frames)]])})
         except Exception as exc:  # any failure is a failed frame, reported to Locust
             error = exc
         finally:
             self.in_flight -= 1
         done = time.time()
         latency_ms = (done - due) * 1e3
-        FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms, "status": frame_status(error)})
+        status = frame_status(error)
+        if status == "lost":
+            self._fail_over(endpoint_index)
+        FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms, "status": status,
+                       "endpoint": self.endpoints[endpoint_index]})
         self.environment.events.request.fire(request_type=self.options.protocol, name="frame",
                                              response_time=latency_ms, response_length=0, exception=error,
                                              context={})

@@ -34,54 +34,89 @@ def scrape(url: str) -> dict[str, dict[str, float]]:
         return parse(response.read().decode())
 
 
-class MetricsRecorder:
-    """Polls the metrics endpoint in a thread; `summary()` gives per-model deltas."""
+class PeriodicSampler:
+    """Calls `sample()` every `interval_s` in a thread while entered, keeping (time, value) pairs.
 
-    def __init__(self, url: str, interval_s: float = 1.0):
-        self.url, self.interval_s = url, interval_s
-        self.snapshots: list[tuple[float, dict]] = []
+    A sample that raises OSError (an endpoint or a process that just went away) is skipped.
+    """
+
+    def __init__(self, interval_s: float = 1.0, final_sample: bool = False):
+        self.interval_s, self.final_sample = interval_s, final_sample
+        self.samples: list[tuple[float, object]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self):
+    def sample(self):
+        raise NotImplementedError
+
+    def _take(self) -> None:
+        try:
+            self.samples.append((time.time(), self.sample()))
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.snapshots.append((time.time(), scrape(self.url)))
-            except OSError:
-                pass
+            self._take()
             self._stop.wait(self.interval_s)
 
     def __enter__(self):
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        try:
-            self.snapshots.append((time.time(), scrape(self.url)))
-        except OSError:
-            pass
+        if self.final_sample:
+            self._take()
+
+
+class MetricsRecorder(PeriodicSampler):
+    """Polls the metrics endpoint; `summary()` gives per-model deltas over the run."""
+
+    def __init__(self, url: str, interval_s: float = 1.0):
+        super().__init__(interval_s, final_sample=True)
+        self.url = url
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        return scrape(self.url)
+
+    def deltas(self) -> dict[str, dict[str, float]]:
+        """{model: {counter: increase}} between the first and the last sample (empty if < 2)."""
+        if len(self.samples) < 2:
+            return {}
+        first, last = self.samples[0][1], self.samples[-1][1]
+        return {name: {k: end.get(k, 0.0) - first.get(name, {}).get(k, 0.0) for k in COUNTERS}
+                for name, end in last.items()}
 
     def summary(self) -> dict:
-        if len(self.snapshots) < 2:
-            return {"models": {}, "bottleneck": None, "snapshots": len(self.snapshots)}
-        first, last = self.snapshots[0][1], self.snapshots[-1][1]
-        models = {}
-        for name, end in last.items():
-            start = first.get(name, {})
-            delta = {k: end.get(k, 0.0) - start.get(k, 0.0) for k in COUNTERS}
-            requests, executions = delta["nv_inference_request_success"], delta["nv_inference_exec_count"]
-            compute_us = sum(delta[k] for k in COUNTERS if k.startswith("nv_inference_compute"))
-            models[name] = {
-                "requests": int(requests), "failures": int(delta["nv_inference_request_failure"]),
-                "executions": int(executions),
-                "avg_batch_size": round(delta["nv_inference_count"] / executions, 2) if executions else None,
-                "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / requests / 1e3, 3) if requests else None,
-                "compute_ms_per_execution": round(compute_us / executions / 1e3, 3) if executions else None,
-                "compute_ms_per_request": round(compute_us / requests / 1e3, 3) if requests else None,
-            }
-        steps = {n: m for n, m in models.items() if m["requests"] and n != ENSEMBLE_NAME}
-        bottleneck = max(steps, key=lambda n: (steps[n]["queue_ms_per_request"] or 0) + (steps[n]["compute_ms_per_request"] or 0),
-                         default=None)
-        return {"models": models, "bottleneck": bottleneck, "snapshots": len(self.snapshots)}
+        return combined_summary([self])
+
+
+def combined_summary(recorders: list[MetricsRecorder]) -> dict:
+    """Per-model requests, batch size, queue and compute time over one or several replicas (their
+    counters added up), and the bottleneck step. A replica that died mid-run counts up to its
+    last scrape."""
+    totals: dict[str, dict[str, float]] = {}
+    for recorder in recorders:
+        for name, delta in recorder.deltas().items():
+            entry = totals.setdefault(name, dict.fromkeys(COUNTERS, 0.0))
+            for counter, value in delta.items():
+                entry[counter] += value
+    models = {}
+    for name, delta in totals.items():
+        requests, executions = delta["nv_inference_request_success"], delta["nv_inference_exec_count"]
+        compute_us = sum(delta[k] for k in COUNTERS if k.startswith("nv_inference_compute"))
+        models[name] = {
+            "requests": int(requests), "failures": int(delta["nv_inference_request_failure"]),
+            "executions": int(executions),
+            "avg_batch_size": round(delta["nv_inference_count"] / executions, 2) if executions else None,
+            "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / requests / 1e3, 3) if requests else None,
+            "compute_ms_per_execution": round(compute_us / executions / 1e3, 3) if executions else None,
+            "compute_ms_per_request": round(compute_us / requests / 1e3, 3) if requests else None,
+        }
+    steps = {n: m for n, m in models.items() if m["requests"] and n != ENSEMBLE_NAME}
+    bottleneck = max(steps, key=lambda n: (steps[n]["queue_ms_per_request"] or 0) + (steps[n]["compute_ms_per_request"] or 0),
+                     default=None)
+    return {"models": models, "bottleneck": bottleneck, "snapshots": sum(len(r.samples) for r in recorders),
+            "endpoints": len(recorders)}

@@ -15,14 +15,15 @@ import base64
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-from loadtest.run import LoadSpec, default_images, load_test
-from tools.env import CACHE_DIR
-from tools.errors import MissingDependencyError, ToolkitError, cli_entry
+from compress.env import CACHE_DIR
+from compress.errors import MissingDependencyError, ToolkitError, cli_entry
+from compress.manifest import val_image_list
+from loadtest.run import LoadSpec, load_test
+from tools.client import collect_images, encoded_batch
 from tools.server import TritonServer, pytriton_paths
 
 PERF_ANALYZER_DIR = CACHE_DIR / "perf_analyzer"
@@ -58,9 +59,11 @@ def library_dir() -> Path:
 
 
 def input_data(images: list[Path], path: Path) -> Path:
-    """perf_analyzer JSON input: BYTES tensors as base64 of Triton's serialized form (length-prefixed)."""
-    data = [{"IMAGE": {"b64": base64.b64encode(struct.pack("<I", len(raw)) + raw).decode(), "shape": [1]}}
-            for raw in (p.read_bytes() for p in images)]
+    """perf_analyzer JSON input: BYTES tensors as base64 of Triton's serialized form."""
+    from tritonclient.utils import serialize_byte_tensor
+
+    data = [{"IMAGE": {"b64": base64.b64encode(serialize_byte_tensor(encoded_batch([p.read_bytes()])[0]).item()).decode(),
+                       "shape": [1]}} for p in images]
     path.write_text(json.dumps({"data": data}))
     return path
 
@@ -82,8 +85,6 @@ def run_perf_analyzer(server: TritonServer, concurrency: int, data: Path, out: P
 
 
 def compare(repo: Path, concurrencies: list[int], images_dir: Path, out: Path, duration_s: float = 10.0) -> dict:
-    from tools.client import collect_images
-
     out.mkdir(parents=True, exist_ok=True)
     data = input_data(collect_images([images_dir])[:16], out / "perf_analyzer_input.json")
     rows = []
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--images", type=Path)
     args = parser.parse_args(argv)
-    compare(args.repo, args.concurrency, args.images or default_images(args.artifacts), args.artifacts / "peer",
+    compare(args.repo, args.concurrency, args.images or val_image_list(args.artifacts), args.artifacts / "peer",
             args.duration)
 
 

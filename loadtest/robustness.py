@@ -22,10 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from compress.errors import InputFileError, ServerBusyError, cli_entry
+from compress.manifest import val_image_list
 from loadtest.bad_frames import decompression_bomb, png_claiming, thin_png
-from loadtest.run import default_images
 from tools.client import TritonDetectorClient, collect_images
-from tools.errors import InputFileError, ServerBusyError, cli_entry
 from tools.server import TritonServer
 
 POISON_KINDS = {"png_1x600": lambda: thin_png(1, 600), "png_600x1": lambda: thin_png(600, 1),
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.repo / "yolo" / "config.pbtxt").exists():
         raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` (or `make`) first")
-    good = collect_images([args.images or default_images(args.artifacts)])[0].read_bytes()
+    good = collect_images([args.images or val_image_list(args.artifacts)])[0].read_bytes()
     print("==> building bad frames (the 400 MP bomb takes a few seconds)", flush=True)
     refusal_payloads = {"good frame": good, "png_header_claims_40000x40000": png_claiming(40000, 40000),
                         "png_bomb_48mp": decompression_bomb(8000, 6000),

@@ -19,9 +19,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.errors import InputFileError, ToolkitError, cli_entry
+from compress.manifest import val_image_list
+from compress.plotting import saved_figure
 from loadtest.frames import summarize
-from loadtest.metrics import MetricsRecorder
-from tools.errors import InputFileError, ServerError, ToolkitError, cli_entry
+from loadtest.metrics import MetricsRecorder, combined_summary
 from tools.server import LOOPBACK, TritonServer, free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -38,6 +40,8 @@ class LoadSpec:
     max_in_flight: int = 2
     phase: str = "staggered"
     model: str = "yolo"
+    remote_workers: int = 0  # workers started elsewhere (Kubernetes) connect to this master
+    master_port: int = 5557
 
 
 def parse_duration(text: str) -> float:
@@ -49,25 +53,20 @@ def parse_duration(text: str) -> float:
         raise ToolkitError(f"cannot read duration {text!r}", hint="use e.g. 30s, 2m or 45") from None
 
 
-def default_images(artifacts: Path) -> Path:
-    from compress.manifest import Manifest
-
-    record = Manifest(artifacts).get("dataset")
-    if record is None or "val_images" not in record.outputs:
-        raise InputFileError("no dataset in the artifacts to take frames from", hint="run `make` or pass --images")
-    return artifacts / record.outputs["val_images"]  # the val split's image list, as the dataset reader resolved it
-
-
-def locust_commands(spec: LoadSpec, url: str, images: Path, out: Path) -> list[list[str]]:
+def locust_commands(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> list[list[str]]:
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     custom = ["--fps", str(spec.fps), "--protocol", spec.protocol, "--model", spec.model, "--images", str(images),
               "--max-in-flight", str(spec.max_in_flight), "--phase", spec.phase, "--streams-hint", str(spec.streams),
-              "--stream-seconds", str(spec.duration_s)]
+              "--stream-seconds", str(spec.duration_s), "--endpoints", ",".join(urls)]
     # Locust's own clock runs a little longer than the schedule so the last replies land.
+    workers = spec.workers + spec.remote_workers
     run = ["--headless", "-u", str(spec.streams), "-r", str(max(spec.streams, 1) * 10),
-           "-t", f"{int(spec.duration_s + 3 + 2 * spec.workers)}s",
-           "--host", url, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+           "-t", f"{int(spec.duration_s + 3 + 2 * workers)}s",
+           "--host", urls[0], "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
            "--records", str(out / "frames.json"), "--stop-timeout", "5", "--loglevel", "WARNING"]
+    if spec.remote_workers > 0:  # workers run elsewhere and take these options from the master
+        return [base + run + custom + ["--master", "--master-bind-host", "0.0.0.0", "--master-bind-port",
+                                       str(spec.master_port), "--expect-workers", str(spec.remote_workers)]]
     if spec.workers <= 0:
         return [base + run + custom]
     port = free_port()
@@ -77,12 +76,13 @@ def locust_commands(spec: LoadSpec, url: str, images: Path, out: Path) -> list[l
     return [master] + [worker] * spec.workers
 
 
-def run_locust(spec: LoadSpec, url: str, images: Path, out: Path) -> None:
-    commands = locust_commands(spec, url, images, out)
+def run_locust(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> None:
+    commands = locust_commands(spec, urls, images, out)
     workers = [subprocess.Popen(cmd) for cmd in commands[1:]]
     try:
         # Locust exits 1 when any request failed; the summary reports failures, so only a crash is an error.
-        result = subprocess.run(commands[0], timeout=spec.duration_s + 120)
+        # remote workers may still be starting (image pulls): allow for them
+        result = subprocess.run(commands[0], timeout=spec.duration_s + 120 + 600 * (spec.remote_workers > 0))
         if result.returncode not in (0, 1):
             raise ToolkitError(f"locust exited with {result.returncode}")
     finally:
@@ -94,36 +94,29 @@ def run_locust(spec: LoadSpec, url: str, images: Path, out: Path) -> None:
 
 
 def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     ok = sorted((f["due"], f["latency_ms"]) for f in frames if f["status"] == "ok")
     drops = [f["due"] for f in frames if f["status"] == "dropped"]
     rejects = [f["due"] for f in frames if f["status"] == "rejected"]
     start = min([f["due"] for f in frames], default=0.0)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    if ok:
-        t, lat = np.array(ok).T
-        ax.scatter(t - start, lat, s=4, alpha=0.4, label="frame latency from due time")
-        window = max(1, len(lat) // 40)
-        p95 = [np.percentile(lat[max(0, i - window):i + 1], 95) for i in range(len(lat))]
-        ax.plot(t - start, p95, color="C1", label="rolling p95")
-    if drops:
-        ax.scatter(np.array(drops) - start, np.zeros(len(drops)), marker="x", color="red", s=12, label="dropped")
-    if rejects:
-        ax.scatter(np.array(rejects) - start, np.zeros(len(rejects)), marker="|", color="purple", s=20,
-                   label="rejected by the server")
-    ax.axhline(spec.slo_ms, color="gray", linestyle="--", label=f"SLO {spec.slo_ms:.0f} ms")
-    ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{spec.streams} streams x {spec.fps:g} FPS over {spec.protocol}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path) as (_, ax):
+        if ok:
+            t, lat = np.array(ok).T
+            ax.scatter(t - start, lat, s=4, alpha=0.4, label="frame latency from due time")
+            window = max(1, len(lat) // 40)
+            p95 = [np.percentile(lat[max(0, i - window):i + 1], 95) for i in range(len(lat))]
+            ax.plot(t - start, p95, color="C1", label="rolling p95")
+        if drops:
+            ax.scatter(np.array(drops) - start, np.zeros(len(drops)), marker="x", color="red", s=12, label="dropped")
+        if rejects:
+            ax.scatter(np.array(rejects) - start, np.zeros(len(rejects)), marker="|", color="purple", s=20,
+                       label="rejected by the server")
+        ax.axhline(spec.slo_ms, color="gray", linestyle="--", label=f"SLO {spec.slo_ms:.0f} ms")
+        ax.set_xlabel("time since start (s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{spec.streams} streams x {spec.fps:g} FPS over {spec.protocol}")
+        ax.legend(fontsize=8)
 
 
 def to_markdown(summary: dict) -> str:
@@ -134,7 +127,7 @@ def to_markdown(summary: dict) -> str:
              f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, "
              f"rejected by the server {f.get('rejected', 0)} ({f.get('rejected_share', 0):.1%}"
              f"{', answered in p50 ' + str(f['rejection_p50_ms']) + ' ms' if f.get('rejection_p50_ms') else ''}), "
-             f"errors {f['errors']}",
+             f"lost with a replica {f.get('lost', 0)}, errors {f['errors']}",
              f"- throughput {f['throughput_fps']} frames/s; latency from due time p50 {lat['p50']} / p95 {lat['p95']} / "
              f"p99 {lat['p99']} ms (max {lat['max']})",
              f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "
@@ -144,14 +137,21 @@ def to_markdown(summary: dict) -> str:
     for name, v in m["models"].items():
         lines.append(f"| {name} | {v['requests']} | {v['failures']} | {v['avg_batch_size']} | "
                      f"{v['queue_ms_per_request']} | {v['compute_ms_per_execution']} |")
+    endpoints = f.get("by_endpoint", {})
+    if len(endpoints) > 1:
+        statuses = sorted({status for counts in endpoints.values() for status in counts})
+        lines += ["", "| endpoint | " + " | ".join(statuses) + " |", "|---|" + "---:|" * len(statuses)]
+        lines += [f"| {e} | " + " | ".join(str(c.get(s, 0)) for s in statuses) + " |" for e, c in endpoints.items()]
     return "\n".join(lines) + "\n"
 
 
 def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: str | None = None,
               repo: Path = Path("model_repository"), images: Path | None = None,
               artifacts: Path = Path("artifacts")) -> dict:
+    """Run the streams and write the summary. `url` and `metrics_url` may list several replicas,
+    comma-separated (metrics are optional for running servers: the Triton section is then empty)."""
     out.mkdir(parents=True, exist_ok=True)
-    images = images or default_images(artifacts)
+    images = images or val_image_list(artifacts)
     with ExitStack() as stack:
         if url is None:
             if not (repo / "yolo" / "config.pbtxt").exists():
@@ -160,21 +160,25 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
             url = server.grpc_url if spec.protocol == "grpc" else server.http_url
             metrics_url = server.metrics_url
             print(f"==> started tritonserver for the load test (gRPC {server.grpc_url}, HTTP {server.http_url})")
-        elif metrics_url is None:
-            raise ServerError("--metrics-url is needed with --url (e.g. http://127.0.0.1:8002/metrics)")
-        print(f"==> {spec.streams} streams x {spec.fps:g} FPS for {spec.duration_s:.0f} s over {spec.protocol}", flush=True)
-        with MetricsRecorder(metrics_url) as recorder:
-            run_locust(spec, url, images, out)
+        urls = split_urls(url)
+        recorders = [stack.enter_context(MetricsRecorder(m)) for m in split_urls(metrics_url or "")]
+        print(f"==> {spec.streams} streams x {spec.fps:g} FPS for {spec.duration_s:.0f} s over {spec.protocol} "
+              f"to {', '.join(urls)}" + ("" if recorders else " (no metrics endpoint: no Triton section)"), flush=True)
+        run_locust(spec, urls, images, out)
     frames_path = out / "frames.json"
     if not frames_path.exists():
         raise ToolkitError("locust wrote no frame records", hint=f"see its output above and {out}")
     frames = json.loads(frames_path.read_text())
     summary = {"spec": vars(spec), "frames": summarize(frames, spec.fps, spec.slo_ms),
-               "triton": recorder.summary()}
+               "triton": combined_summary(recorders)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(to_markdown(summary))
     plot_latency(frames, spec, out / "latency_over_time.png")
     return summary
+
+
+def split_urls(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,19 +191,23 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=int, default=2)
     parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
     parser.add_argument("--model", default="yolo")
+    parser.add_argument("--remote-workers", type=int, default=0,
+                        help="run only the master and wait for this many workers started elsewhere (Kubernetes)")
+    parser.add_argument("--master-port", type=int, default=5557, help="with --remote-workers: the port workers reach")
 
 
 def spec_from_args(args) -> LoadSpec:
     return LoadSpec(args.streams, args.fps, parse_duration(args.duration), args.protocol, args.slo_ms, args.workers,
-                    args.max_in_flight, args.phase, args.model)
+                    args.max_in_flight, args.phase, args.model, args.remote_workers, args.master_port)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spec_arguments(parser)
-    parser.add_argument("--url", help="a running server (host:port); default: start the local one")
-    parser.add_argument("--metrics-url")
+    parser.add_argument("--url", help="running server(s), host:port, comma-separated for several replicas "
+                                      "(streams spread over them and fail over); default: start the local one")
+    parser.add_argument("--metrics-url", help="their metrics endpoints, comma-separated (optional)")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--images", type=Path, help="folder of frames (default: the dataset's val split)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))

@@ -16,12 +16,13 @@ import argparse
 import json
 import math
 import statistics
-import threading
-import time
 from pathlib import Path
 
-from loadtest.run import add_spec_arguments, default_images, load_test, spec_from_args
-from tools.errors import InputFileError, cli_entry
+from compress.errors import InputFileError, cli_entry
+from compress.manifest import val_image_list
+from compress.plotting import saved_figure
+from loadtest.metrics import PeriodicSampler
+from loadtest.run import add_spec_arguments, load_test, spec_from_args
 from tools.server import TritonServer
 
 GROWTH_GOAL = 0.10
@@ -39,17 +40,14 @@ def process_label(process) -> str:
     return Path(cmdline[0]).name if cmdline else process.name()
 
 
-class MemorySampler:
-    """Samples RSS (MB) of a process and its descendants every `interval_s`, in a thread."""
+class MemorySampler(PeriodicSampler):
+    """RSS (MB) of a process and its descendants, sampled every `interval_s`."""
 
     def __init__(self, pid: int, interval_s: float = 1.0):
         import psutil
 
+        super().__init__(interval_s)
         self.root = psutil.Process(pid)
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def sample(self) -> dict[str, float]:
         rss: dict[str, float] = {}
@@ -62,19 +60,6 @@ class MemorySampler:
                 label += "+"
             rss[label] = round(mb, 2)
         return rss
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self.sample()))
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def memory_growth(samples: list[tuple[float, dict[str, float]]], warmup_s: float) -> dict[str, dict]:
@@ -99,25 +84,18 @@ def memory_growth(samples: list[tuple[float, dict[str, float]]], warmup_s: float
 
 
 def plot_memory(samples, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     start = samples[0][0]
     labels = sorted({label for _, rss in samples for label in rss})
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for label in labels:
-        points = [(t - start, rss[label]) for t, rss in samples if label in rss]
-        ax.plot(*zip(*points), label=label)
-    ax.plot([t - start for t, _ in samples], [sum(rss.values()) for _, rss in samples], color="black", label="total")
-    ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("RSS (MB)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path) as (_, ax):
+        for label in labels:
+            points = [(t - start, rss[label]) for t, rss in samples if label in rss]
+            ax.plot(*zip(*points), label=label)
+        ax.plot([t - start for t, _ in samples], [sum(rss.values()) for _, rss in samples], color="black",
+                label="total")
+        ax.set_xlabel("time since start (s)")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
 
 
 def soak_markdown(result: dict) -> str:
@@ -155,7 +133,7 @@ def soak(args) -> dict:
     spec = spec_from_args(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    images = args.images or default_images(args.artifacts)
+    images = args.images or val_image_list(args.artifacts)
     if not (args.repo / "yolo" / "config.pbtxt").exists():
         raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` (or `make`) first")
     with TritonServer(args.repo, log_path=out / "server.log") as server:
@@ -167,7 +145,8 @@ def soak(args) -> dict:
     memory = memory_growth(sampler.samples, warmup_s)
     result = {"spec": vars(spec), "load_note": note, "frames": summary["frames"], "warmup_s": warmup_s,
               "memory": memory, "samples": len(sampler.samples),
-              "goal_met": memory["total"]["growth"] < GROWTH_GOAL and summary["frames"]["errors"] == 0,
+              "goal_met": memory["total"]["growth"] < GROWTH_GOAL and summary["frames"]["errors"] == 0
+              and summary["frames"].get("lost", 0) == 0,
               "rss_mb": [{"t": round(t - sampler.samples[0][0], 1), **rss} for t, rss in sampler.samples]}
     (out / "soak.json").write_text(json.dumps(result, indent=2))
     (out / "soak.md").write_text(soak_markdown(result))

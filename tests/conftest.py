@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import env
+from compress import env
 
 env.configure()
 
@@ -59,19 +59,16 @@ def copy_committed_repository(dest: Path) -> Path:
 def served_repo(tmp_path_factory, tiny_onnx) -> Path:
     from compress.export import read_info
     from tools import build_repo
-    from tools.triton_config import RepositorySettings
 
     repo = copy_committed_repository(tmp_path_factory.mktemp("repo"))
-    info = read_info(tiny_onnx)
-    settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
-                                  head_layout=info.head_layout, conf_threshold=TEST_CONF, max_batch_size=8,
-                                  preferred_batch_sizes=[4, 8],
-                                  # every step waits 20 ms, so concurrent requests share execute() calls:
-                                  # batching and per-request isolation are then really exercised
-                                  queue_delay_us=20000, step_queue_delay_us=20000,
-                                  # correctness tests on 2 busy cores: no load shedding here
-                                  # (test_loadtest covers the rejecting queue policy)
-                                  queue_timeout_us=0)
+    settings = build_repo.settings_for(read_info(tiny_onnx), conf_threshold=TEST_CONF, max_batch_size=8,
+                                       preferred_batch_sizes=[4, 8],
+                                       # every step waits 20 ms, so concurrent requests share execute() calls:
+                                       # batching and per-request isolation are then really exercised
+                                       queue_delay_us=20000, step_queue_delay_us=20000,
+                                       # correctness tests on 2 busy cores: no load shedding here
+                                       # (test_loadtest covers the rejecting queue policy)
+                                       queue_timeout_us=0)
     return build_repo.build(repo, tiny_onnx, settings, {"stage": "export", "target": "local"})
 
 

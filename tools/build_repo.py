@@ -18,13 +18,14 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 from compress.export import read_info
 from compress.manifest import Manifest, file_hash, gated_model
 from tools import triton_config as tc
-from tools.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 
 TOOLS_DIR = Path(__file__).resolve().parent
-SHARED_MATHS = TOOLS_DIR / "detection.py"
+SHARED_MATHS = TOOLS_DIR.parent / "compress" / "detection.py"
+SESSION_SETUP = TOOLS_DIR.parent / "compress" / "onnx_session.py"
 LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
 PYTHON_MODELS = (tc.PREPROCESS, tc.POSTPROCESS)
 
@@ -110,6 +111,7 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     if settings.target == "local":
         shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
         shutil.copyfile(SHARED_MATHS, detector_dir / "1" / "yolo_ops.py")
+        shutil.copyfile(SESSION_SETUP, detector_dir / "1" / "onnx_session.py")
     write_warmup_files(repo, settings)
     (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
     for config in tc.all_configs(settings):
@@ -135,8 +137,15 @@ def settings_from_args(args, info) -> tc.RepositorySettings:
             if kept:
                 print(f"keeping tuned settings from {previous}: {kept}")
                 overrides = {**kept, **overrides}
+    return settings_for(info, **overrides)
+
+
+def settings_for(info, **overrides) -> tc.RepositorySettings:
+    """Settings for an exported detector: image size, classes and head layout (levels' strides,
+    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`."""
     return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
-                                 head_layout=info.head_layout, **overrides)
+                                 head_layout=info.head_layout, strides=info.strides, reg_max=info.reg_max,
+                                 **overrides)
 
 
 @cli_entry

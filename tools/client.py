@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.detection import Detections, decode_image, decode_raw_head, letterbox, postprocess, unpad_detections
-from tools.errors import BadImageError, InputFileError, ServerBusyError, ServerError, ToolkitError, cli_entry, require_file
+from compress.detection import Detections, unpad_detections
+from compress.errors import (BadImageError, InputFileError, ServerBusyError, ServerError, ToolkitError, cli_entry,
+                             require_file)
+from compress.local_detector import LocalDetector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
@@ -119,39 +121,6 @@ class TritonDetectorClient:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class LocalDetector:
-    """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
-
-    def __init__(self, onnx_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_det: int = 300, threads: int = 0):
-        import onnxruntime as ort
-
-        from compress.export import read_info
-
-        self.info = read_info(onnx_path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
-
-    def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
-        tensors, params = zip(*(letterbox(image, self.info.image_size) for image in images))
-        outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
-        if self.info.head_layout == "raw":
-            prediction = decode_raw_head(outputs["box_logits"], outputs["class_logits"], self.info.image_size)
-        else:
-            prediction = outputs["output0"]
-        return postprocess(prediction, np.stack(params), self.conf, self.iou, self.max_det)
-
-    def detect(self, payloads: list[bytes]) -> list[Detections]:
-        try:
-            return self.detect_images([decode_image(p) for p in payloads])
-        except ValueError as error:
-            raise BadImageError(str(error)) from None
 
 
 def annotate(image: np.ndarray, detections: Detections, names: dict[int, str] | None) -> np.ndarray:

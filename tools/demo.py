@@ -14,10 +14,10 @@ from pathlib import Path
 
 import cv2
 
+from compress.errors import InputFileError, ServerError, cli_entry
 from compress.export import read_info
 from compress.manifest import Manifest
 from tools.client import TritonDetectorClient, annotate, collect_images
-from tools.errors import InputFileError, ServerError, cli_entry
 from tools.server import TritonServer
 
 

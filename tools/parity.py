@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.detection import box_iou, decode_raw_head, letterbox
+from compress.errors import GateFailedError, InputFileError, cli_entry
 from compress.evaluate import evaluate, evaluate_onnx, val_split
 from compress.export import read_info
 from compress.manifest import Manifest, clear_served, record_served
-from tools.detection import box_iou, decode_raw_head, letterbox
-from tools.errors import GateFailedError, InputFileError, cli_entry
 
 PARITY_CONF = 0.25  # detections compared at a deployment threshold
 NO_REFERENCE = "detections of the FP32 model on the val split"
@@ -65,13 +65,14 @@ def val_feeds(data_yaml: Path, image_size: tuple[int, int], count: int = 8, batc
     return [{"images": np.stack(tensors[i:i + batch])} for i in range(0, len(tensors), batch)]
 
 
-def _decode_for_comparison(results, image_size) -> None:
+def _decode_for_comparison(results, info) -> None:
     """Replace raw head outputs with boxes/scores on the reference's confident anchors, in place."""
     from polygraphy.comparator.struct import IterationResult
 
     reference = results[0][1]
     for iteration, ref_output in enumerate(reference):
-        ref_pred = decode_raw_head(ref_output["box_logits"], ref_output["class_logits"], image_size)
+        ref_pred = decode_raw_head(ref_output["box_logits"], ref_output["class_logits"], info.image_size,
+                                   info.strides)
         confidence = ref_pred[:, 4:].max(axis=1)  # [B, A]
         # Anchors the reference is confident about, and always its 50 best per image, so a weak
         # model still gets a non-empty comparison.
@@ -80,20 +81,20 @@ def _decode_for_comparison(results, image_size) -> None:
         np.put_along_axis(mask, top, True, axis=1)
         for _, iterations in results:
             out = iterations[iteration]
-            pred = decode_raw_head(out["box_logits"], out["class_logits"], image_size)
+            pred = decode_raw_head(out["box_logits"], out["class_logits"], info.image_size, info.strides)
             decoded = {"boxes": np.ascontiguousarray(pred[:, :4].transpose(0, 2, 1)[mask]),  # [N, 4] xywh px
                        "scores": np.ascontiguousarray(pred[:, 4:].transpose(0, 2, 1)[mask])}  # [N, nc]
             iterations[iteration] = IterationResult(decoded, out.runtime, out.runner_name)
 
 
-def polygraphy_compare(name: str, runners: list, feeds: list[dict], image_size, gate: Gate, out_dir: Path) -> dict:
+def polygraphy_compare(name: str, runners: list, feeds: list[dict], info, gate: Gate, out_dir: Path) -> dict:
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results = Comparator.run(runners, data_loader=feeds, save_inputs_path=str(out_dir / f"{name}_inputs.json"))
-    _decode_for_comparison(results, image_size)
+    _decode_for_comparison(results, info)
     results.save(str(out_dir / f"{name}_outputs.json"))
-    box_atol = gate.box_atol_frac * max(image_size)
+    box_atol = gate.box_atol_frac * max(info.image_size)
     compare = SimpleCompareFunc(atol={"boxes": box_atol, "scores": gate.score_atol}, rtol={"": 0.0},
                                  check_error_stat={"boxes": "median", "scores": "mean"})
     accuracy = Comparator.compare_accuracy(results, compare_func=compare)
@@ -139,7 +140,7 @@ def detection_agreement(reference: list, candidate: list) -> dict:
 
 
 def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, conf: float = PARITY_CONF) -> dict:
-    from tools.client import LocalDetector
+    from compress.local_detector import LocalDetector
 
     payloads = [item.path.read_bytes() for item in val_split(data_yaml)]
     ref = LocalDetector(reference_onnx, conf_threshold=conf).detect(payloads)
@@ -152,7 +153,8 @@ def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, con
 def deployed_map(repo: Path, data_yaml: Path, log_dir: Path) -> dict:
     """mAP of the repository as deployed (its model, thresholds, batching and instances) through
     the live Triton server, beside the same model in-process at the same thresholds."""
-    from tools.client import LocalDetector, TritonDetectorClient
+    from compress.local_detector import LocalDetector
+    from tools.client import TritonDetectorClient
     from tools.server import TritonServer
 
     record_path = Path(repo) / "repository.json"
@@ -212,8 +214,18 @@ def conv_sensitivity(fp32: Path, int8: Path, data_yaml: Path, image_size, count:
         qdq_acts = collect_activations(str(qdq_aug), reader)
     errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
     quantized = set(qdq_summary(int8)["quantized_convs"])  # float-kept convs are not candidates
-    conv_of = {node.output[0]: node.name for node in onnx.load(str(fp32)).graph.node
-               if node.op_type == "Conv" and node.name in quantized}
+    graph = onnx.load(str(fp32)).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    conv_of = {}
+    for node in graph.node:
+        if node.op_type == "Conv" and node.name in quantized:
+            # A ReLU student's conv is quantized after its activation (Q/DQ placed on the Relu's output)
+            after = consumers.get(node.output[0], [])
+            folded = len(after) == 1 and after[0].op_type in ("Relu", "Clip")
+            conv_of[after[0].output[0] if folded else node.output[0]] = node.name
     ranked = [{"conv": conv_of[tensor], "sqnr_db": round(float(err["xmodel_err"]), 2)}
               for tensor, err in errors.items() if tensor in conv_of and "xmodel_err" in err]
     return sorted(ranked, key=lambda r: r["sqnr_db"])
@@ -259,16 +271,16 @@ def measure(fp32: Path, int8: Path, baseline_onnx: Path, data_yaml: Path, gate: 
     info = read_info(int8)
     feeds = val_feeds(data_yaml, info.image_size)
     comparisons = [polygraphy_compare("fp32_vs_int8", [onnx_runner(fp32, "onnx-fp32"), onnx_runner(int8, "onnx-int8")],
-                                      feeds, info.image_size, gate, out_dir)]
+                                      feeds, info, gate, out_dir)]
     if torch_weights:
         comparisons.append(polygraphy_compare(
             "torch_vs_onnx", [TorchRunner(torch_weights, info.image_size, name="torch"), onnx_runner(fp32, "onnx-fp32")],
-            feeds, info.image_size, gate, out_dir))
+            feeds, info, gate, out_dir))
     skipped = {}
     if plan:
         comparisons.append(polygraphy_compare("onnx_vs_tensorrt", [onnx_runner(int8, "onnx-int8"),
                                                                    tensorrt_runner(plan, "trt-int8")],
-                                              feeds, info.image_size, gate, out_dir))
+                                              feeds, info, gate, out_dir))
     else:
         from compress.plan import NO_TENSORRT
 
@@ -305,7 +317,7 @@ def latency_cost(int8: Path, kept_models: list[Path], image_size) -> list[float]
     from compress.benchmark import measure_in_subprocess
 
     models = {"int8": int8, **{f"k{i}": p for i, p in enumerate(kept_models)}}
-    lat = measure_in_subprocess(models, image_size, rounds=20)
+    lat = measure_in_subprocess(models, image_size, rounds={1: 20, 8: 5})
     return [round(lat[f"k{i}"]["bs1_ms"] - lat["int8"]["bs1_ms"], 3) for i in range(len(kept_models))]
 
 
@@ -323,13 +335,34 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serving_candidate(artifacts: Path) -> dict:
+    """What the gate judges: the report's serving candidate (the fastest INT8 model on the
+    accuracy/latency front within the accuracy allowance), else the main INT8 model."""
+    manifest = Manifest(artifacts)
+    main_int8 = {"stage": "quantize", "int8": manifest.output("quantize", "onnx"), "fp32": manifest.output("distill", "onnx"),
+                 "weights": manifest.output("distill", "weights"), "trt_onnx": manifest.output("quantize", "trt_onnx"),
+                 "quantization": manifest.get("quantize").metrics}
+    report = artifacts / "report" / "report.json"
+    candidate = json.loads(report.read_text()).get("candidate") if report.exists() else None
+    if not candidate or candidate["stage"] != "variants":
+        return main_int8
+    name = Path(candidate["onnx"]).parent.name
+    variants = manifest.get("variants")
+    if variants is None or f"{name}_int8" not in variants.outputs:
+        return main_int8  # a report older than the artifacts: judge the main model
+    return {"stage": f"variants:{name}", "int8": manifest.output("variants", f"{name}_int8"),
+            "fp32": manifest.output("variants", f"{name}_fp32"), "weights": manifest.output("variants", f"{name}_weights"),
+            "trt_onnx": None, "quantization": variants.metrics[name]["quantization"]}
+
+
 def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True) -> dict:
     manifest = Manifest(artifacts)
     out_dir = artifacts / "parity"
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    fp32, int8 = manifest.output("distill", "onnx"), manifest.output("quantize", "onnx")
+    candidate = serving_candidate(artifacts)
+    fp32, int8 = candidate["fp32"], candidate["int8"]
     # Accuracy is held against the equal-budget baseline (the unpruned model given the same extra
     # epochs), or the original baseline where the extra epochs made it worse.
     data_yaml = manifest.output("dataset", "data_yaml")
@@ -338,13 +371,14 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True) ->
     clear_served(artifacts)  # whatever was gated before is not what is measured now
     plan_record = manifest.get("plan")
     plan = manifest.output("plan", "int8_plan") if plan_record and "int8_plan" in plan_record.outputs else None
-    measured = measure(fp32, int8, baseline_onnx, data_yaml, gate, out_dir, torch_weights=manifest.output("distill", "weights"),
+    plan = plan if candidate["stage"] == "quantize" else None  # the plan is built from the main INT8 model
+    measured = measure(fp32, int8, baseline_onnx, data_yaml, gate, out_dir, torch_weights=candidate["weights"],
                        plan=plan)
     checks = check(gate, measured)
     info = read_info(int8)
     sensitivity = conv_sensitivity(fp32, int8, data_yaml, info.image_size)
     result = {"gate": asdict(gate), "measured": measured, "checks": checks, "sensitivity": sensitivity,
-              "passed": all(c[3] for c in checks), "served_onnx": str(int8)}
+              "passed": all(c[3] for c in checks), "served_onnx": str(int8), "candidate": candidate["stage"]}
     # Float layers can only win back what quantization lost; a pruned model that trails the
     # equal-budget baseline needs more training or less pruning instead.
     quantization_failed = [name for name, _, _, ok in checks
@@ -354,7 +388,7 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True) ->
                             "help): distill longer (DISTILL_EPOCHS=), prune less (PRUNE_TARGET=) or lower "
                             "--detection-conf if the model is meant to run at a lower threshold")
     if allow_mixed_precision and quantization_failed:
-        quant = manifest.get("quantize").metrics
+        quant = candidate["quantization"]
         settings = {"method": quant["calibration"], "calibration_count": quant["calibration_images"]}
         best, tried = mixed_precision(fp32, data_yaml, sensitivity, quant["float_nodes"], gate, baseline_onnx, out_dir,
                                       settings)
@@ -369,8 +403,8 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True) ->
             result["passed"] = all(c[3] for c in result["checks"])
     if result["passed"]:
         chosen = Path(result["served_onnx"])
-        trt_onnx = manifest.output("quantize", "trt_onnx") if chosen == int8 else None  # same Q/DQ choices only
-        record_served(artifacts, "quantize" if chosen == int8 else "parity", chosen, trt_onnx)
+        trt_onnx = candidate["trt_onnx"] if chosen == int8 else None  # same Q/DQ choices only
+        record_served(artifacts, candidate["stage"] if chosen == int8 else "parity", chosen, trt_onnx)
     (out_dir / "parity.json").write_text(json.dumps(result, indent=2, default=str))
     (out_dir / "parity.md").write_text(to_markdown(result))
     report_md = artifacts / "report" / "report.md"

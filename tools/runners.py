@@ -16,7 +16,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from tools.errors import MissingDependencyError
+from compress.errors import MissingDependencyError
 
 HEAD_OUTPUTS = ("box_logits", "class_logits")
 

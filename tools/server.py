@@ -1,8 +1,8 @@
-"""Start the real Triton server: the local `tritonserver` from the nvidia-pytriton wheel, or the
-NGC container.
+"""Start the real Triton server: the local `tritonserver` from the nvidia-pytriton wheel.
 
-    python -m tools.server local  --repo model_repository            # foreground, Ctrl-C stops
-    python -m tools.server docker --repo model_repository [--gpus]   # NGC tritonserver image
+    python -m tools.server local --repo model_repository     # foreground, Ctrl-C stops (`make serve`)
+
+The NGC container is started by `tools.container` (`make serve-docker`).
 
 The local binary carries only the Python backend, so it runs with explicit model control and
 loads the ensemble (which loads its steps) through the repository API: one model that fails
@@ -20,14 +20,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tools.errors import MissingDependencyError, ServerError, Terminated, cli_entry, require_file
+from compress.errors import MissingDependencyError, ServerError, Terminated, cli_entry, require_file
 
-NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the version the wheel carries
 LOOPBACK = "127.0.0.1"
+ADMIN_HEADER = "admin-key"
+# Operator APIs behind the admin key when restricted; health, metadata and inference stay open.
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """Triton flags that make the operator APIs require the header `admin-key: <key>` (HTTP and gRPC)."""
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}", f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
 
 
 def free_port() -> int:
@@ -98,7 +104,7 @@ class TritonServer:
 
     def __init__(self, repository: Path, models: tuple[str, ...] = ("yolo",), http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, log_path: Path | None = None,
-                 exit_timeout_s: int = 10, verbose: int = 0):
+                 exit_timeout_s: int = 10, admin_key: str | None = None):
         self.repository = require_file(repository, "model repository").resolve()
         self.models = models
         self.http_port = http_port or free_port()
@@ -106,7 +112,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.log_path = Path(log_path) if log_path else None
         self.exit_timeout_s = exit_timeout_s
-        self.verbose = verbose
+        self.admin_key = admin_key  # set: operator APIs need it (restricted), and `load` sends it
         self.process: subprocess.Popen | None = None
         self._log_handle = None
 
@@ -130,7 +136,8 @@ class TritonServer:
             f"--grpc-address={LOOPBACK}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={LOOPBACK}", f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true", "--metrics-interval-ms=500",
-            f"--exit-timeout-secs={self.exit_timeout_s}", f"--log-verbose={self.verbose}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            *(restricted_api_args(self.admin_key) if self.admin_key else []),
         ]
 
     def start(self, timeout_s: float = 60.0) -> "TritonServer":
@@ -148,10 +155,10 @@ class TritonServer:
             self.command(paths["binary"], paths["backends"]), env=env, stdout=self._log_handle or subprocess.DEVNULL,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
         try:
-            self._wait(lambda: self._get("/v2/health/live") == 200, timeout_s, "start")
+            self._wait(lambda: self._ask("is_server_live"), timeout_s, "start")
             for model in self.models:
                 self.load(model)
-            self._wait(lambda: self._get("/v2/health/ready") == 200, timeout_s, "become ready")
+            self._wait(lambda: self._ask("is_server_ready"), timeout_s, "become ready")
         except BaseException:  # a failed load, Ctrl-C or SIGTERM while starting: leave nothing running
             self.stop()
             raise
@@ -159,16 +166,18 @@ class TritonServer:
 
     def load(self, model: str, config_json: str | None = None) -> None:
         """Load (or reload, with an optional config override) a model through the repository API."""
-        import json
+        from tritonclient.utils import InferenceServerException
 
-        body = json.dumps({"parameters": {"config": config_json}} if config_json else {}).encode()
-        status, text = self._post(f"/v2/repository/models/{model}/load", body)
-        if status != 200:
-            raise ServerError(f"loading model {model!r} failed: {text.strip()}",
-                              hint=f"see the server log{f' {self.log_path}' if self.log_path else ''}")
+        try:
+            with self._client(timeout_s=120) as client:
+                client.load_model(model, config=config_json,
+                                  headers={ADMIN_HEADER: self.admin_key} if self.admin_key else None)
+        except InferenceServerException as error:
+            raise ServerError(f"loading model {model!r} failed: {(error.message() or str(error)).strip()}",
+                              hint=f"see the server log{f' {self.log_path}' if self.log_path else ''}") from None
 
     def is_ready(self) -> bool:
-        return self.process is not None and self.process.poll() is None and self._get("/v2/health/ready") == 200
+        return self.process is not None and self.process.poll() is None and self._ask("is_server_ready")
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (Triton drains in-flight requests for up to its exit timeout), then SIGKILL for
@@ -239,60 +248,33 @@ class TritonServer:
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
         return f"log {self.log_path}: " + " | ".join(tail)
 
-    def _get(self, path: str) -> int:
+    def _client(self, timeout_s: float = 2.0):
+        """A short-lived HTTP client: tritonclient's is bound to the thread that made it."""
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout_s, network_timeout=timeout_s)
+
+    def _ask(self, question: str) -> bool:
+        """`is_server_live` / `is_server_ready`; an unreachable or failing server answers False."""
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                return response.status
-        except urllib.error.HTTPError as error:
-            return error.code
-        except OSError:
-            return 0
-
-    def _post(self, path: str, body: bytes) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-
-def check_docker() -> None:
-    """Docker CLI present and its daemon reachable, else one message saying what to install."""
-    hint = (f"install Docker Engine and the NVIDIA Container Toolkit, then `docker pull {NGC_IMAGE}`; "
-            "or use `make serve` for the local server")
-    if shutil.which("docker") is None:
-        raise MissingDependencyError("docker is not installed here", hint=hint)
-    probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                           timeout=30)
-    if probe.returncode != 0 or not probe.stdout.strip():
-        raise MissingDependencyError("the docker CLI is here but no Docker daemon answers", hint=hint)
-
-
-def docker_command(repository: Path, gpus: bool, image: str = NGC_IMAGE) -> list[str]:
-    """The NGC container with the same repository; Python models there need OpenCV and Pillow installed."""
-    inner = "pip install -q opencv-python-headless pillow && tritonserver --model-repository=/models"
-    return ["docker", "run", "--rm", *(["--gpus", "all"] if gpus else []), "-p", "8000:8000", "-p", "8001:8001",
-            "-p", "8002:8002", "-v", f"{Path(repository).resolve()}:/models", image, "bash", "-c", inner]
+            with self._client() as client:
+                return bool(getattr(client, question)())
+        except Exception:  # connection refused, reset or timed out while starting or draining
+            return False
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["local", "docker"])
+    parser.add_argument("mode", nargs="?", choices=["local"], default="local",
+                        help="local (the only mode here; the container: `python -m tools.container serve`)")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", type=Path, default=Path("artifacts/server.log"))
     parser.add_argument("--exit-timeout", type=int, default=5, help="seconds Triton drains in-flight requests on stop")
-    parser.add_argument("--gpus", action="store_true", help="docker: pass --gpus all")
     args = parser.parse_args(argv)
-    if args.mode == "docker":
-        check_docker()
-        require_file(args.repo / "yolo" / "config.pbtxt", "built repository")
-        os.execvp("docker", docker_command(args.repo, args.gpus))
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
     server.start()

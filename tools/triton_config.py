@@ -13,8 +13,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tools.detection import LETTERBOX_FIELDS, ImageLimits
-from tools.errors import ToolkitError
+from compress.detection import LETTERBOX_FIELDS, ImageLimits
+from compress.errors import ToolkitError
+from compress.export import anchor_count
 
 TARGETS = ("local", "onnxruntime", "tensorrt")
 HEAD_LAYOUTS = ("decoded", "raw")
@@ -42,6 +43,8 @@ class RepositorySettings:
     num_classes: int
     target: str = "local"
     head_layout: str = "decoded"  # "decoded": output0 [4+nc, A]; "raw": box/class logits
+    # The head's layout: the builder reads both from the exported model (compress.export.read_info);
+    # the defaults are Ultralytics' P5 detect head.
     strides: tuple[int, ...] = (8, 16, 32)
     reg_max: int = 16
     max_batch_size: int = 16
@@ -62,13 +65,14 @@ class RepositorySettings:
     # long in one queue is late anyway. 0 means unbounded (Triton's default).
     max_queue_size: int = 64
     queue_timeout_us: int = 250_000
-    # Per-image limits, checked from the header before decoding (see tools.detection.ImageLimits).
+    # Per-image limits, checked from the header before decoding (see compress.detection.ImageLimits).
     max_image_pixels: int = ImageLimits.max_pixels
     max_image_bytes: int = ImageLimits.max_bytes
     min_image_side: int = ImageLimits.min_side
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
+        self.strides = tuple(int(v) for v in self.strides)
         self.preferred_batch_sizes = [int(v) for v in self.preferred_batch_sizes]
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
@@ -94,7 +98,7 @@ class RepositorySettings:
 
     @property
     def anchors(self) -> int:
-        return sum((self.image_size[0] // s) * (self.image_size[1] // s) for s in self.strides)
+        return anchor_count(self.image_size, self.strides)
 
     def head_outputs(self) -> list[tuple[str, list[int]]]:
         """Detector output tensors (name, dims without batch) for the head layout."""

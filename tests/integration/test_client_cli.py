@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from compress.detection import Detections
+from compress.local_detector import LocalDetector
 from tests.conftest import ROOT, TEST_CONF
 from tests.integration.test_served_ensemble import assert_same_detections
-from tools.client import LocalDetector
-from tools.detection import Detections
 
 pytestmark = pytest.mark.integration
 

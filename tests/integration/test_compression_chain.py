@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_every_stage_recorded_with_outputs(tiny_artifacts):
     manifest = Manifest(tiny_artifacts)
-    for stage in ("dataset", "baseline", "export", "prune", "distill", "finetune", "quantize", "plan", "report"):
+    for stage in ("dataset", "baseline", "export", "prune", "distill", "finetune", "quantize", "variants", "plan",
+                  "report"):
         assert manifest.get(stage) is not None, f"stage {stage} missing from the manifest"
     prune = manifest.get("prune").metrics
     assert 2.0 <= prune["macs_reduction"] <= 2.0 * 1.1  # the target is a floor, reached closely
@@ -65,23 +66,48 @@ def test_report_lists_every_stage_with_numbers(tiny_artifacts):
     report = json.loads((tiny_artifacts / "report" / "report.json").read_text())
     assert [(r["stage"], r["output"]) for r in report["rows"]] == [
         ("export", "onnx"), ("finetune", "onnx"), ("prune", "onnx"), ("distill", "onnx"), ("quantize", "onnx"),
-        ("quantize", "other_stem_onnx")]
+        ("quantize", "other_stem_onnx"), ("variants", "relu_2x_fp32"), ("variants", "relu_2x_int8")]
     for row in report["rows"]:
         for key in ("params", "gmacs", "file_mb", "bs1_ms", "bs8_ms"):
             assert row[key] > 0, f"{row['stage']}: {key} = {row[key]}"
         assert 0 <= row["map50_95"] <= row["map50"] <= 1
+        assert row["bs1_iqr_ms"][0] <= row["bs1_ms"] <= row["bs1_iqr_ms"][1]
     assert set(report["targets"]["met"]) == {"speedup_bs1", "speedup_bs8", "size_ratio", "macs_reduction",
                                              "map_drop_points"}
     rows = {(r["stage"], r["output"]): r for r in report["rows"]}
     fair = max(rows[("finetune", "onnx")], rows[("export", "onnx")], key=lambda r: r["map50_95"])
-    served = rows[("quantize", "onnx")]
+    served = next(r for r in report["rows"] if r["candidate"])
+    assert served["pareto"] and served["output"] in ("onnx", "relu_2x_int8") and served["model"].endswith("INT8")
+    assert report["candidate"]["onnx"] == served["onnx"]
+    # no row beats the candidate on both latency and accuracy
+    assert not [r for r in report["rows"] if r["bs1_ms"] < served["bs1_ms"] and r["map50_95"] > served["map50_95"]]
     # the accuracy target is measured against the equal-budget baseline, from the rows themselves
     assert report["targets"]["measured"]["map_drop_points"] == round((fair["map50_95"] - served["map50_95"]) * 100, 2)
+    spread = report["targets"]["speedup_spread"]["speedup_bs1"]
+    assert spread["p10"] <= spread["median"] <= spread["p90"]
+    assert spread["verdict"] in ("met", "missed", "within noise")
     assert report["quantization"]["stem_float"] is True
     markdown = (tiny_artifacts / "report" / "report.md").read_text()
     for row in report["rows"]:
         assert row["model"] in markdown
-    assert (tiny_artifacts / "report" / "accuracy_vs_latency.png").stat().st_size > 10_000
+    assert "Where the time goes" in markdown and "conv (int8)" in markdown
+    for plot in ("accuracy_vs_latency.png", "op_profile.png"):
+        assert (tiny_artifacts / "report" / plot).stat().st_size > 10_000
+
+
+def test_relu_student_has_no_silu_left_and_int8_folds_its_activations(tiny_artifacts):
+    """The ReLU variant: every SiLU swapped before distillation, none in the exported graph, and
+    ONNX Runtime's INT8 graph runs no Sigmoid/Mul for it (the profile's SiLU share is gone)."""
+    manifest = Manifest(tiny_artifacts)
+    variant = manifest.get("variants").metrics["relu_2x"]
+    assert variant["activation"] == "relu" and variant["swapped_activations"] > 20
+    assert variant["macs_reduction"] >= 2.0
+    ops = {n.op_type for n in onnx.load(str(manifest.output("variants", "relu_2x_fp32"))).graph.node}
+    assert "Sigmoid" not in ops and "Relu" in ops
+    profile = json.loads((tiny_artifacts / "report" / "report.json").read_text())["op_profile"]
+    relu = next(v for k, v in profile.items() if k.startswith("ReLU student") and k.endswith("INT8@bs1"))
+    silu = next(v for k, v in profile.items() if k.startswith("SiLU student, INT8@bs1"))
+    assert relu["by_group"].get("SiLU (Sigmoid, Mul)", 0) == 0 < silu["by_group"]["SiLU (Sigmoid, Mul)"]
 
 
 def test_int8_has_qdq_around_convs_except_float_kept(tiny_artifacts):
@@ -103,17 +129,16 @@ def test_int8_has_qdq_around_convs_except_float_kept(tiny_artifacts):
 
 def test_served_int8_equals_in_process(tiny_artifacts, tmp_path, val_images, photos):
     from compress.export import read_info
+    from compress.local_detector import LocalDetector
     from tools import build_repo
-    from tools.client import LocalDetector, TritonDetectorClient
+    from tools.client import TritonDetectorClient
     from tools.server import TritonServer
-    from tools.triton_config import RepositorySettings
 
     int8 = Manifest(tiny_artifacts).output("quantize", "onnx")
     info = read_info(int8)
     assert info.head_layout == "raw"
     repo = copy_committed_repository(tmp_path / "repo")
-    settings = RepositorySettings(image_size=info.image_size, num_classes=info.num_classes, head_layout="raw",
-                                  conf_threshold=0.01)
+    settings = build_repo.settings_for(info, conf_threshold=0.01)
     build_repo.build(repo, int8, settings, {"stage": "quantize", "target": "local"})
     payloads = [p.read_bytes() for p in val_images[:8] + photos]
     with TritonServer(repo, log_path=tmp_path / "server.log") as server:
@@ -131,10 +156,10 @@ def test_served_int8_equals_in_process(tiny_artifacts, tmp_path, val_images, pho
 def test_user_weights_go_through_prune_export_quantize(cfg, tiny_artifacts, tmp_path):
     """User weights of either family (built from their yaml, saved as a checkpoint) compress and run."""
     import numpy as np
-    import onnxruntime as ort
     from ultralytics.nn.tasks import DetectionModel
 
     from compress.export import export_raw_onnx, read_info
+    from compress.onnx_session import create_session
     from compress.pipeline import PROFILES, Context, run_stages
     from compress.prune import prune, save_checkpoint
     from compress.quantize import quantize
@@ -153,6 +178,6 @@ def test_user_weights_go_through_prune_export_quantize(cfg, tiny_artifacts, tmp_
     fp32 = export_raw_onnx(pruned, tmp_path / "pruned.onnx", 128, {"toolkit_stage": "prune"})
     int8 = tmp_path / "int8.onnx"
     quantize(fp32, int8, data, (128, 128), calibration_count=8)
-    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    session = create_session(int8)
     boxes, scores = session.run(None, {"images": np.random.rand(2, 3, 128, 128).astype(np.float32)})
     assert boxes.shape == (2, 64, 336) and scores.shape == (2, 4, 336)

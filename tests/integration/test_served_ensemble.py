@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compress.detection import box_iou
+from compress.local_detector import LocalDetector
 from tests.conftest import TEST_CONF
-from tools.client import LocalDetector, TritonDetectorClient
-from tools.detection import box_iou
+from tools.client import TritonDetectorClient
 
 pytestmark = pytest.mark.integration
 

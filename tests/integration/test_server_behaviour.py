@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from compress.errors import BadImageError, ServerBusyError
 from tools.client import TritonDetectorClient, encoded_batch
-from tools.errors import BadImageError, ServerBusyError
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +29,9 @@ def shipped_triton(tiny_onnx, tmp_path_factory):
     from tests.conftest import copy_committed_repository
     from tools import build_repo
     from tools.server import TritonServer
-    from tools.triton_config import RepositorySettings
 
-    info = read_info(tiny_onnx)
     repo = copy_committed_repository(tmp_path_factory.mktemp("shipped"))
-    build_repo.build(repo, tiny_onnx, RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
-                                                         head_layout=info.head_layout), {"stage": "export"})
+    build_repo.build(repo, tiny_onnx, build_repo.settings_for(read_info(tiny_onnx)), {"stage": "export"})
     with TritonServer(repo, log_path=tmp_path_factory.mktemp("logs") / "server.log", exit_timeout_s=5) as server:
         yield server
 

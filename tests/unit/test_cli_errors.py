@@ -35,9 +35,20 @@ def test_one_line_error(args, message, code):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_docker_serve_without_docker_says_what_to_install(tmp_path):
-    from tools.server import check_docker
-    from tools.errors import MissingDependencyError
+def container_repository(folder, target: str):
+    """What `make repo TARGET=...` records, for the container's checks (they read nothing else)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "repository.json").write_text(json.dumps({"target": target, "settings": {
+        "image_size": [128, 128], "num_classes": 4, "target": target, "head_layout": "raw"}}))
+    return folder
+
+
+@pytest.mark.parametrize("action", ["build", "serve"])
+def test_image_build_and_serve_without_docker_say_what_to_install(tmp_path, action):
+    from compress.errors import MissingDependencyError
+    from tools.container import check_docker
 
     try:
         check_docker()
@@ -45,6 +56,16 @@ def test_docker_serve_without_docker_says_what_to_install(tmp_path):
         pass
     else:
         pytest.skip("a Docker daemon answers here; this checks the message where none does")
-    result = run_cli("tools.server", "docker", "--repo", str(tmp_path))
+    repo = container_repository(tmp_path / "repo", "onnxruntime")
+    result = run_cli("tools.container", action, "--repo", str(repo), "--context", str(tmp_path / "context"))
     assert result.returncode == 2 and "docker" in result.stderr and "Traceback" not in result.stderr
-    assert "NVIDIA Container Toolkit" in result.stderr
+    assert "install Docker Engine" in result.stderr
+
+
+@pytest.mark.parametrize("action", ["context", "serve"])
+def test_container_refuses_a_local_target_repository(tmp_path, action):
+    repo = container_repository(tmp_path / "repo", "local")
+    result = run_cli("tools.container", action, "--repo", str(repo), "--context", str(tmp_path / "context"))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "built for target 'local'" in lines[0] and "TARGET=onnxruntime" in result.stderr

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from compress import data
+from compress.errors import InputFileError
 from compress.evaluate import val_split
 from compress.quantize import ImageCalibrationReader, equal_batch_size
 from tests import byo_dataset
-from tools.errors import InputFileError
 
 
 @pytest.fixture(scope="module")

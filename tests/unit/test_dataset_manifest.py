@@ -11,7 +11,7 @@ from compress.manifest import Manifest, file_hash
 def test_dataset_is_deterministic_and_valid(tmp_path):
     spec = DatasetSpec(train_images=6, val_images=3, image_size=96, seed=3)
     a = generate(tmp_path / "a", spec)
-    b = generate(tmp_path / "b", spec)
+    generate(tmp_path / "b", spec)
     data = yaml.safe_load(a.read_text())
     assert data["names"] == dict(enumerate(CLASS_NAMES))
     for split, count in (("train", 6), ("val", 3)):

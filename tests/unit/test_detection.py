@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.detection import (Detections, ImageDecodeError, box_iou, decode_image, decode_raw_head, letterbox, nms,
-                             pad_detections, postprocess, unpad_detections)
+from compress.detection import (Detections, ImageDecodeError, box_iou, decode_image, decode_raw_head, letterbox, nms,
+                                pad_detections, postprocess, unpad_detections)
 
 
 @pytest.mark.parametrize("shape", [(480, 640), (640, 480), (256, 256), (37, 501)])
@@ -23,22 +23,27 @@ def test_letterbox_matches_ultralytics(shape):
     assert gain == pytest.approx(min(256 / shape[0], 256 / shape[1]))
 
 
-def test_decode_raw_head_matches_ultralytics_detect():
-    """Our DFL decode of the raw head equals the Detect module's own decoded output."""
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8n-p6.yaml", "yolov8n-p2.yaml"])
+def test_decode_raw_head_matches_ultralytics_detect(cfg):
+    """Our DFL decode of the raw head equals the Detect module's own decoded output, for P5 and
+    for heads with other levels (P6: strides 8..64, P2: 4..32)."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+    model = DetectionModel(cfg, nc=3, verbose=False).eval()
     detect = model.model[-1]
     captured = {}
     detect.register_forward_hook(lambda m, i, o: captured.update(features=i[0]))
     with torch.no_grad():
-        decoded = model(torch.rand(2, 3, 128, 160))[0].numpy()
+        decoded = model(torch.rand(2, 3, 128, 192))[0].numpy()
         raw = torch.cat([f.flatten(2) for f in [torch.cat([detect.cv2[i](x), detect.cv3[i](x)], 1)
                                                for i, x in enumerate(captured["features"])]], 2).numpy()
-    ours = decode_raw_head(raw[:, :64], raw[:, 64:], (128, 160))
+    strides = tuple(int(s) for s in detect.stride)
+    ours = decode_raw_head(raw[:, :64], raw[:, 64:], (128, 192), strides)
     np.testing.assert_allclose(ours, decoded, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="anchors"):  # the P5 default on another layout is refused, not misread
+        decode_raw_head(raw[:, :64], raw[:, 64:], (128, 192), (8, 16, 32) if len(strides) == 4 else (8, 16))
 
 
 def test_postprocess_maps_boxes_back_and_is_class_aware():

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compress import detection
+from compress.detection import ImageDecodeError, ImageLimits, decode_image, letterbox, postprocess, run_isolated
 from loadtest.bad_frames import png_claiming
 from tests.images import ALL_CASES
-from tools import detection
-from tools.detection import ImageDecodeError, ImageLimits, decode_image, letterbox, postprocess, run_isolated
-
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def test_pruned_checkpoint_reloads(tmp_path):
 
 
 def test_unreachable_target_is_a_clear_error():
-    from tools.errors import UnsupportedModelError
+    from compress.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match="> 1"):
         prune(detection_model("yolov8n.yaml"), IMGSZ, 0.5)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from compress.errors import GateFailedError, MissingDependencyError, WeakBaselineError
 from compress.manifest import Manifest, gated_model, record_served
 from compress.pipeline import PROFILES, Context, check_baseline
 from tools.build_repo import served_model
-from tools.errors import GateFailedError, MissingDependencyError, WeakBaselineError
 
 
 def fake_artifacts(tmp_path, with_plan_from: str | None = None):

@@ -76,7 +76,7 @@ def test_build_keeps_tuned_settings_unless_overridden(tmp_path):
              "preprocess_instances": 2, "postprocess_instances": 3}
     (tmp_path / "repository.json").write_text(json.dumps({"target": "local", "tuned": {"streams": 8},
                                                           "settings": {**tuned, "image_size": [256, 256]}}))
-    info = SimpleNamespace(image_size=(256, 256), num_classes=4, head_layout="raw")
+    info = SimpleNamespace(image_size=(256, 256), num_classes=4, head_layout="raw", strides=(8, 16, 32), reg_max=16)
     args = Namespace(repo=tmp_path, target="local", detector_instances=1)
     settings = settings_from_args(args, info)
     assert settings.detector_instances == 1  # the explicit override wins

@@ -11,11 +11,11 @@ import os
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import run_isolated  # noqa: E402  (copied in by the repository builder)
+from onnx_session import create_session  # noqa: E402  (both copied in by the repository builder)
+from yolo_ops import run_isolated  # noqa: E402
 
 
 def error_response(error):
@@ -27,11 +27,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
-        options = ort.SessionOptions()
-        threads = int(params.get("intra_op_threads", "0"))
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = create_session(path, int(params.get("intra_op_threads", "0")))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
 

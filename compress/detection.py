@@ -151,7 +151,7 @@ class Detections:
         ]
 
 
-def make_anchors(image_size: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
+def make_anchors(image_size: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Anchor centres [A, 2] (grid units) and their strides [A], in the head's output order."""
     points, stride_list = [], []
     for stride in strides:
@@ -163,7 +163,7 @@ def make_anchors(image_size: tuple[int, int], strides: tuple[int, ...] = (8, 16,
 
 
 def decode_raw_head(box_logits: np.ndarray, class_logits: np.ndarray, image_size: tuple[int, int],
-                    strides: tuple[int, ...] = (8, 16, 32)) -> np.ndarray:
+                    strides: tuple[int, ...]) -> np.ndarray:
     """Raw head outputs ([B, 4*reg_max, A], [B, nc, A]) to Ultralytics' decoded [B, 4+nc, A].
 
     DFL (softmax expectation over reg_max bins) gives left/top/right/bottom distances;

@@ -1,0 +1,44 @@
+"""Detection in-process: the served ensemble's pre/post-processing around an ONNX Runtime session.
+
+The reference the served model is compared with (`make verify`), the evaluator's detector and
+the client's `--local` mode: no server involved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress.detection import Detections, decode_image, decode_raw_head, letterbox, postprocess
+from compress.errors import BadImageError
+
+
+class LocalDetector:
+    """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
+
+    def __init__(self, onnx_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
+                 max_det: int = 300, threads: int = 0):
+        from compress.export import read_info
+        from compress.onnx_session import create_session
+
+        self.info = read_info(onnx_path)
+        self.session = create_session(onnx_path, threads)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
+
+    def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
+        tensors, params = zip(*(letterbox(image, self.info.image_size) for image in images))
+        outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
+        if self.info.head_layout == "raw":
+            prediction = decode_raw_head(outputs["box_logits"], outputs["class_logits"], self.info.image_size,
+                                         self.info.strides)
+        else:
+            prediction = outputs["output0"]
+        return postprocess(prediction, np.stack(params), self.conf, self.iou, self.max_det)
+
+    def detect(self, payloads: list[bytes]) -> list[Detections]:
+        try:
+            return self.detect_images([decode_image(p) for p in payloads])
+        except ValueError as error:
+            raise BadImageError(str(error)) from None

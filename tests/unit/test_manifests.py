@@ -1,0 +1,128 @@
+"""Kubernetes manifests and Dockerfiles, checked offline: rendered by the pinned kustomize, valid
+against Kubernetes' schemas, no checkov finding, and the capacity plan's numbers in the YAML."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tools import k8s
+
+CUSTOM_RESOURCES = ("PodMonitor/",)  # no schema bundled with kubernetes-validate
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    return k8s.render_all(tmp_path_factory.mktemp("k8s"))
+
+
+def test_make_k8s_renders_validates_and_scans_clean(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tools.k8s", "check", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "check.json").read_text())
+    for name, rows in report["validation"].items():
+        assert rows, name
+        assert all(r["result"] == "valid" or r["resource"].startswith(CUSTOM_RESOURCES) for r in rows), rows
+    cpu_kinds = {r["resource"].split("/")[0] for r in report["validation"]["cpu"]}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
+            "PodMonitor"} <= cpu_kinds
+    assert {r["resource"].split("/")[0] for r in report["validation"]["loadtest"]} >= {"Job", "Deployment", "Service"}
+    for framework, at_least in (("kubernetes", 300), ("dockerfile", 80)):
+        scan = report[f"checkov_{framework}"]
+        assert scan["failed"] == [] and scan["passed"] >= at_least, scan
+    # every skip is the image digest (unknown until the user pushes the image), with its reason
+    assert all(s.startswith("CKV_K8S_43 ") and len(s.split(": ", 1)[1]) > 20 for s in report["checkov_kubernetes"]["skipped"])
+
+
+def test_validation_rejects_an_unknown_field(rendered, tmp_path):
+    docs = list(yaml.safe_load_all(rendered["cpu"].read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"  # a typo
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump_all(docs))
+    with pytest.raises(k8s.ManifestError, match="Deployment/triton is not valid Kubernetes"):
+        k8s.validate(broken)
+
+
+def test_checkov_finds_a_privileged_container(rendered, tmp_path):
+    docs = list(yaml.safe_load_all(rendered["cpu"].read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
+        privileged=True, allowPrivilegeEscalation=True)
+    risky = tmp_path / "risky.yaml"
+    risky.write_text(yaml.safe_dump_all(docs))
+    failed = k8s.scan([risky], "kubernetes")["failed"]
+    assert any(f.startswith("CKV_K8S_16 ") for f in failed), failed  # privileged
+
+
+def test_serving_deployment_has_what_operations_need(rendered):
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered["cpu"].read_text())}
+    pod = docs[("Deployment", "triton")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 120
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    drain = next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
+    assert pod["terminationGracePeriodSeconds"] > int(drain.split("=")[1])  # the drain finishes before SIGKILL
+    hpa = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "triton_queue_ms_per_request"
+    monitoring = {d["metadata"]["name"]: d for d in yaml.safe_load_all(k8s.render(k8s.K8S_DIR / "monitoring"))}
+    rules = yaml.safe_load(monitoring["prometheus-adapter-yolo-triton"]["data"]["config.yaml"])["rules"]
+    assert rules[0]["name"]["as"] == "triton_queue_ms_per_request"  # the adapter serves what the HPA reads
+
+
+def test_dashboard_queries_the_metrics_the_load_test_reads():
+    from loadtest.metrics import COUNTERS
+
+    dashboard = json.loads((k8s.K8S_DIR / "monitoring" / "grafana" / "triton-dashboard.json").read_text())
+    queried = {word for panel in dashboard["panels"] for target in panel["targets"]
+               for word in target["expr"].replace("(", " ").replace("{", " ").split() if word.startswith("nv_")}
+    assert queried and queried <= set(COUNTERS)
+
+
+def test_entrypoint_and_server_restrict_the_same_apis():
+    from tools.server import RESTRICTED_APIS
+
+    script = (ROOT / "deploy" / "docker" / "entrypoint.sh").read_text()
+    line = next(line for line in script.splitlines() if line.strip().startswith("apis="))
+    assert line.split('"')[1].split(",") == list(RESTRICTED_APIS)
+
+
+def test_capacity_plan_reaches_the_manifests(tmp_path):
+    """The planner through its CLI: arithmetic in plan.json, the same numbers in valid YAML."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "repository.json").write_text(json.dumps({"target": "onnxruntime", "settings": {
+        "image_size": [640, 640], "num_classes": 80, "target": "onnxruntime", "head_layout": "raw",
+        "max_batch_size": 16}}))
+    capacity = tmp_path / "capacity.json"
+    capacity.write_text(json.dumps({"capacity_streams": 7, "fps": 10.0, "slo_ms": 100.0, "machine": {"cpus": 2},
+                                    "probes": {"7": {"ok": True, "p99_ms": 91.0, "detector_queue_ms": 12.0}}}))
+    result = subprocess.run([sys.executable, "-m", "tools.capacity_plan", "--cameras", "500", "--fps", "10",
+                             "--capacity", str(capacity), "--repo", str(repo), "--artifacts", str(tmp_path),
+                             "--out", str(tmp_path / "k8s")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "k8s" / "plan-cpu" / "plan.json").read_text())
+    assert plan["replicas"] == 103  # ceil(5000 / (7 * 10 * 0.7))
+    assert plan["hpa"] == {"min": 103, "max": 155, "queue_ms_target": 8.4}
+    assert plan["resources"]["shm_mb"] >= 2 * 16 * 3 * 640 * 640 * 4 // 2**20  # two 16 x 640 px float batches
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all((tmp_path / "k8s" / "plan-cpu.yaml").read_text())}
+    deployment = docs[("Deployment", "triton")]["spec"]
+    assert deployment["replicas"] == 103
+    assert deployment["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+    shm = next(v for v in deployment["template"]["spec"]["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["sizeLimit"] == f"{plan['resources']['shm_mb']}Mi"
+    assert docs[("HorizontalPodAutoscaler", "triton")]["spec"]["maxReplicas"] == 155
+    args = docs[("Job", "locust-master")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--streams") + 1] == "500" and args[args.index("--remote-workers") + 1] == "5"
+    assert docs[("Deployment", "locust-worker")]["spec"]["replicas"] == 5
+    assert "measured" in (tmp_path / "k8s" / "plan-cpu" / "plan.md").read_text()

@@ -1,0 +1,209 @@
+"""Turn a measured per-replica capacity into a Kubernetes deployment: replicas, HPA bounds and
+target, resource requests, and the distributed load test sized to match (`make plan-capacity`).
+
+    python -m tools.capacity_plan --cameras 500 --fps 10                     # from artifacts/capacity
+    python -m tools.capacity_plan --cameras 500 --fps 10 --overlay gpu --per-replica-streams 120  # assumed
+
+Measured input: `make capacity` (artifacts/capacity/capacity.json: streams one replica holds
+within the SLO, the machine it ran on, the detector's queue time at that point) or `make tune`'s
+tuned capacity, and the soak's resident memory when present. Anything not measured (a GPU
+replica's capacity here) is passed in and marked `assumed` in the plan.
+Writes build/k8s/plan-<overlay>/ (a kustomization over deploy/k8s), its rendered YAML, plan.json
+and plan.md with the arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from compress.env import cpu_threads
+from compress.errors import InputFileError, ToolkitError, cli_entry
+from tools import k8s
+from tools import triton_config as tc
+from tools.container import shm_size_bytes
+
+TARGET_UTILISATION = 0.7  # replicas run at <= 70% of measured capacity: room for spikes and a rollout
+BURST_FACTOR = 1.5  # HPA may grow to 1.5x the steady replica count (camera bursts, a slow node)
+STREAMS_PER_LOCUST_WORKER = 100  # assumed: one worker core drives ~100 camera streams at 10 FPS
+DEFAULT_MEMORY_MB = 2048  # assumed when no soak measured the replica's resident memory
+MEMORY_HEADROOM = 1.5
+MIN_QUEUE_TARGET_MS = 1.0
+DEFAULT_QUEUE_MS = 20.0  # assumed queue time at capacity when the measurement does not say
+ARGS_PATH = "/spec/template/spec/containers/0/args"
+
+
+def master_args() -> list[str]:
+    """The locust-master Job's args as committed (deploy/k8s/loadtest/master-job.yaml)."""
+    job = yaml.safe_load((k8s.K8S_DIR / "loadtest" / "master-job.yaml").read_text())
+    return job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def measured_capacity(artifacts: Path) -> dict:
+    """The best capacity measurement there is: tuned (make tune) over untuned (make capacity)."""
+    tune, capacity = artifacts / "tune" / "tune.json", artifacts / "capacity" / "capacity.json"
+    if tune.exists() and "tuned_capacity" in json.loads(tune.read_text()):
+        return {**json.loads(tune.read_text())["tuned_capacity"], "source": str(tune)}
+    if capacity.exists():
+        return {**json.loads(capacity.read_text()), "source": str(capacity)}
+    raise InputFileError(f"no capacity measurement in {artifacts}",
+                         hint="run `make capacity` (or `make tune`) first, or pass --per-replica-streams (assumed)")
+
+
+def soak_memory_mb(artifacts: Path) -> float | None:
+    soak = artifacts / "soak" / "soak.json"
+    if soak.exists():
+        return json.loads(soak.read_text())["memory"]["total"]["end_mb"]
+    return None
+
+
+def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, settings: tc.RepositorySettings,
+         overlay: str) -> dict:
+    """The arithmetic, every input labelled measured or assumed."""
+    if cameras < 1 or fps <= 0:
+        raise ToolkitError("cameras must be >= 1 and fps > 0")
+    streams, measured_fps = capacity["capacity_streams"], capacity["fps"]
+    if streams < 1:
+        raise ToolkitError("the measured capacity is 0 streams: one replica does not hold one stream within the SLO",
+                           hint="fix serving speed first (make tune), or plan with --per-replica-streams")
+    replica_fps = streams * measured_fps  # frames/s one replica answers within the SLO
+    demand_fps = cameras * fps
+    replicas = max(2, math.ceil(demand_fps / (replica_fps * TARGET_UTILISATION)))  # 2: one may be drained
+    at_capacity = capacity.get("probes", {}).get(str(streams), {})
+    queue_ms = at_capacity.get("detector_queue_ms")
+    memory = memory_mb or DEFAULT_MEMORY_MB
+    cpus = capacity.get("machine", {}).get("cpus") or cpu_threads()
+    cpus_kind = ("assumed" if capacity.get("kind") == "assumed" else "measured") if "machine" in capacity \
+        else "assumed (this machine)"
+    return {
+        "inputs": {
+            "cameras": cameras, "fps": fps, "overlay": overlay,
+            "replica_capacity_streams": {"value": streams, "at_fps": measured_fps,
+                                         "kind": capacity.get("kind", "measured"), "source": capacity.get("source")},
+            "slo_ms": capacity.get("slo_ms"),
+            "replica_cpus": {"value": cpus, "kind": cpus_kind},
+            "replica_memory_mb": {"value": memory, "kind": "measured (soak RSS)" if memory_mb else "assumed"},
+            "detector_queue_ms_at_capacity": {"value": queue_ms if queue_ms is not None else DEFAULT_QUEUE_MS,
+                                              "kind": "measured" if queue_ms is not None else "assumed"},
+            "target_utilisation": TARGET_UTILISATION, "burst_factor": BURST_FACTOR,
+            "streams_per_locust_worker": {"value": STREAMS_PER_LOCUST_WORKER, "kind": "assumed"},
+        },
+        "demand_fps": demand_fps,
+        "replica_fps": replica_fps,
+        "replicas": replicas,
+        "hpa": {"min": replicas, "max": math.ceil(replicas * BURST_FACTOR),
+                # Scale out before a replica's queue reaches what it was at full capacity (still within the SLO).
+                "queue_ms_target": round(max(MIN_QUEUE_TARGET_MS, (queue_ms if queue_ms is not None else DEFAULT_QUEUE_MS)
+                                             * TARGET_UTILISATION), 1)},
+        "resources": {"cpu": str(cpus), "memory_request_mb": math.ceil(memory * MEMORY_HEADROOM / 256) * 256,
+                      "memory_limit_mb": math.ceil(memory * MEMORY_HEADROOM * 2 / 256) * 256,
+                      "shm_mb": shm_size_bytes(settings) // 2**20},
+        "loadtest": {"streams": cameras, "workers": max(1, math.ceil(cameras / STREAMS_PER_LOCUST_WORKER))},
+    }
+
+
+def kustomization(result: dict, overlay_dir: Path, out_dir: Path) -> dict:
+    """A kustomization over the overlay and the load test with the planned numbers patched in."""
+    r, hpa, lt = result["resources"], result["hpa"], result["loadtest"]
+    container = {"name": "triton", "resources": {
+        "requests": {"cpu": r["cpu"], "memory": f"{r['memory_request_mb']}Mi"},
+        "limits": {"cpu": r["cpu"], "memory": f"{r['memory_limit_mb']}Mi"}}}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "triton"},
+                  "spec": {"replicas": result["replicas"], "template": {"spec": {
+                      "containers": [container],
+                      "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{r['shm_mb']}Mi"}}]}}}}
+    autoscaler = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "triton"},
+                  "spec": {"minReplicas": hpa["min"], "maxReplicas": hpa["max"], "metrics": [{"type": "Pods", "pods": {
+                      "metric": {"name": "triton_queue_ms_per_request"},
+                      "target": {"type": "AverageValue", "averageValue": str(hpa["queue_ms_target"])}}}]}}
+    workers = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "locust-worker"},
+               "spec": {"replicas": lt["workers"]}}
+    args = []
+    for flag, value in (("--streams", lt["streams"]), ("--fps", result["inputs"]["fps"]),
+                        ("--remote-workers", lt["workers"])):
+        index = master_args().index(flag)  # `test` makes kustomize fail if the Job's args ever move
+        args += [{"op": "test", "path": f"{ARGS_PATH}/{index}", "value": flag},
+                 {"op": "replace", "path": f"{ARGS_PATH}/{index + 1}", "value": f"{value:g}" if isinstance(value, float)
+                  else str(value)}]
+    return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(overlay_dir, out_dir.resolve()),
+                          os.path.relpath(k8s.K8S_DIR / "loadtest", out_dir.resolve())],
+            "patches": [{"patch": yaml.safe_dump(deployment)}, {"patch": yaml.safe_dump(autoscaler)},
+                        {"patch": yaml.safe_dump(workers)},
+                        {"target": {"kind": "Job", "name": "locust-master"}, "patch": yaml.safe_dump(args)}]}
+
+
+def to_markdown(result: dict) -> str:
+    i = result["inputs"]
+    cap = i["replica_capacity_streams"]
+    lines = [f"# Capacity plan: {i['cameras']} cameras x {i['fps']:g} FPS on {i['overlay']} nodes", "",
+             f"- demand: {i['cameras']} x {i['fps']:g} = **{result['demand_fps']:g} frames/s**",
+             f"- one replica ({cap['kind']}, {cap['source']}): {cap['value']} streams x {cap['at_fps']:g} FPS within "
+             f"p99 <= {i['slo_ms']} ms = **{result['replica_fps']:g} frames/s** on {i['replica_cpus']['value']} CPUs "
+             f"({i['replica_cpus']['kind']})",
+             f"- replicas = max(2, ceil({result['demand_fps']:g} / ({result['replica_fps']:g} x {i['target_utilisation']})))"
+             f" = **{result['replicas']}** (run at <= {i['target_utilisation']:.0%} of capacity; 2 so one can drain)",
+             f"- HPA: min {result['hpa']['min']}, max ceil({result['hpa']['min']} x {i['burst_factor']}) = "
+             f"{result['hpa']['max']}, target detector queue {result['hpa']['queue_ms_target']} ms/request = "
+             f"{i['target_utilisation']} x {i['detector_queue_ms_at_capacity']['value']} ms queue at capacity "
+             f"({i['detector_queue_ms_at_capacity']['kind']})",
+             f"- per replica: {result['resources']['cpu']} CPU, memory request {result['resources']['memory_request_mb']} Mi "
+             f"(= {i['replica_memory_mb']['value']:.0f} MB RSS {i['replica_memory_mb']['kind']} x {MEMORY_HEADROOM}), "
+             f"limit {result['resources']['memory_limit_mb']} Mi, /dev/shm {result['resources']['shm_mb']} Mi",
+             f"- load test: {result['loadtest']['streams']} streams on {result['loadtest']['workers']} Locust workers "
+             f"({i['streams_per_locust_worker']['value']} streams per worker, assumed)",
+             f"- cluster CPU for serving: {result['replicas']} x {result['resources']['cpu']} = "
+             f"{result['replicas'] * float(result['resources']['cpu']):g} cores steady, "
+             f"{result['hpa']['max'] * float(result['resources']['cpu']):g} at the HPA maximum"]
+    return "\n".join(lines) + "\n"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cameras", type=int, required=True)
+    parser.add_argument("--fps", type=float, required=True)
+    parser.add_argument("--overlay", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--capacity", type=Path, help="a capacity.json (default: the artifacts' tune or capacity)")
+    parser.add_argument("--per-replica-streams", type=int, help="assumed capacity (streams at --fps), e.g. for GPU "
+                                                                "replicas not measured here")
+    parser.add_argument("--replica-cpus", type=int, help="with --per-replica-streams: CPUs of that replica")
+    parser.add_argument("--out", type=Path, default=Path("build/k8s"))
+    args = parser.parse_args(argv)
+    if args.per_replica_streams:
+        capacity = {"capacity_streams": args.per_replica_streams, "fps": args.fps, "kind": "assumed",
+                    "source": "--per-replica-streams", "slo_ms": 100.0,
+                    **({"machine": {"cpus": args.replica_cpus}} if args.replica_cpus else {})}
+    elif args.capacity:
+        capacity = {**json.loads(args.capacity.read_text()), "source": str(args.capacity)}
+    else:
+        capacity = measured_capacity(args.artifacts)
+    record = args.repo / "repository.json"
+    if not record.exists():
+        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` first (the plan sizes /dev/shm from it)")
+    settings = tc.RepositorySettings(**json.loads(record.read_text())["settings"])
+    result = plan(args.cameras, args.fps, capacity, None if args.per_replica_streams else soak_memory_mb(args.artifacts),
+                  settings, args.overlay)
+    folder = args.out / f"plan-{args.overlay}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kustomization.yaml").write_text(
+        yaml.safe_dump(kustomization(result, k8s.K8S_DIR / "overlays" / args.overlay, folder), sort_keys=False))
+    rendered = args.out / f"plan-{args.overlay}.yaml"
+    rendered.write_text(k8s.render(folder))
+    rows = k8s.validate(rendered)
+    (folder / "plan.json").write_text(json.dumps(result, indent=2))
+    (folder / "plan.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    print(f"manifests: {rendered} ({sum(r['result'] == 'valid' for r in rows)} resources valid for Kubernetes "
+          f"{k8s.K8S_VERSION}); kustomization {folder}")
+
+
+if __name__ == "__main__":
+    main()
