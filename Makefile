@@ -48,7 +48,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(ALLOW_UNGATED),--allow-ungated)
 
-.PHONY: all help venv pipeline compress parity verify bench plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> served mAP check -> real inference
 
@@ -143,6 +143,10 @@ soak: venv ## Long steady load (SOAK_DURATION, 70% of `make capacity`'s result o
 
 bench-robustness: venv ## Bad frames mixed into good ones, decompression-bomb refusal time, on the real server -> $(ARTIFACTS)/robustness/
 	$(PY) -m loadtest.robustness --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/robustness
+
+bench-serving: venv ## In-process vs served (perf_analyzer) throughput, and streams within the SLO: naive FP32 vs REPO -> $(ARTIFACTS)/bench-serving/
+	$(PY) -m loadtest.serving_bench --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/bench-serving \
+		--fps $(FPS) --slo-ms $(SLO_MS) --probe $(subst s,,$(or $(PROBE),15s))
 
 bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
 	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)

@@ -48,6 +48,7 @@ class RepositorySettings:
     strides: tuple[int, ...] = (8, 16, 32)
     reg_max: int = 16
     max_batch_size: int = 16
+    dynamic_batching: bool = True  # False: every request runs alone (the naive baseline of make bench-serving)
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8])
     queue_delay_us: int = 2000  # the detector's wait to fill a batch
     step_queue_delay_us: int = 0  # preprocess/postprocess: no wait, they take what is queued
@@ -115,13 +116,15 @@ def _instances(count: int, kind: int) -> list:
     return [mc.ModelInstanceGroup(count=count, kind=kind)]
 
 
-def _dynamic_batching(settings: RepositorySettings, wait_for_batch: bool) -> mc.ModelDynamicBatching:
+def _dynamic_batching(settings: RepositorySettings, wait_for_batch: bool) -> mc.ModelDynamicBatching | None:
     """Dynamic batching with the bounded, rejecting queue policy.
 
     Only the detector waits (`queue_delay_us`) to fill batches: that is where batching pays.
     The Python pre/post steps take what is queued and go (`step_queue_delay_us`, 0 by default),
     so the wait is not paid three times.
     """
+    if not settings.dynamic_batching:
+        return None
     policy = mc.ModelQueuePolicy(timeout_action=mc.ModelQueuePolicy.REJECT,
                                  default_timeout_microseconds=settings.queue_timeout_us,
                                  allow_timeout_override=True, max_queue_size=settings.max_queue_size)

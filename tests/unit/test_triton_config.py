@@ -130,3 +130,13 @@ def test_warmup_covers_every_step(tmp_path):
             for item in warmup.inputs.values():
                 if item.input_data_file:
                     assert (tmp_path / config.name / tc.WARMUP_DIR / item.input_data_file).stat().st_size > 0
+
+
+def test_naive_repository_has_no_dynamic_batching(tmp_path):
+    """make bench-serving's naive baseline: every request runs alone (no dynamic_batching block)."""
+    naive = settings(dynamic_batching=False)
+    for config in tc.all_configs(naive)[:3]:
+        assert not config.HasField("dynamic_batching"), config.name
+        path = tc.write_config(config, tmp_path / config.name)
+        assert not tc.read_config(path).HasField("dynamic_batching")
+    assert all(c.HasField("dynamic_batching") for c in tc.all_configs(settings())[:3])
