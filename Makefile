@@ -90,7 +90,7 @@ parity: venv ## Accuracy parity gate (Polygraphy + task level vs FP32 and equal-
 verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO)
 
-bench: venv ## Re-measure the report (latency side by side, mAP) into $(ARTIFACTS)/report/
+bench: venv ## Re-measure the report (interleaved latency with spread, op profile, mAP, front) into $(ARTIFACTS)/report/
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force
 
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)

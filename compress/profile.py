@@ -103,7 +103,7 @@ def plot(profile: dict, path: Path) -> None:
 
     groups = sorted({g for entry in profile.values() for g in entry["by_group"]},
                     key=lambda g: -sum(e["share"].get(g, 0) for e in profile.values()))
-    with saved_figure(path, columns=2, size=(12, 4.5)) as (_, axes):
+    with saved_figure(path, columns=2, size=(15, 4.5)) as (_, axes):
         for ax, batch in zip(axes, BATCH_SIZES):
             names = [n for n in profile if n.endswith(f"@bs{batch}")]
             left = np.zeros(len(names))
@@ -114,7 +114,7 @@ def plot(profile: dict, path: Path) -> None:
             ax.set_xlabel(f"kernel time per run at batch {batch} (ms, ONNX Runtime profiler)")
             ax.set_title(f"where the time goes, batch {batch}")
             ax.grid(axis="x", alpha=0.3)
-        axes[1].legend(fontsize=7, loc="lower right")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over, the bars
 
 
 def main(argv: list[str] | None = None) -> None:

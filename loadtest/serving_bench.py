@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from compress.env import cpu_threads
@@ -24,7 +25,7 @@ from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.local_detector import LocalDetector
 from compress.manifest import Manifest, val_image_list
 from compress.plotting import saved_figure
-from loadtest.capacity import find_capacity, repository_settings
+from loadtest.capacity import apply, find_capacity, repository_settings
 from loadtest.peer import input_data, run_perf_analyzer
 from loadtest.run import LoadSpec
 from tools import build_repo
@@ -55,12 +56,16 @@ def served_fps(repo: Path, images: list[Path], out: Path) -> dict:
     data = input_data(images, out / "perf_analyzer_input.json")
     sweep: dict[int, dict] = {}
     with TritonServer(repo, log_path=out / "served_server.log") as server:
+        # perf_analyzer stops at the first rejected request, and in a closed loop at saturation a
+        # request now and then waits past the shipped 250 ms queue timeout (seen at concurrency
+        # 4 on 2 cores). Saturation throughput is measured with the timeout off: same batching
+        # and instances; shedding only drops work.
+        apply(server, replace(repository_settings(repo), queue_timeout_us=0))
         for concurrency in CONCURRENCIES:
             try:
                 sweep[concurrency] = run_perf_analyzer(server, concurrency, data, out)
-            except ToolkitError as error:  # the queue policy shed requests: past saturation
+            except ToolkitError as error:  # no stable window at this concurrency: recorded, sweep goes on
                 sweep[concurrency] = {"error": str(error).splitlines()[0][:200]}
-                break
     done = {c: v for c, v in sweep.items() if "throughput_fps" in v}
     if not done:
         raise ToolkitError(f"perf_analyzer could not hold even concurrency {CONCURRENCIES[0]}: "
@@ -91,7 +96,8 @@ def to_markdown(result: dict) -> str:
         "# Serving overhead and stream capacity (one run, this machine)", "",
         "| measurement | value | goal |", "|---|---:|---|",
         f"| (a) in-process pipeline, batches of {a['batch']}, {a['threads']} threads | {a['fps']} frames/s | |",
-        f"| (b) served ensemble, perf_analyzer gRPC, best of concurrency {list(b['sweep'])} | {b['fps']} frames/s "
+        f"| (b) served ensemble (queue timeout off), perf_analyzer gRPC, best of concurrency {list(b['sweep'])} | "
+        f"{b['fps']} frames/s "
         f"(concurrency {b['best_concurrency']}) | |",
         f"| (b) / (a) | **{result['served_vs_in_process']:.0%}** | >= 90% |",
         f"| (c) streams at {c['fps']:g} FPS within p99 <= {c['slo_ms']:g} ms, naive repository | {c['naive']} | |",
@@ -105,7 +111,7 @@ def plot(result: dict, path: Path) -> None:
                  color=["C0", "C1"])
         left.set_ylabel("frames/s at saturation")
         left.set_title("served vs in-process throughput")
-        right.bar(["naive FP32\\nno batching", "served INT8\\ntuned"],
+        right.bar(["naive FP32\nno batching", "served INT8\ndynamic batching"],
                   [result["streams"]["naive"], result["streams"]["tuned"]], color=["C7", "C2"])
         right.set_ylabel(f"streams at {result['streams']['fps']:g} FPS within the SLO")
         right.set_title("camera streams one server holds")
