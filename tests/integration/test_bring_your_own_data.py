@@ -53,7 +53,9 @@ def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
     quant = manifest.get("quantize").metrics
     assert quant["calibration_images"] == 37 and quant["calibration_batch"] == 1
     report = json.loads((artifacts / "report" / "report.json").read_text())
-    assert len(report["rows"]) == 6 and all(r["bs1_ms"] > 0 for r in report["rows"])
+    # six pipeline rows and the tiny profile's ReLU student (FP32, INT8), one candidate among them
+    assert len(report["rows"]) == 8 and all(r["bs1_ms"] > 0 for r in report["rows"])
+    assert sum(r["candidate"] for r in report["rows"]) == 1
 
     # 3. nothing is served ungated; the override builds a repository that serves these images
     repo = artifacts.parent / "repo"
