@@ -151,6 +151,11 @@ class Detections:
         ]
 
 
+def anchor_count(image_size: tuple[int, int], strides: tuple[int, ...]) -> int:
+    """Anchors of a head with these level strides: one per grid cell of every level."""
+    return sum((image_size[0] // s) * (image_size[1] // s) for s in strides)
+
+
 def make_anchors(image_size: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Anchor centres [A, 2] (grid units) and their strides [A], in the head's output order."""
     points, stride_list = [], []

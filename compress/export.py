@@ -12,6 +12,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.detection import anchor_count
 from compress.errors import UnsupportedModelError, require_file
 
 OPSET = 17
@@ -122,10 +123,6 @@ def read_info(path: Path) -> OnnxInfo:
     strides = head_strides(meta, image_size, anchors, path)
     reg_max = channels // 4 if layout == "raw" and channels else int(meta.get("reg_max", 16))
     return OnnxInfo(path, image_size, names, strides, reg_max, layout, meta)
-
-
-def anchor_count(image_size: tuple[int, int], strides: tuple[int, ...]) -> int:
-    return sum((image_size[0] // s) * (image_size[1] // s) for s in strides)
 
 
 def head_strides(meta: dict[str, str], image_size: tuple[int, int], anchors: int | None, path: Path) -> tuple[int, ...]:

@@ -72,7 +72,7 @@ class PeriodicSampler:
 
 
 class MetricsRecorder(PeriodicSampler):
-    """Polls the metrics endpoint; `summary()` gives per-model deltas over the run."""
+    """Polls the metrics endpoint; `deltas()` are its counters' increases over the run."""
 
     def __init__(self, url: str, interval_s: float = 1.0):
         super().__init__(interval_s, final_sample=True)
@@ -88,9 +88,6 @@ class MetricsRecorder(PeriodicSampler):
         first, last = self.samples[0][1], self.samples[-1][1]
         return {name: {k: end.get(k, 0.0) - first.get(name, {}).get(k, 0.0) for k in COUNTERS}
                 for name, end in last.items()}
-
-    def summary(self) -> dict:
-        return combined_summary([self])
 
 
 def combined_summary(recorders: list[MetricsRecorder]) -> dict:

@@ -30,7 +30,7 @@ from compress.env import CACHE_DIR, PROJECT_ROOT
 from compress.errors import InputFileError, MissingDependencyError, ToolkitError, cli_entry
 from compress.manifest import val_image_list
 from tools import triton_config as tc
-from tools.server import LOOPBACK, restricted_api_args
+from tools.server import LOOPBACK
 
 DOCKER_DIR = PROJECT_ROOT / "deploy" / "docker"
 CONTEXT_FILES = ("Dockerfile", "entrypoint.sh", "requirements-python-models.txt")
@@ -42,6 +42,7 @@ MAX_FRAMES = 64  # the locustfile cycles through at most this many
 IMAGE_TARGETS = ("onnxruntime", "tensorrt")
 PORTS = (8000, 8001, 8002)  # HTTP, gRPC, metrics inside the container
 ADMIN_KEY_FILE = CACHE_DIR / "triton-admin-key"
+ADMIN_KEY_VARIABLE = "TRITON_ADMIN_KEY"  # what deploy/docker/entrypoint.sh reads
 SHM_FLOOR_BYTES = 256 * 2**20
 SHM_MARGIN = 2  # inputs and outputs of a step are alive at once, plus the next batch queued
 
@@ -147,8 +148,8 @@ def check_docker() -> None:
 
 def admin_key() -> str:
     """TRITON_ADMIN_KEY, else a key made once and kept in .cache (mode 0600)."""
-    if os.environ.get("TRITON_ADMIN_KEY"):
-        return os.environ["TRITON_ADMIN_KEY"]
+    if os.environ.get(ADMIN_KEY_VARIABLE):
+        return os.environ[ADMIN_KEY_VARIABLE]
     if not ADMIN_KEY_FILE.exists():
         ADMIN_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
         ADMIN_KEY_FILE.write_text(secrets.token_urlsafe(24))
@@ -159,7 +160,11 @@ def admin_key() -> str:
 def docker_run_command(repo: Path, image: str = IMAGE_TAG, host: str = LOOPBACK, gpus: bool = False,
                        mount: bool = True, key: str | None = None) -> list[str]:
     """`docker run` for the image: loopback ports by default, /dev/shm sized from the repository,
-    read-only root filesystem, no capabilities, the admin key required beyond loopback."""
+    read-only root filesystem, no capabilities, the admin key required beyond loopback.
+
+    The key itself is not in the command (it would show in `ps`): `-e TRITON_ADMIN_KEY` hands the
+    caller's environment variable to the entrypoint, which turns it into Triton's flags.
+    """
     record = check_target(repo)
     settings = tc.RepositorySettings(**record["settings"])
     shm_mb = shm_size_bytes(settings) // 2**20
@@ -172,11 +177,11 @@ def docker_run_command(repo: Path, image: str = IMAGE_TAG, host: str = LOOPBACK,
         command += ["--gpus", "all"]
     if mount:  # the repository as built here, over the baked one, read-only
         command += ["-v", f"{Path(repo).resolve()}:/models:ro"]
-    command.append(image)
     if host != LOOPBACK:
         if not key:
             raise ContainerError("listening beyond loopback needs an admin key for the restricted APIs")
-        command += restricted_api_args(key)
+        command += ["-e", ADMIN_KEY_VARIABLE]
+    command.append(image)
     return command
 
 
@@ -217,10 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     command = docker_run_command(args.repo, args.tag, args.host, args.gpus, not args.baked, key)
     check_docker()
     if key:
-        where = "$TRITON_ADMIN_KEY" if os.environ.get("TRITON_ADMIN_KEY") else str(ADMIN_KEY_FILE)
+        where = f"${ADMIN_KEY_VARIABLE}" if os.environ.get(ADMIN_KEY_VARIABLE) else str(ADMIN_KEY_FILE)
         print(f"listening on {args.host}: the operator APIs (repository, config, ...) need the header "
               f"'admin-key' over HTTP, 'triton-grpc-protocol-admin-key' over gRPC (value in {where})")
-    os.execvp("docker", command)
+    os.execvpe("docker", command, {**os.environ, **({ADMIN_KEY_VARIABLE: key} if key else {})})
 
 
 if __name__ == "__main__":

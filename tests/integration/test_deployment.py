@@ -41,7 +41,9 @@ def test_entrypoint_refuses_what_the_image_cannot_serve(tmp_path, target):
     assert ("target 'local'" if target else "not found") in result.stderr
 
 
-def test_entrypoint_protects_operator_apis_with_the_mounted_key(tmp_path):
+@pytest.mark.parametrize("given_by", ["mounted file", "environment"])
+def test_entrypoint_protects_operator_apis_with_the_admin_key(tmp_path, given_by):
+    """Kubernetes mounts the key as a file; `make serve-docker` passes it as TRITON_ADMIN_KEY."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -56,7 +58,8 @@ def test_entrypoint_protects_operator_apis_with_the_mounted_key(tmp_path):
         ["bash", str(ENTRYPOINT), f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
          "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
          "--exit-timeout-secs=5"],
-        env=entrypoint_env(tmp_path, repo, ADMIN_KEY_FILE=str(key_file)), stdout=subprocess.DEVNULL,
+        env=entrypoint_env(tmp_path, repo, **({"ADMIN_KEY_FILE": str(key_file)} if given_by == "mounted file"
+                                             else {"TRITON_ADMIN_KEY": KEY})), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     try:
         http_client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")

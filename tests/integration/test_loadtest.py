@@ -160,3 +160,36 @@ def test_streams_survive_a_replica_killed_mid_run(served_repo, tmp_path, val_ima
     assert sum(r["status"] == "ok" for r in after) >= 0.9 * len(after), "the moved streams did not recover"
     assert not [r for r in records if r["status"] == "lost" and r["due"] > killed_at + 2]
     assert (tmp_path / "out" / "summary.md").read_text().count(dead) == 1  # the per-endpoint table
+
+
+def test_remote_workers_take_their_options_from_the_master(triton, tmp_path, val_images):
+    """The Kubernetes shape on loopback: `loadtest.run --remote-workers 1` runs only the master; a
+    worker started the way deploy/k8s/loadtest starts it (no load-test options of its own) gets
+    fps, frames and endpoints from the master, and the master writes the usual summary."""
+    import subprocess
+    import sys
+    import threading
+
+    from tools.server import free_port
+
+    port = free_port()
+    spec = LoadSpec(streams=2, fps=5, duration_s=4, remote_workers=1, master_port=port)
+    outcome = {}
+    master = threading.Thread(target=lambda: outcome.update(summary=load_test(
+        spec, tmp_path / "out", url=triton.grpc_url, metrics_url=triton.metrics_url, images=val_images[0].parent)))
+    master.start()
+    worker = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+                               "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
+                               "--loglevel", "WARNING"], cwd=ROOT)
+    try:
+        master.join(timeout=180)
+        assert not master.is_alive(), "the master never finished"
+    finally:
+        try:
+            worker.wait(timeout=30)  # a worker quits when its master does
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    frames = outcome["summary"]["frames"]
+    assert frames["frames_due"] == 2 * 5 * 4 and frames["frames_ok"] > 0 and frames["errors"] == 0
+    assert set(frames["by_endpoint"]) == {triton.grpc_url}
