@@ -29,6 +29,7 @@ class OnnxInfo:
     reg_max: int  # DFL bins per box side (raw head)
     head_layout: str
     metadata: dict[str, str]
+    pixel_type: str = "float32"  # "float32": 0..1 RGB (as trained); "uint8": 0..255, scaled inside the graph
 
     @property
     def num_classes(self) -> int:
@@ -122,7 +123,39 @@ def read_info(path: Path) -> OnnxInfo:
     channels, anchors = (d.dim_value or None for d in head[1:3]) if len(head) == 3 else (None, None)
     strides = head_strides(meta, image_size, anchors, path)
     reg_max = channels // 4 if layout == "raw" and channels else int(meta.get("reg_max", 16))
-    return OnnxInfo(path, image_size, names, strides, reg_max, layout, meta)
+    pixel_type = "uint8" if model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
+    return OnnxInfo(path, image_size, names, strides, reg_max, layout, meta, pixel_type)
+
+
+def with_uint8_pixels(source: Path, out_path: Path) -> Path:
+    """A copy of an exported detector that takes uint8 pixels (0..255) and scales them itself.
+
+    The served ensemble then passes 1 byte per pixel from preprocess to the detector instead of
+    4. `Cast` + `Div` by 255 computes exactly what the float feed did (letterbox divides the same
+    uint8 values by 255 in float32), so detections are unchanged; the rest of the graph, its
+    metadata and its opsets are kept as they are.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    pixels = graph.input[0]
+    if pixels.type.tensor_type.elem_type == TensorProto.UINT8:
+        raise UnsupportedModelError(f"{source} already takes uint8 pixels")
+    scaled = f"{pixels.name}_scaled"
+    for node in graph.node:
+        node.input[:] = [scaled if name == pixels.name else name for name in node.input]
+    pixels.type.tensor_type.elem_type = TensorProto.UINT8
+    graph.initializer.append(helper.make_tensor(f"{pixels.name}_range", TensorProto.FLOAT, [], [255.0]))
+    prefix = [helper.make_node("Cast", [pixels.name], [f"{pixels.name}_float"], to=TensorProto.FLOAT,
+                               name="pixels_to_float"),
+              helper.make_node("Div", [f"{pixels.name}_float", f"{pixels.name}_range"], [scaled], name="pixels_to_unit")]
+    for position, node in enumerate(prefix):
+        graph.node.insert(position, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path
 
 
 def head_strides(meta: dict[str, str], image_size: tuple[int, int], anchors: int | None, path: Path) -> tuple[int, ...]:

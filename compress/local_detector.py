@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import Detections, decode_image, decode_raw_head, letterbox, postprocess
+from compress.detection import Detections, decode_image, head_detections, letterbox
 from compress.errors import BadImageError
 
 
@@ -28,14 +28,10 @@ class LocalDetector:
         self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
 
     def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
-        tensors, params = zip(*(letterbox(image, self.info.image_size) for image in images))
+        tensors, params = zip(*(letterbox(image, self.info.image_size, self.info.pixel_type) for image in images))
         outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
-        if self.info.head_layout == "raw":
-            prediction = decode_raw_head(outputs["box_logits"], outputs["class_logits"], self.info.image_size,
-                                         self.info.strides)
-        else:
-            prediction = outputs["output0"]
-        return postprocess(prediction, np.stack(params), self.conf, self.iou, self.max_det)
+        return head_detections(outputs, np.stack(params), self.info.image_size, self.info.strides, self.conf, self.iou,
+                               self.max_det)
 
     def detect(self, payloads: list[bytes]) -> list[Detections]:
         try:

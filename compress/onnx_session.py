@@ -4,7 +4,20 @@ Standard library and onnxruntime only: the repository builder copies this file b
 Triton Python model of the `local` target, so the server runs the session the benchmarks time.
 """
 
+import os
+
 import onnxruntime as ort
+
+
+def share_of_cores(instances: int) -> int:
+    """Intra-op threads for one of `instances` sessions sharing this process's cores.
+
+    Measured on 2 cores (perf_analyzer, served ensemble): two detector instances of 1 thread
+    each served 261 frames/s, one instance of 2 threads 188: a single multi-threaded run waits
+    at every operator for its slowest thread while pre/post-processing hold a core.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, instances))
 
 
 def create_session(path, threads: int = 0, spinning: bool = True, profile_prefix: str | None = None) -> ort.InferenceSession:

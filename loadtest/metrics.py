@@ -109,8 +109,10 @@ def combined_summary(recorders: list[MetricsRecorder]) -> dict:
             "executions": int(executions),
             "avg_batch_size": round(delta["nv_inference_count"] / executions, 2) if executions else None,
             "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / requests / 1e3, 3) if requests else None,
-            "compute_ms_per_execution": round(compute_us / executions / 1e3, 3) if executions else None,
+            # Triton adds a batch's compute time to each of its requests' counters: per request
+            # this is the run its batch took; the step was busy about compute / avg batch.
             "compute_ms_per_request": round(compute_us / requests / 1e3, 3) if requests else None,
+            "busy_s": round(compute_us / 1e6 / (delta["nv_inference_count"] / executions), 2) if executions else None,
         }
     steps = {n: m for n, m in models.items() if m["requests"] and n != ENSEMBLE_NAME}
     bottleneck = max(steps, key=lambda n: (steps[n]["queue_ms_per_request"] or 0) + (steps[n]["compute_ms_per_request"] or 0),

@@ -132,11 +132,11 @@ def to_markdown(summary: dict) -> str:
              f"p99 {lat['p99']} ms (max {lat['max']})",
              f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "
              f"{f['slo_ms']:.0f} ms SLO", f"- bottleneck step: **{m['bottleneck']}**", "",
-             "| model | requests | failures | avg batch | queue ms/request | compute ms/execution |",
+             "| model | requests | failures | avg batch | queue ms/request | compute ms/request (its batch's run) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, v in m["models"].items():
         lines.append(f"| {name} | {v['requests']} | {v['failures']} | {v['avg_batch_size']} | "
-                     f"{v['queue_ms_per_request']} | {v['compute_ms_per_execution']} |")
+                     f"{v['queue_ms_per_request']} | {v['compute_ms_per_request']} |")
     endpoints = f.get("by_endpoint", {})
     if len(endpoints) > 1:
         statuses = sorted({status for counts in endpoints.values() for status in counts})

@@ -19,7 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
-from compress.export import read_info
+from compress.export import read_info, with_uint8_pixels
 from compress.manifest import Manifest, file_hash, gated_model
 from tools import triton_config as tc
 
@@ -107,7 +107,11 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
         shutil.rmtree(detector_dir)
     (detector_dir / "1").mkdir(parents=True)
     suffix = ".plan" if settings.target == "tensorrt" else ".onnx"
-    shutil.copyfile(model_file, detector_dir / "1" / f"model{suffix}")
+    served_file = detector_dir / "1" / f"model{suffix}"
+    if settings.pixel_type == "uint8" and read_info(model_file).pixel_type == "float32":
+        with_uint8_pixels(model_file, served_file)
+    else:
+        shutil.copyfile(model_file, served_file)
     if settings.target == "local":
         shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
         shutil.copyfile(SHARED_MATHS, detector_dir / "1" / "yolo_ops.py")
@@ -116,7 +120,9 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
     for config in tc.all_configs(settings):
         tc.write_config(config, repo / config.name)
-    record = {**provenance, "model_sha256": file_hash(model_file), "settings": asdict(settings)}
+    # model_sha256: the gated file; served_sha256: what the detector loads (differs by the uint8 prefix)
+    record = {**provenance, "model_sha256": file_hash(model_file), "served_sha256": file_hash(served_file),
+              "settings": asdict(settings)}
     (repo / "repository.json").write_text(json.dumps(record, indent=2))
     return repo
 
@@ -142,7 +148,11 @@ def settings_from_args(args, info) -> tc.RepositorySettings:
 
 def settings_for(info, **overrides) -> tc.RepositorySettings:
     """Settings for an exported detector: image size, classes and head layout (levels' strides,
-    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`."""
+    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`.
+
+    ONNX targets pass uint8 pixels through the ensemble unless told otherwise; a TensorRT plan
+    is served as built (float32)."""
+    overrides.setdefault("pixel_type", "float32" if overrides.get("target") == "tensorrt" else "uint8")
     return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
                                  head_layout=info.head_layout, strides=info.strides, reg_max=info.reg_max,
                                  **overrides)
@@ -169,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
     parser.add_argument("--device", choices=["cpu", "gpu"])
     parser.add_argument("--ort-threads", dest="ort_threads", type=int)
+    parser.add_argument("--pixel-type", dest="pixel_type", choices=["uint8", "float32"],
+                        help="what preprocess hands the detector (default: uint8, float32 for tensorrt)")
     parser.add_argument("--max-queue-size", dest="max_queue_size", type=int,
                         help="requests a step may queue before rejecting (0: unbounded)")
     parser.add_argument("--queue-timeout-us", dest="queue_timeout_us", type=int,

@@ -73,12 +73,13 @@ def check_target(repo: Path) -> dict:
 def shm_size_bytes(settings: tc.RepositorySettings) -> int:
     """/dev/shm for the Python steps: Triton hands their tensors over in shared memory.
 
-    Per step instance, one full batch of what it reads and writes (float32 pixels into the
-    detector, head outputs into the postprocess), times SHM_MARGIN; at least 256 MB, rounded up
-    to 64 MB. Docker's default of 64 MB is below one 16 x 640 px batch (79 MB).
+    Per step instance, one full batch of what it reads and writes (pixels into the detector:
+    1 byte each as uint8, 4 as float32; head outputs into the postprocess), times SHM_MARGIN; at
+    least 256 MB, rounded up to 64 MB. Docker's default of 64 MB is below one 16 x 640 px batch
+    of float32 pixels (79 MB).
     """
     height, width = settings.image_size
-    pixels = settings.max_batch_size * 3 * height * width * 4
+    pixels = settings.max_batch_size * 3 * height * width * (1 if settings.pixel_type == "uint8" else 4)
     head = settings.max_batch_size * sum(math.prod(dims) for _, dims in settings.head_outputs()) * 4
     need = SHM_MARGIN * (settings.preprocess_instances * pixels + settings.postprocess_instances * head)
     return max(SHM_FLOOR_BYTES, math.ceil(need / (64 * 2**20)) * 64 * 2**20)

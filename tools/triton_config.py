@@ -7,13 +7,13 @@ round-tripped in tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from compress.detection import LETTERBOX_FIELDS, ImageLimits
+from compress.detection import LETTERBOX_FIELDS, PIXEL_TYPES, ImageLimits
 from compress.errors import ToolkitError
 from compress.export import anchor_count
 
@@ -49,17 +49,30 @@ class RepositorySettings:
     reg_max: int = 16
     max_batch_size: int = 16
     dynamic_batching: bool = True  # False: every request runs alone (the naive baseline of make bench-serving)
-    preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8])
+    # None: 4, 8 and max_batch_size. The largest preferred size caps batches formed from a long
+    # queue, so it includes the max: [4, 8] kept 16 queued frames in two runs of 8.
+    preferred_batch_sizes: list[int] | None = None
     queue_delay_us: int = 2000  # the detector's wait to fill a batch
     step_queue_delay_us: int = 0  # preprocess/postprocess: no wait, they take what is queued
-    detector_instances: int = 1
+    # Two detector instances overlap one batch's run with the next batch's hand-over; with
+    # ort_threads 0 each local instance takes its share of the cores (1.39x frames/s on 2 cores).
+    detector_instances: int = 2
     preprocess_instances: int = 1
     postprocess_instances: int = 1
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_det: int = 300
     device: str = "cpu"  # instance kind for the onnxruntime target: cpu | gpu
-    ort_threads: int = 0  # 0 lets ONNX Runtime decide
+    # What preprocess hands the detector: "uint8" (1 byte per pixel through the ensemble; the
+    # builder prepends Cast + Div to the served ONNX) or "float32" (the model as exported).
+    pixel_type: str = "float32"
+    # 0: local target - each detector instance gets cores / instances threads (computed where it
+    # runs); onnxruntime target - the backend's default (all cores per instance: set it on CPU).
+    ort_threads: int = 0
+    # Idle ONNX Runtime threads spin-waiting for work (local target only; Triton's onnxruntime
+    # backend has no per-model switch). Off: the spinning threads took the cores the Python
+    # pre/post steps needed (perf_analyzer, 2 cores: 197 vs 160 frames/s with it off).
+    ort_spinning: bool = False
     # Overload: a step's queue holds at most this many requests, each for at most this long;
     # beyond either the request is rejected at once (UNAVAILABLE / HTTP 503) instead of every
     # stream's latency growing. 250 ms is 2.5x the 100 ms frame SLO: a frame that waited that
@@ -74,6 +87,8 @@ class RepositorySettings:
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
         self.strides = tuple(int(v) for v in self.strides)
+        if self.preferred_batch_sizes is None:
+            self.preferred_batch_sizes = [b for b in (4, 8) if b < self.max_batch_size] + [self.max_batch_size]
         self.preferred_batch_sizes = [int(v) for v in self.preferred_batch_sizes]
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
@@ -81,6 +96,11 @@ class RepositorySettings:
             raise ConfigError(f"unknown head layout {self.head_layout!r}", hint=f"choose one of {HEAD_LAYOUTS}")
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"unknown device {self.device!r}", hint="choose cpu or gpu")
+        if self.pixel_type not in PIXEL_TYPES:
+            raise ConfigError(f"unknown pixel type {self.pixel_type!r}", hint=f"choose one of {', '.join(PIXEL_TYPES)}")
+        if self.pixel_type == "uint8" and self.target == "tensorrt":
+            raise ConfigError("the tensorrt target serves the plan as built (float32 pixels)",
+                              hint="use pixel_type float32 with --target tensorrt")
         if self.max_batch_size < 1:
             raise ConfigError("max_batch_size must be >= 1")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -96,6 +116,10 @@ class RepositorySettings:
             raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
         if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
             raise ConfigError("max_image_pixels, max_image_bytes and min_image_side must be >= 1")
+
+    @property
+    def pixel_dtype(self) -> int:
+        return mc.TYPE_UINT8 if self.pixel_type == "uint8" else mc.TYPE_FP32
 
     @property
     def anchors(self) -> int:
@@ -161,7 +185,7 @@ def preprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         max_batch_size=settings.max_batch_size,
         input=[_tensor(mc.ModelInput, "IMAGE", mc.TYPE_STRING, [1])],
         output=[
-            _tensor(mc.ModelOutput, "PIXELS", mc.TYPE_FP32, [3, height, width]),
+            _tensor(mc.ModelOutput, "PIXELS", settings.pixel_dtype, [3, height, width]),
             _tensor(mc.ModelOutput, "LETTERBOX", mc.TYPE_FP32, [5]),
         ],
         instance_group=_instances(settings.preprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
@@ -169,7 +193,8 @@ def preprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         # no model_warmup: Triton 2.51 misreads BYTES warmup files (garbage lengths, once a
         # segfault); the model decodes a synthetic frame in initialize() instead
     )
-    _parameters(config, {"image_height": height, "image_width": width, "max_image_pixels": settings.max_image_pixels,
+    _parameters(config, {"image_height": height, "image_width": width, "pixel_type": settings.pixel_type,
+                         "max_image_pixels": settings.max_image_pixels,
                          "max_image_bytes": settings.max_image_bytes, "min_image_side": settings.min_image_side})
     return config
 
@@ -179,17 +204,18 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=DETECTOR,
         max_batch_size=settings.max_batch_size,
-        input=[_tensor(mc.ModelInput, "images", mc.TYPE_FP32, [3, height, width])],
+        input=[_tensor(mc.ModelInput, "images", settings.pixel_dtype, [3, height, width])],
         output=[_tensor(mc.ModelOutput, name, mc.TYPE_FP32, dims) for name, dims in settings.head_outputs()],
         dynamic_batching=_dynamic_batching(settings, wait_for_batch=True),
         # the first real request should not pay session set-up: one frame and one full batch
-        model_warmup=[_warmup(f"zeros_batch_{size}", size, {"images": (mc.TYPE_FP32, [3, height, width], None)})
+        model_warmup=[_warmup(f"zeros_batch_{size}", size, {"images": (settings.pixel_dtype, [3, height, width], None)})
                       for size in sorted({1, settings.max_batch_size})],
     )
     if settings.target == "local":
         config.backend = "python"
         config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_CPU))
-        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": settings.ort_threads})
+        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": settings.ort_threads,
+                             "allow_spinning": int(settings.ort_spinning)})
     elif settings.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU

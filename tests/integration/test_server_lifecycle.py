@@ -26,7 +26,10 @@ pytestmark = pytest.mark.integration
 
 def start(command: list[str], ready_text: str, log: Path, timeout_s: float = 90) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    # SIGINT as a terminal's Ctrl-C delivers it: a shell starts background jobs (`make test &`)
+    # with SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout_s
     while ready_text not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:

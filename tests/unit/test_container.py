@@ -36,3 +36,6 @@ def test_shm_grows_with_batch_and_image_size(tmp_path):
     large = tc.RepositorySettings(image_size=(640, 640), num_classes=80, head_layout="raw", max_batch_size=16)
     assert container.shm_size_bytes(small) == 256 * 2**20
     assert container.shm_size_bytes(large) == 320 * 2**20  # 2 x (75 MiB pixels + 74 MiB head), 64 MiB steps
+    as_bytes = tc.RepositorySettings(image_size=(640, 640), num_classes=80, head_layout="raw", pixel_type="uint8",
+                                     preprocess_instances=2, postprocess_instances=2)
+    assert container.shm_size_bytes(as_bytes) == 384 * 2**20  # 2 x (2 x 18.75 MiB + 2 x 73.8 MiB) = 370 MiB; float32 pixels: 640

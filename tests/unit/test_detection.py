@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.detection import (Detections, ImageDecodeError, box_iou, decode_image, decode_raw_head, letterbox, nms,
-                                pad_detections, postprocess, unpad_detections)
+from compress.detection import (Detections, ImageDecodeError, box_iou, decode_image, decode_raw_head, head_detections,
+                                letterbox, nms, pad_detections, postprocess, postprocess_raw, unpad_detections)
 
 
 @pytest.mark.parametrize("shape", [(480, 640), (640, 480), (256, 256), (37, 501)])
@@ -21,6 +21,49 @@ def test_letterbox_matches_ultralytics(shape):
     gain, pad_x, pad_y, width, height = params
     assert (width, height) == (shape[1], shape[0])
     assert gain == pytest.approx(min(256 / shape[0], 256 / shape[1]))
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (37, 501)])
+def test_uint8_letterbox_is_the_float_one_before_scaling(shape):
+    """The served ensemble hands the detector bytes; the graph divides by 255 as letterbox did."""
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    floats, params = letterbox(image, (256, 320))
+    pixels, same_params = letterbox(image, (256, 320), pixel_type="uint8")
+    assert pixels.dtype == np.uint8 and pixels.flags.c_contiguous
+    np.testing.assert_array_equal(pixels.astype(np.float32) / 255.0, floats)
+    np.testing.assert_array_equal(params, same_params)
+    with pytest.raises(ValueError, match="pixel type"):
+        letterbox(image, (256, 320), pixel_type="float16")
+
+
+@pytest.mark.parametrize("hostile", ["none", "nan_and_inf", "huge_boxes"])
+def test_candidate_first_decode_equals_full_decode(hostile):
+    """postprocess_raw decodes boxes only where a class passes the threshold: same detections as
+    decoding every anchor first, broken values included."""
+    rng = np.random.default_rng(7)
+    box = rng.normal(0, 3, (3, 64, 1344)).astype(np.float32)
+    cls = rng.normal(-3, 2, (3, 4, 1344)).astype(np.float32)
+    if hostile == "nan_and_inf":
+        box[0, 5, rng.integers(0, 1344, 50)] = np.nan
+        cls[1, 2, rng.integers(0, 1344, 30)] = np.inf
+        cls[2, :, :100] = np.nan
+    elif hostile == "huge_boxes":
+        box[2] = 1e30
+    params = np.array([[0.8, 10, 20, 320, 240]] * 3, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        full = postprocess(decode_raw_head(box, cls, (256, 256), (8, 16, 32)), params)
+        fast = postprocess_raw(box, cls, params, (256, 256), (8, 16, 32))
+        by_name = head_detections({"box_logits": box, "class_logits": cls}, params, (256, 256), (8, 16, 32))
+    assert [len(d) for d in full] == [len(d) for d in fast] == [len(d) for d in by_name]
+    assert sum(len(d) for d in full) > 100
+    for a, b, c in zip(full, fast, by_name):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.classes, b.classes)
+        # the same DFL sums over a subset of anchors: NumPy may add in another order (last bits)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_array_equal(b.boxes, c.boxes)
+    with pytest.raises(ValueError, match="not a valid letterbox"):
+        postprocess_raw(box, cls, params * np.array([0, 1, 1, 1, 1], dtype=np.float32), (256, 256), (8, 16, 32))
 
 
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8n-p6.yaml", "yolov8n-p2.yaml"])

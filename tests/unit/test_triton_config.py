@@ -23,7 +23,11 @@ def test_detector_config_per_target():
     local = tc.detector_config(settings(target="local", detector_instances=2, queue_delay_us=500))
     assert local.backend == "python" and local.instance_group[0].count == 2
     assert local.dynamic_batching.max_queue_delay_microseconds == 500
-    assert list(local.dynamic_batching.preferred_batch_size) == [4, 8]
+    # the largest preferred size caps batches from a long queue: the default reaches max_batch_size
+    assert list(local.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    assert settings(max_batch_size=8).preferred_batch_sizes == [4, 8]
+    assert settings(max_batch_size=2).preferred_batch_sizes == [2]
+    assert local.parameters["allow_spinning"].string_value == "0"
     ort = tc.detector_config(settings(target="onnxruntime", device="gpu"))
     assert ort.platform == "onnxruntime_onnx" and ort.instance_group[0].kind == ort.instance_group[0].KIND_GPU
     trt = tc.detector_config(settings(target="tensorrt"))
@@ -58,6 +62,7 @@ def test_postprocess_thresholds_in_parameters():
     {"target": "tflite"}, {"max_batch_size": 0}, {"preferred_batch_sizes": [32]}, {"detector_instances": 0},
     {"conf_threshold": 1.5}, {"image_size": (250, 250)}, {"device": "tpu"},
     {"max_queue_size": -1}, {"queue_timeout_us": -5}, {"min_image_side": 0}, {"max_image_pixels": 0},
+    {"pixel_type": "float16"}, {"pixel_type": "uint8", "target": "tensorrt"},
 ])
 def test_invalid_settings_are_rejected(bad):
     kwargs = {"image_size": (256, 256), "num_classes": 4, **bad}
@@ -109,11 +114,12 @@ def tc_root():
     return Path(tc.__file__).resolve().parents[1]
 
 
-def test_warmup_covers_every_step(tmp_path):
+@pytest.mark.parametrize("pixel_type", ["uint8", "float32"])
+def test_warmup_covers_every_step(tmp_path, pixel_type):
     """Each step model warms up with inputs matching its own declared inputs; data files get written."""
     from tools.build_repo import write_warmup_files
 
-    s = settings(head_layout="raw", max_batch_size=8)
+    s = settings(head_layout="raw", max_batch_size=8, pixel_type=pixel_type)
     # preprocess warms itself in initialize(): Triton 2.51 misreads BYTES warmup files
     assert not tc.preprocess_config(s).model_warmup
     assert "_warm_up()" in (tc_root() / "model_repository" / "preprocess" / "1" / "model.py").read_text()
@@ -140,3 +146,54 @@ def test_naive_repository_has_no_dynamic_batching(tmp_path):
         path = tc.write_config(config, tmp_path / config.name)
         assert not tc.read_config(path).HasField("dynamic_batching")
     assert all(c.HasField("dynamic_batching") for c in tc.all_configs(settings())[:3])
+
+
+@pytest.mark.parametrize("target, expected", [("local", "uint8"), ("onnxruntime", "uint8"), ("tensorrt", "float32")])
+def test_pixels_cross_the_ensemble_as_bytes_for_onnx_targets(target, expected):
+    """preprocess emits what the detector declares: uint8 for ONNX targets (the builder adds the
+    scaling to the graph), float32 for a TensorRT plan served as built."""
+    from types import SimpleNamespace
+
+    from tools.build_repo import settings_for
+
+    info = SimpleNamespace(image_size=(256, 256), num_classes=4, head_layout="raw", strides=(8, 16, 32), reg_max=16)
+    s = settings_for(info, target=target)
+    assert s.pixel_type == expected
+    pixels = next(o for o in tc.preprocess_config(s).output if o.name == "PIXELS")
+    images = tc.detector_config(s).input[0]
+    assert pixels.data_type == images.data_type == (tc.mc.TYPE_UINT8 if expected == "uint8" else tc.mc.TYPE_FP32)
+    assert tc.preprocess_config(s).parameters["pixel_type"].string_value == expected
+    assert settings_for(info, target=target, pixel_type="float32").pixel_type == "float32"
+
+
+def test_uint8_input_graph_gives_the_float_graph_results(tmp_path):
+    """with_uint8_pixels: Cast + Div by 255 in front of the graph; outputs bit-identical to
+    feeding letterbox's float pixels; metadata kept; a second wrap is refused."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from compress.errors import UnsupportedModelError
+    from compress.export import with_uint8_pixels
+
+    weights = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["features"], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["features"], ["class_logits"])], "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["batch", 8, 32, 32])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="imgsz", value="[32, 32]")
+    onnx.save(model, tmp_path / "float.onnx")
+    with_uint8_pixels(tmp_path / "float.onnx", tmp_path / "uint8.onnx")
+    wrapped = onnx.load(tmp_path / "uint8.onnx")
+    assert wrapped.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert {p.key: p.value for p in wrapped.metadata_props} == {"imgsz": "[32, 32]"}
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    (expected,) = ort.InferenceSession(tmp_path / "float.onnx").run(None, {"images": pixels.astype(np.float32) / 255.0})
+    (got,) = ort.InferenceSession(tmp_path / "uint8.onnx").run(None, {"images": pixels})
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(UnsupportedModelError, match="already takes uint8"):
+        with_uint8_pixels(tmp_path / "uint8.onnx", tmp_path / "twice.onnx")

@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from onnx_session import create_session  # noqa: E402  (both copied in by the repository builder)
+from onnx_session import create_session, share_of_cores  # noqa: E402  (both copied in by the repository builder)
 from yolo_ops import run_isolated  # noqa: E402
 
 
@@ -27,7 +27,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
-        self.session = create_session(path, int(params.get("intra_op_threads", "0")))
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        threads = int(params.get("intra_op_threads", "0")) or share_of_cores(instances)
+        self.session = create_session(path, threads, spinning=params.get("allow_spinning", "1") == "1")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
 

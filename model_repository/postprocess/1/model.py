@@ -1,6 +1,7 @@
 """Triton Python model `postprocess`: head outputs + letterbox params -> boxes, scores, classes.
 
-Thresholds, head layout and image size come from the model config's parameters. All requests
+Thresholds and image size come from the model config's parameters, the head layout from its input names
+(raw `box_logits`/`class_logits` or decoded `output0`). All requests
 of one `execute()` call are decoded as one batch, then split back and padded per request. If
 that batch fails, each request runs alone, so one bad request (e.g. invalid letterbox
 parameters) fails only itself; non-finite head values are dropped as candidates, not errors.
@@ -14,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import decode_raw_head, pad_detections, postprocess, run_isolated  # noqa: E402  (copied in by the repository builder)
+from yolo_ops import head_detections, pad_detections, run_isolated  # noqa: E402  (copied in by the repository builder)
 
 
 def error_response(error):
@@ -29,7 +30,6 @@ class TritonPythonModel:
         self.conf = float(params["conf_threshold"])
         self.iou = float(params["iou_threshold"])
         self.max_det = int(params["max_det"])
-        self.layout = params["head_layout"]
         self.size = (int(params["image_height"]), int(params["image_width"]))
         self.strides = tuple(int(s) for s in params["strides"].split(","))
         self.head_names = [i["name"] for i in config["input"] if i["name"] != "LETTERBOX"]
@@ -43,11 +43,8 @@ class TritonPythonModel:
             letterboxes.append(pb_utils.get_input_tensor_by_name(request, "LETTERBOX").as_numpy())
             counts.append(len(letterboxes[-1]))
         stacked = {name: np.concatenate(parts) for name, parts in heads.items()}
-        if self.layout == "raw":
-            prediction = decode_raw_head(stacked["box_logits"], stacked["class_logits"], self.size, self.strides)
-        else:
-            prediction = stacked["output0"]
-        detections = postprocess(prediction, np.concatenate(letterboxes), self.conf, self.iou, self.max_det)
+        detections = head_detections(stacked, np.concatenate(letterboxes), self.size, self.strides, self.conf,
+                                     self.iou, self.max_det)
         responses, start = [], 0
         for count in counts:
             padded = pad_detections(detections[start:start + count])

@@ -23,6 +23,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.size = (int(params["image_height"]), int(params["image_width"]))
         self.limits = ImageLimits.from_parameters(params)
+        self.pixel_type = params.get("pixel_type", "float32")  # uint8 when the detector scales pixels itself
         self._warm_up()
 
     def _warm_up(self):
@@ -32,11 +33,11 @@ class TritonPythonModel:
 
         frame = np.full((480, 640, 3), 114, dtype=np.uint8)
         cv2.rectangle(frame, (160, 120), (320, 240), (40, 160, 220), -1)
-        letterbox(decode_image(cv2.imencode(".jpg", frame)[1].tobytes(), self.limits), self.size)
+        letterbox(decode_image(cv2.imencode(".jpg", frame)[1].tobytes(), self.limits), self.size, self.pixel_type)
 
     def _prepare_image(self, index, data):
         try:
-            return letterbox(decode_image(data, self.limits), self.size)
+            return letterbox(decode_image(data, self.limits), self.size, self.pixel_type)
         except ImageDecodeError as error:
             raise ImageDecodeError(f"image {index} of the request: {error}") from None
         except Exception as error:  # OpenCV or NumPy on an input nobody foresaw: still this request's fault
