@@ -60,3 +60,29 @@ def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images
     row = result["rows"][0]
     assert row["perf_analyzer_fps"] > 0 and row["locust_fps"] > 0
     assert 0.3 < row["ratio"] < 3  # same server, same concurrency: same order of magnitude
+
+
+def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, tmp_path, val_images):
+    """make bench-serving's (a)/(b): a perf_analyzer sweep on the real server, then rounds that
+    alternate the in-process pipeline and perf_analyzer, with Triton's per-step counters."""
+    from loadtest.capacity import repository_settings
+    from loadtest.peer import PERF_ANALYZER_DIR
+    from loadtest.serving_bench import InProcessPipeline, serving_overhead
+
+    if not (PERF_ANALYZER_DIR / "bin" / "perf_analyzer").exists():
+        pytest.skip("perf_analyzer is installed by `make venv` into .cache/perf_analyzer")
+    settings = repository_settings(served_repo)
+    assert settings.pixel_type == "uint8"  # the in-process side feeds the served graph its own way
+    pipeline = InProcessPipeline(served_repo / "detector" / "1" / "model.onnx",
+                                 [p.read_bytes() for p in val_images[:8]], settings)
+    result = serving_overhead(served_repo, val_images[:4], pipeline, tmp_path, concurrencies=(2, 4), rounds_count=2,
+                              window_ms=2000, in_process_seconds=2.0)
+    assert result["best_concurrency"] in (2, 4) and len(result["rounds"]) == 2
+    for measured in result["rounds"]:
+        assert measured["in_process_fps"] > 0 and measured["served_fps"] > 0
+        assert measured["ratio"] == pytest.approx(measured["served_fps"] / measured["in_process_fps"], abs=1e-3)
+    low, high = result["ratio_range"]
+    assert low <= result["ratio"] <= high and result["verdict"] in ("met", "missed", "within noise")
+    steps = result["sweep"][str(result["best_concurrency"])]["steps"]
+    assert {"preprocess", "detector", "postprocess"} <= set(steps) and "yolo" not in steps
+    assert steps["detector"]["requests"] > 0 and steps["detector"]["busy_s"] > 0
