@@ -56,9 +56,11 @@ class MemorySampler(PeriodicSampler):
                 label, mb = process_label(process), process.memory_info().rss / 2**20
             except Exception:  # a stub that just exited
                 continue
-            while label in rss:  # several instances of one model
-                label += "+"
-            rss[label] = round(mb, 2)
+            instance, name = 1, label
+            while name in rss:  # several instances of one model: "detector", "detector #2", ...
+                instance += 1
+                name = f"{label} #{instance}"
+            rss[name] = round(mb, 2)
         return rss
 
 

@@ -73,10 +73,14 @@ def test_serving_deployment_has_what_operations_need(rendered):
     drain = next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
     assert pod["terminationGracePeriodSeconds"] > int(drain.split("=")[1])  # the drain finishes before SIGKILL
     hpa = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
-    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "triton_queue_ms_per_request"
+    from tools.capacity_plan import HPA_METRIC
+
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == HPA_METRIC == "triton_frames_per_second"
     monitoring = {d["metadata"]["name"]: d for d in yaml.safe_load_all(k8s.render(k8s.K8S_DIR / "monitoring"))}
     rules = yaml.safe_load(monitoring["prometheus-adapter-yolo-triton"]["data"]["config.yaml"])["rules"]
-    assert rules[0]["name"]["as"] == "triton_queue_ms_per_request"  # the adapter serves what the HPA reads
+    served = {rule["name"]["as"]: rule["metricsQuery"] for rule in rules}
+    assert HPA_METRIC in served  # the adapter serves what the HPA reads
+    assert 'model="yolo"' in served[HPA_METRIC] and "nv_inference_count" in served[HPA_METRIC]  # frames, not requests
 
 
 def test_dashboard_queries_the_metrics_the_load_test_reads():
@@ -112,7 +116,7 @@ def test_capacity_plan_reaches_the_manifests(tmp_path):
     assert result.returncode == 0, result.stderr
     plan = json.loads((tmp_path / "k8s" / "plan-cpu" / "plan.json").read_text())
     assert plan["replicas"] == 103  # ceil(5000 / (7 * 10 * 0.7))
-    assert plan["hpa"] == {"min": 103, "max": 155, "queue_ms_target": 8.4}
+    assert plan["hpa"] == {"min": 103, "max": 155, "frames_per_second_target": 49.0}  # 0.7 x 7 streams x 10 FPS
     assert plan["resources"]["shm_mb"] >= 2 * 16 * 3 * 640 * 640 * 4 // 2**20  # two 16 x 640 px float batches
     docs = {(d["kind"], d["metadata"]["name"]): d
             for d in yaml.safe_load_all((tmp_path / "k8s" / "plan-cpu.yaml").read_text())}
@@ -121,7 +125,9 @@ def test_capacity_plan_reaches_the_manifests(tmp_path):
     assert deployment["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
     shm = next(v for v in deployment["template"]["spec"]["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["sizeLimit"] == f"{plan['resources']['shm_mb']}Mi"
-    assert docs[("HorizontalPodAutoscaler", "triton")]["spec"]["maxReplicas"] == 155
+    autoscaler = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
+    assert autoscaler["maxReplicas"] == 155
+    assert autoscaler["metrics"][0]["pods"]["target"]["averageValue"] == "49"
     args = docs[("Job", "locust-master")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--streams") + 1] == "500" and args[args.index("--remote-workers") + 1] == "5"
     assert docs[("Deployment", "locust-worker")]["spec"]["replicas"] == 5
