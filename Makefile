@@ -46,7 +46,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline) \
 	$(if $(VARIANTS),--variants $(filter-out none,$(VARIANTS)))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
-	$(if $(ALLOW_UNGATED),--allow-ungated)
+	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS))
 
 .PHONY: all help venv pipeline compress parity verify bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
@@ -57,7 +57,7 @@ help: ## List the targets and the variables they read
 	@echo
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
 	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
-	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1"
+	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1 ORT_THREADS=<n> (repo: threads per detector instance)"
 	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
 	@echo "           VARIANTS='relu@2.5 relu@3.5' (further students on the accuracy/latency front; none: skip)"
 	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
