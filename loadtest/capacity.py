@@ -75,7 +75,7 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path,
 
 
 def candidate_settings(base: tc.RepositorySettings, small: bool = False) -> list[tuple[str, tc.RepositorySettings]]:
-    grid = itertools.product((0, 2000, 8000), ([], [4, 8]), (1, 2), (1, 2))
+    grid = itertools.product((0, 2000, 8000), ([], tc.default_preferred_batch_sizes(base.max_batch_size)), (1, 2), (1, 2))
     if small:  # two points: no batching wait vs a 2 ms wait with two detector instances
         grid = [(0, [], 1, 1), (2000, [], 2, 1)]
     candidates = []

@@ -88,7 +88,7 @@ class RepositorySettings:
         self.image_size = tuple(int(v) for v in self.image_size)
         self.strides = tuple(int(v) for v in self.strides)
         if self.preferred_batch_sizes is None:
-            self.preferred_batch_sizes = [b for b in (4, 8) if b < self.max_batch_size] + [self.max_batch_size]
+            self.preferred_batch_sizes = default_preferred_batch_sizes(self.max_batch_size)
         self.preferred_batch_sizes = [int(v) for v in self.preferred_batch_sizes]
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
@@ -130,6 +130,10 @@ class RepositorySettings:
         if self.head_layout == "raw":
             return [("box_logits", [4 * self.reg_max, self.anchors]), ("class_logits", [self.num_classes, self.anchors])]
         return [("output0", [4 + self.num_classes, self.anchors])]
+
+
+def default_preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    return [b for b in (4, 8) if b < max_batch_size] + [max_batch_size]
 
 
 def _tensor(cls, name: str, data_type: int, dims: list[int]):
