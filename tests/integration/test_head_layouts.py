@@ -57,7 +57,10 @@ def test_strides_and_bins_come_from_the_model(p6_onnx, tmp_path):
         read_info(tmp_path / "contradicting.onnx")
 
 
-def test_p6_head_is_served_like_in_process(p6_onnx, tmp_path, photos):
+@pytest.mark.parametrize("pixel_type", ["uint8", "float32"])
+def test_p6_head_is_served_like_in_process(p6_onnx, tmp_path, photos, pixel_type):
+    """Served with uint8 pixels (the default: Cast + Div prepended) or float32 ones, the ensemble
+    detects what the exported float model does in-process."""
     from compress.local_detector import LocalDetector
     from tools import triton_config as tc
     from tools.client import TritonDetectorClient
@@ -65,9 +68,10 @@ def test_p6_head_is_served_like_in_process(p6_onnx, tmp_path, photos):
 
     repo = copy_committed_repository(tmp_path / "repo")
     build = subprocess.run([sys.executable, "-m", "tools.build_repo", "--onnx", str(p6_onnx), "--repo", str(repo),
-                            "--conf-threshold", str(CONF)], capture_output=True, text=True)
+                            "--conf-threshold", str(CONF), "--pixel-type", pixel_type], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     detector = tc.read_config(repo / tc.DETECTOR / "config.pbtxt")
+    assert detector.input[0].data_type == (tc.mc.TYPE_UINT8 if pixel_type == "uint8" else tc.mc.TYPE_FP32)
     assert [list(o.dims) for o in detector.output] == [[64, 340], [2, 340]]
     postprocess = tc.read_config(repo / tc.POSTPROCESS / "config.pbtxt")
     assert postprocess.parameters["strides"].string_value == "8,16,32,64"
