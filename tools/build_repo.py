@@ -96,6 +96,10 @@ def write_warmup_files(repo: Path, settings: tc.RepositorySettings) -> None:
 
 def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict) -> Path:
     repo = Path(repo)
+    takes = read_info(model_file).pixel_type if settings.target != "tensorrt" else "float32"
+    if takes == "uint8" and settings.pixel_type == "float32":  # checked before anything is written
+        raise tc.ConfigError(f"{model_file} takes uint8 pixels; preprocess cannot feed it float32 ones",
+                             hint="build with --pixel-type uint8")
     for name in PYTHON_MODELS:
         version_dir = repo / name / "1"
         if not (version_dir / "model.py").exists():
@@ -108,7 +112,7 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     (detector_dir / "1").mkdir(parents=True)
     suffix = ".plan" if settings.target == "tensorrt" else ".onnx"
     served_file = detector_dir / "1" / f"model{suffix}"
-    if settings.pixel_type == "uint8" and read_info(model_file).pixel_type == "float32":
+    if takes == "float32" and settings.pixel_type == "uint8":
         with_uint8_pixels(model_file, served_file)
     else:
         shutil.copyfile(model_file, served_file)

@@ -250,7 +250,6 @@ def postprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         "conf_threshold": settings.conf_threshold,
         "iou_threshold": settings.iou_threshold,
         "max_det": settings.max_det,
-        "head_layout": settings.head_layout,
         "image_height": settings.image_size[0],
         "image_width": settings.image_size[1],
         "strides": ",".join(str(s) for s in settings.strides),

@@ -89,3 +89,20 @@ def test_p6_head_is_served_like_in_process(p6_onnx, tmp_path, photos, pixel_type
         np.testing.assert_array_equal(s.classes[by_class_s], l.classes[by_class_l])
         np.testing.assert_allclose(s.scores[by_class_s], l.scores[by_class_l], atol=1e-3)
         np.testing.assert_allclose(s.boxes[by_class_s], l.boxes[by_class_l], atol=0.5)
+
+
+def test_a_model_taking_uint8_pixels_is_served_as_it_is(p6_onnx, tmp_path):
+    """`--onnx` of a file that already scales pixels itself: copied unchanged by default, and
+    refused with one line (nothing half-written) when asked to feed it float32 pixels."""
+    from compress.export import with_uint8_pixels
+    from compress.manifest import file_hash
+
+    wrapped = with_uint8_pixels(p6_onnx, tmp_path / "uint8.onnx")
+    repo = copy_committed_repository(tmp_path / "repo")
+    command = [sys.executable, "-m", "tools.build_repo", "--onnx", str(wrapped), "--repo", str(repo)]
+    refused = subprocess.run(command + ["--pixel-type", "float32"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "takes uint8 pixels" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (repo / "detector").exists()
+    built = subprocess.run(command, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert file_hash(repo / "detector" / "1" / "model.onnx") == file_hash(wrapped)

@@ -29,7 +29,10 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
         instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
         threads = int(params.get("intra_op_threads", "0")) or share_of_cores(instances)
-        self.session = create_session(path, threads, spinning=params.get("allow_spinning", "1") == "1")
+        spinning = params.get("allow_spinning", "1") == "1"
+        self.session = create_session(path, threads, spinning=spinning)
+        pb_utils.Logger.log_info(f"detector {args['model_instance_name']}: {threads} ONNX Runtime thread(s) "
+                                 f"({instances} instance(s) on {share_of_cores(1)} core(s)), spinning {spinning}")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
 
