@@ -22,7 +22,9 @@ from compress.profile import plot as profile_plot
 from compress.profile import profile_in_subprocess
 from compress.profile import to_markdown as profile_markdown
 
-TARGETS = {"speedup_bs1": 2.0, "speedup_bs8": 2.5, "size_ratio": 0.30, "macs_reduction": 2.5,
+# Issue #11's goal for the served model: >= 3x / 4x faster than the FP32 baseline at batch 1 / 8
+# within 1 point of mAP50-95 of the equal-budget baseline (the first targets were 2x / 2.5x).
+TARGETS = {"speedup_bs1": 3.0, "speedup_bs8": 4.0, "size_ratio": 0.30, "macs_reduction": 2.5,
            "map_drop_points": 1.0}
 # (stage, manifest output) -> label, (stage, output) of the weights its params/MACs come from.
 ROWS = {
@@ -35,9 +37,12 @@ ROWS = {
 }
 # Rows that can be served: INT8 models with the FP32 twin the parity gate compares them with.
 SERVABLE = {("quantize", "onnx"): ("distill", "onnx")}
-# The accuracy a served model may give up against the fair reference (points of mAP50-95); the
-# parity gate's default allowance is this value, so the report's candidate is one it can pass.
-SERVING_MAP_ALLOWANCE_POINTS = 8.0
+# The parity gate's default allowance against the fair reference (points of mAP50-95): it stops a
+# compression that went wrong. Which row is served is the profile's `max_map_drop` (see collect).
+GATE_MAP_ALLOWANCE_POINTS = 8.0
+# The extra epochs may add this much to the unpruned baseline before the report calls it
+# under-trained: past it the teacher was still learning and the drop measures training budget.
+CONVERGED_BASELINE_POINTS = 2.0
 
 
 def rows_of(manifest) -> tuple[dict, dict]:
@@ -59,6 +64,20 @@ def pareto_front(rows: list[dict], latency_key: str = "bs1_ms") -> list[dict]:
     return [r for r in rows if not any(o is not r and o[latency_key] <= r[latency_key] and o["map50_95"] >= r["map50_95"]
                                        and (o[latency_key] < r[latency_key] or o["map50_95"] > r["map50_95"])
                                        for o in rows)]
+
+
+def choose_served(rows: list[dict], servable: list[dict], fair: dict, max_map_drop: float) -> tuple[dict, str]:
+    """The served default and the rule that picked it: the fastest servable (INT8) row on the
+    accuracy/latency front within `max_map_drop` points of the fair reference, else the most
+    accurate servable row."""
+    front = pareto_front(rows)
+    allowed = [r for r in servable if r in front and (fair["map50_95"] - r["map50_95"]) * 100 <= max_map_drop]
+    if allowed:
+        return (min(allowed, key=lambda r: r["bs1_ms"]),
+                f"fastest servable INT8 on the accuracy/latency front within {max_map_drop:g} points of the fair reference")
+    return (max(servable, key=lambda r: r["map50_95"]),
+            f"no servable INT8 row is within {max_map_drop:g} points of the fair reference: the most accurate one; "
+            f"`MAX_MAP_DROP=<points>` trades accuracy for speed")
 
 
 def _torch_numbers(weights: Path, imgsz: int) -> dict:
@@ -92,13 +111,9 @@ def collect(ctx) -> dict:
     # The equal-budget baseline, unless the extra epochs made the unpruned model worse (seen on
     # 37 images): then the original is the stronger unpruned model the budget could buy.
     fair = max(by_key[("finetune", "onnx")], base, key=lambda row: row["map50_95"])
-    # The serving candidate: the fastest servable INT8 model on the accuracy/latency front whose
-    # accuracy is within the gate's allowance of the fair reference (else the most accurate one).
-    servable = [by_key[key] for key in servable_twins if key in by_key]
+    served, rule = choose_served(rows, [by_key[key] for key in servable_twins if key in by_key], fair,
+                                 ctx.profile.max_map_drop)
     front = pareto_front(rows)
-    allowed = [r for r in servable if r in front
-               and (fair["map50_95"] - r["map50_95"]) * 100 <= SERVING_MAP_ALLOWANCE_POINTS]
-    served = min(allowed, key=lambda r: r["bs1_ms"]) if allowed else max(servable, key=lambda r: r["map50_95"])
     for row in rows:
         row["pareto"] = row in front
         row["candidate"] = row is served
@@ -122,14 +137,15 @@ def collect(ctx) -> dict:
         "candidate": {"stage": served["stage"], "onnx": served["onnx"], "model": served["model"],
                       "fp32_onnx": str(manifest.output(*servable_twins[(served["stage"], served["output"])])
                                        .relative_to(ctx.artifacts)),
-                      "rule": f"fastest servable INT8 on the accuracy/latency front within "
-                              f"{SERVING_MAP_ALLOWANCE_POINTS} points of the fair reference"},
+                      "rule": rule},
         "targets": {"wanted": TARGETS, "measured": measured, "met": met, "all_met": all(met.values()),
                     "speedup_spread": {key: {**ratio, "verdict": verdict(ratio, TARGETS[key])}
                                        for key, ratio in ratios.items()},
                     "speedup_rounds": {f"bs{b}": ROUNDS[b] for b in BATCH_SIZES},
                     "accuracy_reference": fair["model"],
-                    "map_drop_vs_unfair_baseline_points": round((base["map50_95"] - served["map50_95"]) * 100, 2)},
+                    "map_drop_vs_unfair_baseline_points": round((base["map50_95"] - served["map50_95"]) * 100, 2),
+                    "baseline_gain_from_extra_epochs_points":
+                        round((by_key[("finetune", "onnx")]["map50_95"] - base["map50_95"]) * 100, 2)},
         "baseline_ultralytics_val": {k: manifest.get("baseline").metrics.get(k) for k in ("map50", "map50_95")},
         "quantization": {k: quant.get(k) for k in ("calibration", "calibration_images", "calibration_batch",
                                                    "activation", "float_convs", "stem_float", "opset")},
@@ -178,6 +194,11 @@ def to_markdown(report: dict) -> str:
            "difference is training budget, not compression."
            if t["map_drop_vs_unfair_baseline_points"] != t["measured"]["map_drop_points"] else
            "The extra epochs did not improve the unpruned model, so the original baseline is the reference."),
+        *([] if t["baseline_gain_from_extra_epochs_points"] <= CONVERGED_BASELINE_POINTS else [
+            "", f"**Under-trained baseline**: the extra epochs added {t['baseline_gain_from_extra_epochs_points']} "
+            f"points to the unpruned model (more than {CONVERGED_BASELINE_POINTS}), so the teacher was still learning "
+            "and the accuracy gap measures training budget as much as compression: train the baseline longer "
+            "(`EPOCHS=`) or bring converged weights (`WEIGHTS=`)."]),
         "", f"Pruning: channel ratio {p.get('ratio')}, {p.get('macs_reduction')}x fewer MACs, "
         f"{p.get('params_kept')} of the parameters kept.",
         f"INT8: {q['calibration']} calibration on {q['calibration_images']} training images "

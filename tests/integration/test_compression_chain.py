@@ -10,6 +10,7 @@ import torch
 
 from compress.manifest import Manifest
 from compress.quantize import qdq_summary
+from compress.report import CONVERGED_BASELINE_POINTS
 from tests.conftest import copy_committed_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,10 +78,16 @@ def test_report_lists_every_stage_with_numbers(tiny_artifacts):
     rows = {(r["stage"], r["output"]): r for r in report["rows"]}
     fair = max(rows[("finetune", "onnx")], rows[("export", "onnx")], key=lambda r: r["map50_95"])
     served = next(r for r in report["rows"] if r["candidate"])
-    assert served["pareto"] and served["output"] in ("onnx", "relu_2x_int8") and served["model"].endswith("INT8")
+    assert served["output"] in ("onnx", "relu_2x_int8") and served["model"].endswith("INT8")
     assert report["candidate"]["onnx"] == served["onnx"]
-    # no row beats the candidate on both latency and accuracy
-    assert not [r for r in report["rows"] if r["bs1_ms"] < served["bs1_ms"] and r["map50_95"] > served["map50_95"]]
+    servable = [rows[("quantize", "onnx")], rows[("variants", "relu_2x_int8")]]
+    drops = {r["output"]: (fair["map50_95"] - r["map50_95"]) * 100 for r in servable}
+    if report["candidate"]["rule"].startswith("fastest"):
+        # on the front (no row beats it on both latency and accuracy), within the allowed drop
+        assert served["pareto"] and drops[served["output"]] <= 1.0
+        assert not [r for r in report["rows"] if r["bs1_ms"] < served["bs1_ms"] and r["map50_95"] > served["map50_95"]]
+    else:  # nothing servable within the allowed 1.0 point: the most accurate one
+        assert min(drops.values()) > 1.0 and served is max(servable, key=lambda r: r["map50_95"])
     # the accuracy target is measured against the equal-budget baseline, from the rows themselves
     assert report["targets"]["measured"]["map_drop_points"] == round((fair["map50_95"] - served["map50_95"]) * 100, 2)
     spread = report["targets"]["speedup_spread"]["speedup_bs1"]
@@ -91,6 +98,10 @@ def test_report_lists_every_stage_with_numbers(tiny_artifacts):
     for row in report["rows"]:
         assert row["model"] in markdown
     assert "Where the time goes" in markdown and "conv (int8)" in markdown
+    # a baseline the extra epochs still improve is called out: its gap measures training budget
+    gain = round((rows[("finetune", "onnx")]["map50_95"] - rows[("export", "onnx")]["map50_95"]) * 100, 2)
+    assert report["targets"]["baseline_gain_from_extra_epochs_points"] == gain
+    assert ("Under-trained baseline" in markdown) == (gain > CONVERGED_BASELINE_POINTS)
     for plot in ("accuracy_vs_latency.png", "op_profile.png"):
         assert (tiny_artifacts / "report" / plot).stat().st_size > 10_000
 

@@ -57,7 +57,7 @@ def test_gate_passes_pipeline_int8_and_records_it_for_serving(tiny_artifacts):
     data = manifest.output("dataset", "data_yaml")
     unpruned = [evaluate_onnx(manifest.output(stage, "onnx"), data)["map50_95"] for stage in ("finetune", "export")]
     assert result["measured"]["map"]["baseline"] == max(unpruned)
-    # the gate judged the report's serving candidate (the fastest INT8 on the front within the allowance)
+    # the gate judged the report's serving candidate (the rule: compress.report.choose_served)
     from tools.parity import serving_candidate
 
     candidate = serving_candidate(tiny_artifacts)
