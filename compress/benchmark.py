@@ -1,10 +1,16 @@
 """ONNX Runtime CPU latency of several models measured side by side in one run.
 
 Rounds interleave the models (A B C A B C ...) so machine noise hits all of them alike; each
-model gets the same thread count and input. Per model and batch size: median and quartiles (ms).
-Speed-ups are taken per round (baseline time / model time in the same round), so noise common
-to a round cancels; their median and 10th-90th percentiles say whether a target is met beyond
-the noise. `measure_in_subprocess` runs it in a fresh interpreter: a process that has trained
+model gets the same thread count and input. Per model and batch size: the fastest decile (the
+headline), median and quartiles (ms).
+
+Noise on these shared machines is one-sided and comes in phases that do not hit all models alike:
+measured, the FP32 baseline at batch 8 ran at 57 ms, then at 102 ms for a dozen rounds, while the
+INT8 model went from 18 to 26 ms, so per-round ratios moved from 3.1 to 3.9 and their median
+followed whichever phase covered more rounds (two runs 18% apart). A speed-up is therefore the
+ratio of the fastest deciles (the undisturbed machine), with a bootstrap interval over the rounds
+(p10-p90 of the estimate) that says whether a target is met beyond the noise; the per-round
+ratios are kept beside it. `measure_in_subprocess` runs it in a fresh interpreter: a process that has trained
 with torch keeps OpenMP threads that compete with ONNX Runtime's (measured: the same model 4x
 slower in-process).
 
@@ -27,7 +33,9 @@ from compress.progress import progress
 
 BATCH_SIZES = (1, 8)  # one camera frame; a dynamic batch the served detector commonly forms
 WARMUP_RUNS = 3
-ROUNDS = {1: 60, 8: 20}  # interleaved rounds per batch size (bs8 runs take ~8x longer)
+ROUNDS = {1: 60, 8: 30}  # interleaved rounds per batch size (bs8 runs take ~8x longer)
+UNDISTURBED_PERCENTILE = 10  # the fastest decile: rounds the machine's noise left alone
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def spread(values) -> dict[str, float]:
@@ -40,7 +48,7 @@ def spread(values) -> dict[str, float]:
 
 def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
                          rounds: dict[int, int] | None = None) -> dict[str, dict]:
-    """{name: {"bs1_ms": median, "bs1": spread, "bs1_rounds": [ms per round], ...}} for every model."""
+    """{name: {"bs1_ms": fastest decile, "bs1": spread, "bs1_rounds": [ms per round], ...}} for every model."""
     rounds = rounds or ROUNDS
     sessions = {name: create_session(path, threads, spinning=False) for name, path in models.items()}
     results: dict[str, dict] = {name: {} for name in models}
@@ -59,15 +67,24 @@ def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], t
                 timings[name].append((time.perf_counter() - start) * 1e3)
         for name in models:
             stats = spread(timings[name])
-            results[name].update({f"bs{batch}_ms": stats["median"], f"bs{batch}": stats,
+            results[name].update({f"bs{batch}_ms": stats["p10"], f"bs{batch}": stats,
                                   f"bs{batch}_rounds": [round(t, 4) for t in timings[name]]})
     return results
 
 
-def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict[str, float]:
-    """Per-round speed-up of `model` over `reference` (same round, same input): median and spread."""
-    ref, own = latency[reference][f"bs{batch}_rounds"], latency[model][f"bs{batch}_rounds"]
-    return spread(np.asarray(ref) / np.asarray(own))
+def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict:
+    """Speed-up of `model` over `reference`: `estimate` is the ratio of their fastest-decile
+    latencies, p10..p90 its bootstrap interval (rounds resampled in pairs), `per_round` the
+    spread of same-round ratios."""
+    ref = np.asarray(latency[reference][f"bs{batch}_rounds"], dtype=float)
+    own = np.asarray(latency[model][f"bs{batch}_rounds"], dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(ref), (BOOTSTRAP_RESAMPLES, len(ref)))
+    resampled = (np.percentile(ref[picks], UNDISTURBED_PERCENTILE, axis=1)
+                 / np.percentile(own[picks], UNDISTURBED_PERCENTILE, axis=1))
+    estimate = np.percentile(ref, UNDISTURBED_PERCENTILE) / np.percentile(own, UNDISTURBED_PERCENTILE)
+    interval = spread(resampled)
+    return {"estimate": round(float(estimate), 3), "p10": interval["p10"], "p90": interval["p90"],
+            "per_round": spread(ref / own)}
 
 
 def verdict(ratio: dict[str, float], target: float) -> str:

@@ -1,19 +1,29 @@
-"""The benchmark's statistics: per-round speed-ups and a verdict that respects the noise."""
+"""The benchmark's statistics: speed-ups of the undisturbed machine and a verdict that respects the noise."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from compress.benchmark import spread, speedup, verdict
 
 
-def test_speedup_is_taken_round_by_round():
-    # a slow round hits both models alike; per-round ratios stay at 2.0 where medians would not pair
-    baseline = [10.0, 30.0, 10.0, 10.0]
-    model = [5.0, 15.0, 5.0, 5.0]
-    latency = {"base": {"bs1_rounds": baseline}, "fast": {"bs1_rounds": model}}
-    ratio = speedup(latency, "base", "fast", 1)
-    assert ratio["median"] == ratio["p10"] == ratio["p90"] == 2.0
+def test_speedup_ignores_a_slow_phase_that_hits_the_models_unequally():
+    # seen on these machines: a disturbed phase slows the memory-bound FP32 graph 1.8x and the INT8
+    # one 1.4x; the per-round median follows whichever phase covered more rounds, the fastest
+    # deciles stay at the undisturbed 3.0x however many rounds the phase covers
+    rng = np.random.default_rng(1)
+    estimates, medians = [], []
+    for slow_rounds in (4, 16):
+        quiet = 20 - slow_rounds
+        baseline = np.concatenate([rng.normal(57, 0.5, quiet), rng.normal(102, 0.5, slow_rounds)])
+        model = np.concatenate([rng.normal(19, 0.2, quiet), rng.normal(26.6, 0.2, slow_rounds)])
+        ratio = speedup({"base": {"bs8_rounds": baseline}, "int8": {"bs8_rounds": model}}, "base", "int8", 8)
+        estimates.append(ratio["estimate"])
+        medians.append(ratio["per_round"]["median"])
+        assert ratio["p10"] <= ratio["estimate"] <= ratio["p90"]
+    assert estimates == pytest.approx([3.0, 3.0], rel=0.03)
+    assert abs(medians[1] - medians[0]) > 0.5  # what the median-of-ratios headline used to do
 
 
 def test_verdict_needs_the_target_to_hold_beyond_the_noise():
