@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +97,45 @@ def verdict(ratio: dict[str, float], target: float) -> str:
     if ratio["p90"] < target:
         return "missed"
     return "within noise"
+
+
+# Other processes using this many cores during a measurement make it a different machine: the
+# fastest decile needs some undisturbed rounds, and a busy run had none (seen: 4.6x where a quiet
+# run measured 3.3x, with training running beside it).
+BUSY_MACHINE_CORES = 0.25
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot (Linux), None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def _own_cpu_seconds() -> float:
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+@contextmanager
+def competing_load():
+    """Yields a dict that, after the block, says how many cores other processes kept busy and
+    how many the hypervisor took (steal) while the block ran, on average: the noise a latency
+    measurement cannot cancel. Empty where /proc/stat does not exist."""
+    record: dict[str, float | bool] = {}
+    before, own_before, start = _cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    yield record
+    after, wall = _cpu_seconds(), time.perf_counter() - start
+    if before is None or after is None or wall <= 0:
+        return
+    others = (after[0] - before[0]) - (_own_cpu_seconds() - own_before)
+    record.update({"other_processes_cores": round(max(others, 0.0) / wall, 2),
+                   "steal_cores": round((after[1] - before[1]) / wall, 2), "seconds": round(wall, 1)})
+    record["busy"] = record["other_processes_cores"] + record["steal_cores"] > BUSY_MACHINE_CORES
 
 
 def measure_in_subprocess(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,

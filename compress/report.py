@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from compress.benchmark import BATCH_SIZES, ROUNDS, measure_in_subprocess, speedup, verdict
+from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, measure_in_subprocess, speedup, verdict
 from compress.env import cpu_threads
 from compress.evaluate import evaluate_onnx
 from compress.plotting import saved_figure
@@ -93,7 +93,8 @@ def collect(ctx) -> dict:
     onnx_paths = {f"{stage}:{output}": manifest.output(stage, output) for stage, output in rows_wanted}
     threads = min(2, cpu_threads())
     print(f"    measuring latency of {len(onnx_paths)} models side by side ({threads} threads)", flush=True)
-    latency = measure_in_subprocess(onnx_paths, (imgsz, imgsz), threads=threads)
+    with competing_load() as machine:
+        latency = measure_in_subprocess(onnx_paths, (imgsz, imgsz), threads=threads)
     rows = []
     spread_keys = {f"bs{b}" for b in BATCH_SIZES} | {f"bs{b}_rounds" for b in BATCH_SIZES}
     for (stage, output), (label, weights) in rows_wanted.items():
@@ -134,7 +135,7 @@ def collect(ctx) -> dict:
     quant = manifest.get("quantize").metrics
     plan = manifest.get("plan")
     return {
-        "image_size": imgsz, "threads": threads, "rows": rows,
+        "image_size": imgsz, "threads": threads, "rows": rows, "machine_during_latency": machine,
         "candidate": {"stage": served["stage"], "onnx": served["onnx"], "model": served["model"],
                       "fp32_onnx": str(manifest.output(*servable_twins[(served["stage"], served["output"])])
                                        .relative_to(ctx.artifacts)),
@@ -185,10 +186,17 @@ def to_markdown(report: dict) -> str:
             measured = (f"{ratio['estimate']} (interval {ratio['p10']}-{ratio['p90']}: {ratio['verdict']}; "
                         f"per round, median {ratio['per_round']['median']})")
         lines.append(f"| {label} | {t['wanted'][key]} | {measured} | {'yes' if t['met'][key] else 'NO'} |")
+    machine = report.get("machine_during_latency") or {}
+    if machine:
+        lines += ["", f"During the latency rounds ({machine['seconds']} s) other processes kept "
+                      f"{machine['other_processes_cores']} cores busy and the hypervisor took {machine['steal_cores']}."
+                  + (" **Busy machine**: the speed-ups are not comparable with a quiet run; measure again with "
+                     "nothing else running (`make bench`)." if machine["busy"] else "")]
     if t.get("previous_run"):
         agreement = ", ".join(f"{k} {v:+.1%}" for k, v in t["previous_run"]["change"].items())
         lines += ["", f"Against the previous `make bench` ({t['previous_run']['when']}): {agreement} "
-                      f"({'all within' if t['previous_run']['within_10pct'] else 'NOT all within'} 10%)."]
+                      f"({'all within' if t['previous_run']['within_10pct'] else 'NOT all within'} 10%"
+                      f"{'; one of the two ran on a busy machine' if t['previous_run'].get('busy_machine') else ''})."]
     q, p = report["quantization"], report["pruning"]
     lines += [
         "", f"Accuracy reference: {t['accuracy_reference']}. "
@@ -266,7 +274,9 @@ def write_report(ctx, out: Path) -> dict[str, Path]:
         before, now = previous["targets"]["measured"], report["targets"]["measured"]
         change = {k: round(now[k] / before[k] - 1, 4) for k in ("speedup_bs1", "speedup_bs8") if before.get(k)}
         report["targets"]["previous_run"] = {"when": previous.get("measured_at", "unknown"), "change": change,
-                                             "within_10pct": all(abs(v) <= 0.10 for v in change.values())}
+                                             "within_10pct": all(abs(v) <= 0.10 for v in change.values()),
+                                             "busy_machine": any((run.get("machine_during_latency") or {}).get("busy")
+                                                                 for run in (previous, report))}
     report["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report["op_profile"] = op_profile(ctx, report)
     paths["op_profile_plot"] = out / "op_profile.png"

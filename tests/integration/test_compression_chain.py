@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -96,6 +97,9 @@ def test_report_lists_every_stage_with_numbers(tiny_artifacts):
     assert spread["estimate"] == pytest.approx(base["bs1_ms"] / served["bs1_ms"], rel=2e-3)
     assert spread["p10"] <= spread["p90"] and spread["per_round"]["p10"] <= spread["per_round"]["p90"]
     assert spread["verdict"] in ("met", "missed", "within noise")
+    if Path("/proc/stat").exists():  # what else ran during the rounds is recorded beside them
+        assert report["machine_during_latency"]["other_processes_cores"] >= 0
+        assert "cores busy and the hypervisor took" in (tiny_artifacts / "report" / "report.md").read_text()
     assert report["quantization"]["stem_float"] is True
     markdown = (tiny_artifacts / "report" / "report.md").read_text()
     for row in report["rows"]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from compress.benchmark import spread, speedup, verdict
+from compress.benchmark import competing_load, spread, speedup, verdict
 
 
 def test_speedup_ignores_a_slow_phase_that_hits_the_models_unequally():
@@ -32,3 +37,24 @@ def test_verdict_needs_the_target_to_hold_beyond_the_noise():
     assert verdict(spread(rng.normal(1.6, 0.05, 60)), 2.0) == "missed"
     assert verdict(spread(rng.normal(2.0, 0.3, 60)), 2.0) == "within noise"
 
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="machine-wide CPU time is read from Linux's /proc/stat")
+def test_competing_load_sees_other_processes_not_its_own_work():
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with competing_load() as busy:
+            time.sleep(2.0)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy["other_processes_cores"] >= 0.5 and busy["busy"]
+    with competing_load() as idle:
+        time.sleep(1.5)
+    with competing_load() as own:  # this process's own (and its waited children's) CPU is not "other"
+        deadline = time.perf_counter() + 1.5
+        while time.perf_counter() < deadline:
+            pass
+    # a core of its own work would add ~1.0; whatever else runs here is in both blocks
+    assert own["other_processes_cores"] < idle["other_processes_cores"] + 0.6
