@@ -69,6 +69,16 @@ def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
     deployed = json.loads((artifacts / "parity" / "deployed.json").read_text())
     assert deployed["passed"] and deployed["stage"] == "quantize"
 
+    # 4. MAX_MAP_DROP as typed trades accuracy for speed: every servable row is allowed, so the
+    # report serves the fastest INT8 row on the front
+    traded = make("bench", *common, "MIN_BASELINE_MAP=1.0", "ALLOW_WEAK_BASELINE=1", "MAX_MAP_DROP=100")
+    assert traded.returncode == 0, traded.stdout[-3000:] + traded.stderr[-3000:]
+    report = json.loads((artifacts / "report" / "report.json").read_text())
+    assert report["candidate"]["rule"].startswith("fastest") and "within 100 points" in report["candidate"]["rule"]
+    servable = [r for r in report["rows"] if (r["stage"], r["output"]) in {("quantize", "onnx"), ("variants", "relu_2x_int8")}]
+    served = next(r for r in report["rows"] if r["candidate"])
+    assert served is min((r for r in servable if r["pareto"]), key=lambda r: r["bs1_ms"])
+
 
 def test_changing_an_image_invalidates_the_stages(user_data, tmp_path):
     """Stage reuse keys on the files the yaml resolves to, not on the yaml's text."""
