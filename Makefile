@@ -15,6 +15,7 @@ WEIGHTS     ?=
 DATA        ?=
 EPOCHS      ?=
 DISTILL_EPOCHS ?=
+KD_FEATURE_WEIGHT ?=
 IMGSZ       ?=
 MIN_BASELINE_MAP ?=
 ALLOW_WEAK_BASELINE ?=
@@ -40,7 +41,7 @@ export PYTHONUNBUFFERED := 1
 
 PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
+	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(KD_FEATURE_WEIGHT),--kd-feature-weight $(KD_FEATURE_WEIGHT)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
 	$(if $(PRUNE_TARGET),--prune-target $(PRUNE_TARGET)) $(if $(IMPORTANCE),--importance $(IMPORTANCE)) \
 	$(if $(CALIBRATION),--calibration $(CALIBRATION)) $(if $(IMGSZ),--imgsz $(IMGSZ)) \
 	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline) \
@@ -57,7 +58,7 @@ help: ## List the targets and the variables they read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
-	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
+	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> KD_FEATURE_WEIGHT=<w> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
 	@echo "           MAX_MAP_DROP=<points the served default may give up for speed, default 1.0>"
 	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1 ORT_THREADS=<n> (repo: threads per detector instance)"
 	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"

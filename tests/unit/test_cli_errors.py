@@ -23,6 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (("compress.pipeline", "--artifacts", "build/no-artifacts", "--data", "tests/fixtures/bad_data.yaml"),
      "'val:' key missing", 2),
     (("compress.pipeline", "--imgsz", "100"), "not a positive multiple of 32", 2),
+    (("compress.pipeline", "--kd-feature-weight", "-1"), "KD_FEATURE_WEIGHT=-1.0 is negative", 2),
     (("tools.build_repo", "--artifacts", "no/such/artifacts"), "has passed the parity gate", 3),
     (("tools.build_repo", "--onnx", "README.md"), "not a readable ONNX model", 2),
     (("tools.client", "README.md", "--url", "127.0.0.1:9", "--protocol", "http"), "cannot reach Triton", 2),

@@ -152,3 +152,20 @@ def test_distillation_terms_are_nonzero_and_reach_the_adapters():
     twin_loss.sum().backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in twin.kd_adapters.parameters())
     assert twin_criterion.last_terms["feat_kd"] > 0  # computed, but weighted out
+
+
+def test_feature_distillation_weight_reaches_both_students_and_their_cache_keys(tmp_path):
+    """KD_FEATURE_WEIGHT= trains the main student and the variants with that weight, and changing it
+    re-runs both stages (it is part of their recorded settings), not the equal-budget baseline."""
+    from dataclasses import replace
+
+    from compress.pipeline import DISTILL, FINETUNE, PROFILES, VARIANTS, Context, _student_settings
+
+    default = Context(tmp_path, PROFILES["default"])
+    weighted = Context(tmp_path, replace(PROFILES["default"], kd_feature_weight=0.5))
+    assert _student_settings(default).feature_weight == 0.0
+    assert _student_settings(weighted).feature_weight == 0.5
+    assert _student_settings(weighted).logit_weight == 1.0
+    for stage in (DISTILL, VARIANTS):
+        assert stage.settings(default) != stage.settings(weighted)
+    assert FINETUNE.settings(default) == FINETUNE.settings(weighted)
