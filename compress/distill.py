@@ -4,7 +4,8 @@ Loss = Ultralytics' detection loss (box + cls + DFL)
      + logit distillation on the head: class logits (soft BCE at temperature T) and box
        distributions (KL over the DFL bins, weighted by the teacher's confidence)
      + feature distillation on the three neck outputs through learned 1x1 projections, so it
-       works when the pruned student is narrower than the teacher.
+       works when the pruned student is narrower than the teacher. The pipeline turns this term
+       off by default (`Profile.kd_feature_weight`): it cost the ReLU student about a point.
 
 Trainer trap (see the platform notes): `YOLO(pruned).train()` rebuilds the model from its yaml
 and silently trains an unpruned network. `DistillationTrainer.get_model` returns the pruned
