@@ -5,7 +5,8 @@ Loss = Ultralytics' detection loss (box + cls + DFL)
        distributions (KL over the DFL bins, weighted by the teacher's confidence)
      + feature distillation on the three neck outputs through learned 1x1 projections, so it
        works when the pruned student is narrower than the teacher. The pipeline turns this term
-       off by default (`Profile.kd_feature_weight`): it cost the ReLU student about a point.
+       off by default (`Profile.kd_feature_weight`): it cost the ReLU student about a point. At
+       weight 0 no adapters are made and the term is not computed.
 
 Trainer trap (see the platform notes): `YOLO(pruned).train()` rebuilds the model from its yaml
 and silently trains an unpruned network. `DistillationTrainer.get_model` returns the pruned
@@ -78,7 +79,7 @@ class DistillationLoss:
         self.settings = settings
         self.last_terms: dict[str, float] = {}
 
-    def kd_terms(self, student_out: dict, teacher_out: dict, adapters: nn.ModuleList) -> dict[str, torch.Tensor]:
+    def kd_terms(self, student_out: dict, teacher_out: dict, adapters: nn.ModuleList | None) -> dict[str, torch.Tensor]:
         temp = self.settings.temperature
         s_cls, t_cls = student_out["scores"], teacher_out["scores"]
         cls_kd = F.binary_cross_entropy_with_logits(s_cls / temp, torch.sigmoid(t_cls / temp)) * temp ** 2
@@ -88,9 +89,11 @@ class DistillationLoss:
         kl = F.kl_div(F.log_softmax(s_box / temp, dim=2), F.softmax(t_box / temp, dim=2), reduction="none").sum(2)
         weight = torch.sigmoid(t_cls).amax(1, keepdim=True)  # [B, 1, A]: teacher confidence per anchor
         box_kd = (kl * weight).sum() / weight.sum().clamp(min=1e-6) / 4 * temp ** 2
-        feat_kd = sum(F.mse_loss(adapter(s), t) for adapter, s, t in
-                      zip(adapters, student_out["feats"], teacher_out["feats"])) / len(adapters)
-        return {"cls_kd": cls_kd, "box_kd": box_kd, "feat_kd": feat_kd}
+        terms = {"cls_kd": cls_kd, "box_kd": box_kd}
+        if adapters is not None:
+            terms["feat_kd"] = sum(F.mse_loss(adapter(s), t) for adapter, s, t in
+                                   zip(adapters, student_out["feats"], teacher_out["feats"])) / len(adapters)
+        return terms
 
     def __call__(self, preds, batch):
         loss, items = self.base(preds, batch)
@@ -99,8 +102,11 @@ class DistillationLoss:
         student_out = head_outputs(preds)
         with torch.no_grad():
             teacher_out = head_outputs(self.teacher(batch["img"]))
-        terms = self.kd_terms(student_out, teacher_out, self.student.kd_adapters)
-        kd = self.settings.logit_weight * (terms["cls_kd"] + terms["box_kd"]) + self.settings.feature_weight * terms["feat_kd"]
+        adapters = self.student.kd_adapters if self.settings.feature_weight > 0 else None
+        terms = self.kd_terms(student_out, teacher_out, adapters)
+        kd = self.settings.logit_weight * (terms["cls_kd"] + terms["box_kd"])
+        if "feat_kd" in terms:
+            kd = kd + self.settings.feature_weight * terms["feat_kd"]
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         batch_size = student_out["scores"].shape[0]
         # Ultralytics returns per-component losses times batch size and backprops their sum.
@@ -108,8 +114,9 @@ class DistillationLoss:
 
 
 def attach_distillation(student: nn.Module, teacher: nn.Module, settings: DistillSettings) -> DistillationLoss:
-    """Give the student KD adapters (so the optimizer trains them) and a distillation criterion."""
-    if not hasattr(student, "kd_adapters"):
+    """Give the student KD adapters (so the optimizer trains them; only when the feature term is
+    on) and a distillation criterion."""
+    if settings.feature_weight > 0 and not hasattr(student, "kd_adapters"):
         student.kd_adapters = make_adapters(student, teacher)
     student.criterion = DistillationLoss(student.init_criterion(), student, teacher, settings)
     return student.criterion
@@ -152,7 +159,7 @@ def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out
     student = yolo.load(student_weights).model
     teacher = yolo.load(teacher_weights).model.float() if teacher_weights else None
     pruned_params = sum(p.numel() for p in student.parameters())
-    if teacher is not None:
+    if teacher is not None and settings.feature_weight > 0:
         student.kd_adapters = make_adapters(student, teacher)
     trainer_cls = _trainer_class()
     trainer = trainer_cls(overrides=dict(

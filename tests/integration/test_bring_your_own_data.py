@@ -33,7 +33,9 @@ def user_data(tmp_path_factory):
 def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
     data_yaml, _ = user_data
     artifacts = tmp_path_factory.mktemp("byo") / "artifacts"
-    common = [f"DATA={data_yaml}", f"ARTIFACTS={artifacts}", *BUDGET]
+    # the neck-feature distillation term (off by default) on, as typed: its adapters must fit a
+    # one-class head too
+    common = [f"DATA={data_yaml}", f"ARTIFACTS={artifacts}", *BUDGET, "KD_FEATURE_WEIGHT=0.5"]
 
     # 1. a baseline under the floor stops the run with one clear message, before pruning
     stopped = make("pipeline", *common, "MIN_BASELINE_MAP=1.0")
@@ -52,6 +54,8 @@ def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
     assert manifest.get("baseline").settings["imgsz"] == 128  # from the 400 px tiles, capped by the tiny profile
     quant = manifest.get("quantize").metrics
     assert quant["calibration_images"] == 37 and quant["calibration_batch"] == 1
+    assert manifest.get("distill").settings["feature_weight"] == 0.5
+    assert manifest.get("variants").settings["feature_weight"] == 0.5
     report = json.loads((artifacts / "report" / "report.json").read_text())
     # six pipeline rows and the tiny profile's ReLU student (FP32, INT8), one candidate among them
     assert len(report["rows"]) == 8 and all(r["bs1_ms"] > 0 for r in report["rows"])

@@ -144,14 +144,20 @@ def test_distillation_terms_are_nonzero_and_reach_the_adapters():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.kd_adapters.parameters())
     plain, _ = criterion.base(twin(batch["img"]), batch)  # same weights, no KD
     assert float(loss.sum()) > float(plain.sum()) + 1e-4
-    # without a teacher's signal, the adapters would get nothing
-    settings = DistillSettings(logit_weight=0.0, feature_weight=0.0)
-    twin_criterion = attach_distillation(twin, teacher, settings)
+    # the feature term off (the pipeline's default): not computed, the adapters get nothing, and
+    # the logit terms still are in the loss
+    twin_criterion = attach_distillation(twin, teacher, DistillSettings(feature_weight=0.0))
     twin.zero_grad()
     twin_loss, _ = twin.loss(batch)
     twin_loss.sum().backward()
+    assert set(twin_criterion.last_terms) == {"cls_kd", "box_kd"}
+    assert all(value > 1e-6 for value in twin_criterion.last_terms.values()), twin_criterion.last_terms
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in twin.kd_adapters.parameters())
-    assert twin_criterion.last_terms["feat_kd"] > 0  # computed, but weighted out
+    assert float(twin_loss.sum()) > float(plain.sum()) + 1e-4
+    fresh = copy.deepcopy(student)
+    del fresh.kd_adapters
+    attach_distillation(fresh, teacher, DistillSettings(feature_weight=0.0))
+    assert not hasattr(fresh, "kd_adapters")  # no projections made (or exported) for an unused term
 
 
 def test_feature_distillation_weight_reaches_both_students_and_their_cache_keys(tmp_path):
