@@ -42,27 +42,27 @@ export PYTHONUNBUFFERED := 1
 PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(KD_FEATURE_WEIGHT),--kd-feature-weight $(KD_FEATURE_WEIGHT)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
-	$(if $(PRUNE_TARGET),--prune-target $(PRUNE_TARGET)) $(if $(IMPORTANCE),--importance $(IMPORTANCE)) \
+	$(if $(IMPORTANCE),--importance $(IMPORTANCE)) $(if $(SEARCH_MINUTES),--search-minutes $(SEARCH_MINUTES)) \
+	$(if $(SEARCH_DEPTHS),--search-depths $(SEARCH_DEPTHS)) $(if $(SEARCH_ACTIVATIONS),--search-activations $(SEARCH_ACTIVATIONS)) \
 	$(if $(CALIBRATION),--calibration $(CALIBRATION)) $(if $(IMGSZ),--imgsz $(IMGSZ)) \
 	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline) \
-	$(if $(MAX_MAP_DROP),--max-map-drop $(MAX_MAP_DROP)) \
-	$(if $(VARIANTS),--variants $(filter-out none,$(VARIANTS)))
+	$(if $(MAX_MAP_DROP),--max-map-drop $(MAX_MAP_DROP)) $(if $(ALLOW_OVER_BUDGET),--allow-over-budget)
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS))
 
-.PHONY: all help venv pipeline compress parity verify bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify summary bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
 
-all: venv pipeline parity repo verify demo ## Main job: data -> train -> compress -> parity gate -> Triton repository -> served mAP check -> real inference
+all: venv pipeline parity repo verify demo summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> summary
 
 help: ## List the targets and the variables they read
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables: WEIGHTS=<.pt> DATA=<data.yaml> TARGET=local|onnxruntime|tensorrt STAGE=<stage>"
 	@echo "           PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> KD_FEATURE_WEIGHT=<w> CALIBRATION_IMAGES=<n> IMGSZ=<px> ARTIFACTS=$(ARTIFACTS) REPO=$(REPO)"
-	@echo "           MAX_MAP_DROP=<points the served default may give up for speed, default 1.0>"
+	@echo "           MAX_MAP_DROP=<points of mAP50-95 the served model may lose, default 1.0> ALLOW_OVER_BUDGET=1"
+	@echo "           SEARCH_MINUTES=<training the search may spend, default 22> SEARCH_DEPTHS='1.5 2 2.5' SEARCH_ACTIVATIONS='relu silu'"
 	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1 ORT_THREADS=<n> (repo: threads per detector instance)"
-	@echo "           PRUNE_TARGET=<MACs x> IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
-	@echo "           VARIANTS='relu@2.5 relu@3.5' (further students on the accuracy/latency front; none: skip)"
+	@echo "           IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
 	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
 	@echo "           HOST=<bind address> DEVICE=gpu (serve-docker); CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
 
@@ -82,16 +82,19 @@ $(VENV)/.installed: requirements.lock deploy/checkov.lock
 	.cache/checkov/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/checkov.lock
 	@touch $@
 
-pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, ...)
+pipeline: venv ## Run the pipeline stages that are out of date (dataset, baseline, export, finetune, search, report, plan)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS)
 
-compress: pipeline ## Same as pipeline: prune -> distill -> INT8 -> plan -> report (after dataset/baseline/export)
+compress: pipeline ## Same as pipeline: search (prune -> distill -> INT8 per candidate) -> report -> plan
 
 parity: venv ## Accuracy parity gate (Polygraphy + task level vs FP32 and equal-budget baseline); only a passing model can be served; exit 3 on failure
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) $(PARITY_ARGS)
 
 verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO)
+
+summary: venv ## Print what is served, its accuracy against the budget, its speed-ups and where the report is
+	@$(PY) -m compress.report --artifacts $(ARTIFACTS)
 
 bench: venv ## Re-measure the report (interleaved latency with spread, op profile, mAP, front) into $(ARTIFACTS)/report/
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force

@@ -1,4 +1,4 @@
-"""Stage `distill`: fine-tune the pruned student with the unpruned model as teacher.
+"""Distillation: fine-tune a pruned student with the unpruned model as teacher.
 
 Loss = Ultralytics' detection loss (box + cls + DFL)
      + logit distillation on the head: class logits (soft BCE at temperature T) and box
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress import env
+from compress.defaults import DEFAULT_KD_FEATURE_WEIGHT
 from compress.errors import UnsupportedModelError
 
 env.configure()
@@ -36,7 +37,7 @@ class DistillSettings:
     batch: int = 16
     temperature: float = 2.0
     logit_weight: float = 1.0
-    feature_weight: float = 1.0
+    feature_weight: float = DEFAULT_KD_FEATURE_WEIGHT
     lr0: float = 0.002
     workers: int = 2
     close_mosaic: int = 3

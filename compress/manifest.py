@@ -104,10 +104,11 @@ def _jsonable(value):
 SERVED_FILE = "served.json"
 
 
-def record_served(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None) -> Path:
+def record_served(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None, mixed_precision: bool = False) -> Path:
+    """`stage`: the report's choice the gate passed (`mixed_precision`: with some convs kept float)."""
     path = Path(artifacts) / SERVED_FILE
     record = {"stage": stage, "onnx": _under(artifacts, onnx), "sha256": file_hash(onnx),
-              "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "mixed_precision": mixed_precision, "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if trt_onnx is not None:
         record.update(trt_onnx=_under(artifacts, trt_onnx), trt_onnx_sha256=file_hash(trt_onnx))
     path.write_text(json.dumps(record, indent=2))

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from compress.dataset import DatasetSpec
-from compress.errors import ToolkitError, WeakBaselineError, cli_entry
+from compress.defaults import DEFAULT_KD_FEATURE_WEIGHT
+from compress.errors import ToolkitError, UnsupportedModelError, WeakBaselineError, cli_entry
 from compress.manifest import Manifest, file_hash
 from compress.progress import stage as stage_banner
 
@@ -37,35 +38,38 @@ class Profile:
     model: str = "yolov8n.yaml"
     optimizer: str = "AdamW"
     lr0: float = 0.002
-    prune_target: float = 2.5  # MACs reduction
     importance: str = "magnitude"
     prune_steps: int = 1
-    distill_epochs: int = 30  # on the old 20-epoch default: 15 left the student 9.1 points behind, 30: 6.0
-    # Weight of the neck-feature term in the distillation loss (the logit terms stay at 1). Measured on
-    # the default (INT8 mAP50-95, seeds 0 / 1): the ReLU 2.5x student 0.9007 / 0.8974 with the feature
-    # term at 1, 0.9126 / 0.9054 without it (0.9110 with no teacher, seed 0); the SiLU student 0.9168
-    # at 1, 0.9163 without (no difference). Matching the features of a narrower, differently-activated
-    # network costs accuracy here.
-    kd_feature_weight: float = 0.0
+    # Extra epochs for every student and for the equal-budget baseline: half of them left the
+    # students several points further behind.
+    distill_epochs: int = 30
+    # Weight of the neck-feature term in the distillation loss (the logit terms stay at 1): matching
+    # the features of a narrower, differently-activated network cost the ReLU students accuracy.
+    kd_feature_weight: float = DEFAULT_KD_FEATURE_WEIGHT
     calibration: str = "percentile"
     calibration_images: int = 64
     max_auto_imgsz: int = 640  # user data without IMGSZ= or weights: the images' size, capped here
     min_baseline_map: float = 0.05  # mAP50-95 below this: the baseline learned nothing worth compressing
-    quantize_stem: bool = False  # the first conv sees raw pixels; the report measures both choices
-    # Further students, each pruned from the baseline, distilled and quantized like the main one:
-    # "activation@MACs reduction". Their rows join the report's accuracy/latency front.
-    variants: tuple[str, ...] = ("relu@2.5", "relu@3.5")
-    # The served default: the fastest INT8 row on the accuracy/latency front that gives up at most
-    # this many points of mAP50-95 against the equal-budget baseline; none within it -> the most
-    # accurate INT8 row (lost accuracy is silent in production, lost speed is bought with replicas).
+    quantize_stem: bool = False  # the first conv sees raw pixels: kept float unless asked
+    # The search space: students with these activations at these MACs reductions (ReLU also
+    # unpruned), plus the INT8 of the equal-budget model. Steps of 0.25 up to 3x: the served depth
+    # lands within one step of the deepest that fits.
+    search_activations: tuple[str, ...] = ("relu", "silu")
+    search_depths: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5)
+    # Training time the search may spend (the default `make` stays within ~50 min on 2 cores).
+    search_minutes: float = 22.0
+    # The served default is the fastest measured candidate within this many points of mAP50-95 of
+    # the fair reference; never one outside it unless `allow_over_budget` (then: the most accurate
+    # INT8 candidate when none fits, since FP32 is what the budget would otherwise serve).
     max_map_drop: float = 1.0
+    allow_over_budget: bool = False
 
 
 PROFILES = {
     "default": Profile(),
     "tiny": Profile(dataset=DatasetSpec(train_images=160, val_images=40, image_size=128), epochs=30, imgsz=128,
-                    optimizer="AdamW", lr0=0.004, prune_target=2.0, distill_epochs=10, calibration_images=16,
-                    max_auto_imgsz=128, variants=("relu@2.0",)),
+                    optimizer="AdamW", lr0=0.004, distill_epochs=10, calibration_images=16,
+                    max_auto_imgsz=128, search_activations=("relu",), search_depths=(2.0,), search_minutes=10.0),
 }
 
 
@@ -191,18 +195,12 @@ BASELINE = Stage(
 
 # export -------------------------------------------------------------------------------------
 
-def _export(ctx: Context, weights: Path, out_path: Path, stage: str, pruning_ratio: float = 0.0) -> Path:
-    from compress.export import export_raw_onnx
-
-    return export_raw_onnx(weights, out_path, ctx.imgsz(), {
-        "toolkit_stage": stage, "source_sha256": file_hash(weights), "pruning_ratio": round(pruning_ratio, 4),
-        "baseline_sha256": file_hash(ctx.manifest.output("baseline", "weights"))})
-
-
 def _export_run(ctx: Context, out: Path):
     from compress.export import graph_facts
 
-    path = _export(ctx, ctx.manifest.output("baseline", "weights"), out / "baseline.onnx", "baseline")
+    from compress.candidates import export_onnx
+
+    path = export_onnx(ctx, ctx.manifest.output("baseline", "weights"), out / "baseline.onnx", "baseline")
     return {"onnx": path}, {"file_mb": _mb(path), **graph_facts(path)}
 
 
@@ -218,76 +216,19 @@ EXPORT = Stage(
 )
 
 
-# prune --------------------------------------------------------------------------------------
-
-def _prune_run(ctx: Context, out: Path):
-    from compress import yolo
-    from compress.prune import prune, save_checkpoint
-
-    model = yolo.load(ctx.manifest.output("baseline", "weights")).model
-    result = prune(model, ctx.imgsz(), ctx.profile.prune_target, ctx.profile.importance, ctx.profile.prune_steps,
-                   progress=lambda trial, ratio, red: print(f"    search {trial}: ratio {ratio:.3f} -> {red:.2f}x"))
-    weights = save_checkpoint(model, out / "model.pt", {"imgsz": ctx.imgsz(), "task": "detect"},
-                              {"pruning": {"ratio": result.ratio, "macs_reduction": result.macs_reduction}})
-    onnx_path = _export(ctx, weights, out / "pruned.onnx", "prune", result.ratio)
-    return {"weights": weights, "onnx": onnx_path}, {
-        "ratio": round(result.ratio, 4), "macs_reduction": round(result.macs_reduction, 3),
-        "params": result.params, "params_kept": round(result.params / result.base_params, 3)}
-
-
-PRUNE = Stage(
-    "prune",
-    inputs=lambda ctx: {"weights": file_hash(ctx.manifest.output("baseline", "weights"))},
-    settings=lambda ctx: {"target_macs_reduction": ctx.profile.prune_target, "importance": ctx.profile.importance,
-                          "steps": ctx.profile.prune_steps, "imgsz": ctx.imgsz(), "round_to": 8},
-    run=_prune_run,
-)
-
-
-# distill ------------------------------------------------------------------------------------
-
-def _student_settings(ctx: Context):
-    """Distillation settings shared by the main student and the variants."""
-    from compress.distill import DistillSettings
-
-    return DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz(),
-                           feature_weight=ctx.profile.kd_feature_weight)
-
-
-def _distill_run(ctx: Context, out: Path):
-    from compress.distill import distill
-
-    settings = _student_settings(ctx)
-    weights = distill(ctx.manifest.output("prune", "weights"), ctx.manifest.output("baseline", "weights"),
-                      ctx.data_yaml(), out, settings)
-    ratio = ctx.manifest.get("prune").metrics["ratio"]
-    onnx_path = _export(ctx, weights, out / "distilled.onnx", "distill", ratio)
-    return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs}
-
-
-DISTILL = Stage(
-    "distill",
-    inputs=lambda ctx: {"student": file_hash(ctx.manifest.output("prune", "weights")),
-                        "teacher": file_hash(ctx.manifest.output("baseline", "weights")),
-                        "data": ctx.data_hash()},
-    settings=lambda ctx: {"epochs": ctx.profile.distill_epochs, "imgsz": ctx.imgsz(),
-                          "feature_weight": ctx.profile.kd_feature_weight},
-    run=_distill_run,
-)
-
-
 # finetune: the equal-budget baseline ------------------------------------------------------------
 
 def _finetune_run(ctx: Context, out: Path):
-    """The unpruned baseline trained for the same extra epochs, data and schedule as distill,
-    without a teacher: the fair reference for what compression costs (more epochs alone
-    would otherwise count as a compression gain)."""
+    """The unpruned baseline trained for the same extra epochs, data and schedule as the students,
+    without a teacher: the fair reference for what compression costs (more epochs alone would
+    otherwise count as a compression gain)."""
+    from compress.candidates import export_onnx
     from compress.distill import DistillSettings, distill
 
     settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz())
     baseline = ctx.manifest.output("baseline", "weights")
     weights = distill(baseline, None, ctx.data_yaml(), out, settings)
-    onnx_path = _export(ctx, weights, out / "finetuned.onnx", "finetune")
+    onnx_path = export_onnx(ctx, weights, out / "finetuned.onnx", "finetune")
     return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs}
 
 
@@ -299,93 +240,119 @@ FINETUNE = Stage(
 )
 
 
-# quantize -----------------------------------------------------------------------------------
+# search: the fastest candidate within the accuracy budget ----------------------------------------
 
-def _quantize_run(ctx: Context, out: Path):
-    from compress.quantize import qdq_summary, quantize
+def _reference(ctx: Context) -> dict:
+    """The fair reference: the equal-budget baseline, unless the extra epochs made the unpruned
+    model worse (seen on 37 images): then the original baseline."""
+    from compress.evaluate import evaluate_onnx
 
-    source = ctx.manifest.output("distill", "onnx")
-    size = (ctx.imgsz(), ctx.imgsz())
-    common = dict(method=ctx.profile.calibration, calibration_count=ctx.profile.calibration_images)
-    stem_float = not ctx.profile.quantize_stem
-    info = quantize(source, out / "int8.onnx", ctx.data_yaml(), size, activation="uint8",
-                    keep_stem_float=stem_float, **common)
-    quantize(source, out / "int8_trt.onnx", ctx.data_yaml(), size, activation="int8", keep_stem_float=stem_float,
-             **common)
-    # The other stem choice, measured beside the served one in the report (not served).
-    other = quantize(source, out / "int8_other_stem.onnx", ctx.data_yaml(), size, activation="uint8",
-                     keep_stem_float=not stem_float, **common)
-    summary = qdq_summary(out / "int8.onnx")
-    return {"onnx": out / "int8.onnx", "trt_onnx": out / "int8_trt.onnx", "other_stem_onnx": out / "int8_other_stem.onnx"}, {
-        **info, "quantized_convs": len(summary["quantized_convs"]), "float_convs": summary["float_convs"],
-        "other_stem_float_nodes": other["float_nodes"], "file_mb": _mb(out / "int8.onnx")}
+    scores = {stage: evaluate_onnx(ctx.manifest.output(stage, "onnx"), ctx.data_yaml()) for stage in ("finetune", "export")}
+    stage = max(scores, key=lambda s: scores[s]["map50_95"])
+    return {"stage": stage, **scores[stage], "scores": scores}
 
 
-QUANTIZE = Stage(
-    "quantize",
-    inputs=lambda ctx: {"onnx": file_hash(ctx.manifest.output("distill", "onnx")), "data": ctx.data_hash()},
-    settings=lambda ctx: {"calibration": ctx.profile.calibration, "images": ctx.profile.calibration_images,
-                          "per_channel": True, "quantize_stem": ctx.profile.quantize_stem},
-    run=_quantize_run,
-)
+def _search_run(ctx: Context, out: Path):
+    from compress.benchmark import measure_in_subprocess
+    from compress.candidates import CandidateStore, search_space
+    from compress.env import cpu_threads
+    from compress.progress import progress
+    from compress.search import FITS, OVER, Probe, run_search
 
+    reference = _reference(ctx)
+    store = CandidateStore(ctx, reference["stage"])
+    specs = {spec.name: spec for spec in search_space(ctx.profile.search_activations, ctx.profile.search_depths)}
+    print(f"    search: {len(specs)} candidates; timing their INT8 architectures before training any", flush=True)
+    architectures, impossible = {}, {}
+    for name, spec in progress(specs.items(), desc="architectures"):
+        try:
+            architectures[name] = store.architecture(spec)
+        except UnsupportedModelError as error:  # e.g. channel rounding cannot reach this depth on a small model
+            impossible[name] = str(error)
+            print(f"    search: {name}: not possible: {error}", flush=True)
+    latency = measure_in_subprocess({name: store.path(arch, "int8") for name, arch in architectures.items()},
+                                    (ctx.imgsz(), ctx.imgsz()), threads=min(2, cpu_threads()), rounds=ARCHITECTURE_ROUNDS)
+    probes = [Probe(name, spec.activation, spec.depth, spec.trained, latency[name]["bs1_ms"], latency[name]["bs8_ms"])
+              for name, spec in specs.items() if name in architectures]
+    finetune_seconds = ctx.manifest.get("finetune").seconds
+    base_gmacs = architectures[next(n for n, s in specs.items() if not s.trained)]["metrics"]["gmacs"]
+    observed: list[float] = []  # actual / first-guess training time of the candidates trained so far
 
-# variants: other students on the accuracy / latency front ---------------------------------------
+    def first_guess(probe: Probe) -> float:
+        # Training time grows with the student's MACs but not to zero (data loading, the teacher's
+        # forward pass): the equal-budget fine-tune's time scaled.
+        share = architectures[probe.name]["metrics"]["gmacs"] / base_gmacs
+        return finetune_seconds * TEACHER_OVERHEAD * max(share, MIN_TRAINING_SHARE)
 
-def parse_variant(spec: str) -> tuple[str, float, str]:
-    """"relu@2.5" -> ("relu", 2.5, "relu_2.5x")."""
-    from compress.prune import ACTIVATIONS
+    def estimate_seconds(probe: Probe) -> float:
+        spec = specs[probe.name]
+        if not spec.trained or store.cached(spec):
+            return 0.0
+        return first_guess(probe) * (sum(observed) / len(observed) if observed else 1.0)  # corrected by what training took
 
-    activation, _, target = spec.partition("@")
-    try:
-        reduction = float(target)
-    except ValueError:
-        raise ToolkitError(f"variant {spec!r} is not activation@MACs-reduction (e.g. relu@2.5)") from None
-    if activation not in ACTIVATIONS or reduction < 1:
-        raise ToolkitError(f"variant {spec!r}: activation one of {sorted(ACTIVATIONS)}, reduction >= 1")
-    return activation, reduction, f"{activation}_{reduction:g}x"
+    made: dict[str, dict] = {}
+    fresh: set[str] = set()  # trained (or quantized) in this run rather than reused
 
+    def train_and_evaluate(probe: Probe) -> float:
+        spec = specs[probe.name]
+        trained = store.cached(spec) is None
+        made[probe.name] = store.make(spec)
+        if trained:
+            fresh.add(probe.name)
+        if trained and spec.trained:
+            observed.append(made[probe.name]["metrics"]["train_seconds"] / first_guess(probe))
+        return made[probe.name]["metrics"]["int8_map"]["map50_95"]
 
-def _variants_run(ctx: Context, out: Path):
-    from compress import yolo
-    from compress.distill import distill
-    from compress.prune import prune, save_checkpoint, use_activation
-    from compress.quantize import quantize
-
-    teacher = ctx.manifest.output("baseline", "weights")
-    size = (ctx.imgsz(), ctx.imgsz())
-    outputs, metrics = {}, {}
-    for spec in ctx.profile.variants:
-        activation, reduction, name = parse_variant(spec)
-        folder = out / name
-        print(f"    variant {name}: prune to {reduction:g}x fewer MACs, {activation}, distill, INT8", flush=True)
-        model = yolo.load(teacher).model
-        result = prune(model, ctx.imgsz(), reduction, ctx.profile.importance, ctx.profile.prune_steps)
-        swapped = use_activation(model, activation)
-        student = save_checkpoint(model, folder / "student.pt", {"imgsz": ctx.imgsz(), "task": "detect"},
-                                  {"pruning": {"ratio": result.ratio, "macs_reduction": result.macs_reduction}})
-        settings = _student_settings(ctx)
-        weights = distill(student, teacher, ctx.data_yaml(), folder, settings)
-        fp32 = _export(ctx, weights, folder / "fp32.onnx", f"variants:{name}", result.ratio)
-        quantization = quantize(fp32, folder / "int8.onnx", ctx.data_yaml(), size, method=ctx.profile.calibration,
-                                calibration_count=ctx.profile.calibration_images, activation="uint8",
-                                keep_stem_float=not ctx.profile.quantize_stem)
-        outputs.update({f"{name}_weights": weights, f"{name}_fp32": fp32, f"{name}_int8": folder / "int8.onnx"})
-        metrics[name] = {"activation": activation, "swapped_activations": swapped, "target": reduction,
-                         "ratio": round(result.ratio, 4), "macs_reduction": round(result.macs_reduction, 3),
-                         "quantization": quantization}
+    result = run_search(probes, train_and_evaluate, reference["map50_95"], ctx.profile.max_map_drop,
+                        ctx.profile.search_minutes * 60, estimate_seconds)
+    # Nothing fits and INT8 alone broke the unpruned reference's budget (its FP32 model is the
+    # reference itself): keep its most sensitive convs in float before falling back to FP32.
+    unpruned = next(p for p in probes if not p.trained)
+    if not result.fitting() and unpruned.status == OVER:
+        rescued = store.rescue(specs[unpruned.name], reference["map50_95"], ctx.profile.max_map_drop)
+        if rescued:
+            made[rescued["name"]] = rescued
+            if rescued["created"]:
+                fresh.add(rescued["name"])
+            drop = round((reference["map50_95"] - rescued["metrics"]["int8_map"]["map50_95"]) * 100, 2)
+            probes.append(Probe(rescued["name"], unpruned.activation, 1.0, False, unpruned.bs1_ms, unpruned.bs8_ms,
+                                status=FITS, map50_95=rescued["metrics"]["int8_map"]["map50_95"],
+                                drop_points=drop, order=len([p for p in probes if p.order is not None]),
+                                note="mixed precision"))
+    outputs = {}
+    for name, record in made.items():
+        outputs.update({f"{name}_{key}": store.path(record, key) for key in ("weights", "fp32", "int8")})
+    metrics = {"reference": reference, "budget_points": ctx.profile.max_map_drop,
+               "seconds_limit": result.seconds_limit, "seconds_spent": result.seconds_spent,
+               "probes": [p.as_dict() for p in probes], "log": result.log, "not_possible": impossible,
+               "candidates": {name: {**record["metrics"], "reused": name not in fresh}
+                              for name, record in made.items()},
+               "architectures": {name: arch["metrics"] for name, arch in architectures.items()}}
     return outputs, metrics
 
 
-VARIANTS = Stage(
-    "variants",
-    inputs=lambda ctx: {"teacher": file_hash(ctx.manifest.output("baseline", "weights")), "data": ctx.data_hash()},
-    settings=lambda ctx: {"variants": list(ctx.profile.variants), "epochs": ctx.profile.distill_epochs,
-                          "feature_weight": ctx.profile.kd_feature_weight,
-                          "imgsz": ctx.imgsz(), "importance": ctx.profile.importance,
-                          "calibration": ctx.profile.calibration, "images": ctx.profile.calibration_images,
-                          "quantize_stem": ctx.profile.quantize_stem},
-    run=_variants_run,
+# Timing an untrained architecture only ranks candidates: the report measures the trained ones.
+ARCHITECTURE_ROUNDS = {1: 20, 8: 6}
+# A student's training also runs the teacher's forward pass and the distillation loss.
+TEACHER_OVERHEAD = 1.3
+MIN_TRAINING_SHARE = 0.5
+
+
+def _search_settings(ctx: Context) -> dict:
+    p = ctx.profile
+    # "version": bumped when the search's decisions or records change, so older ones are not reused
+    return {"version": 3, "max_map_drop": p.max_map_drop, "activations": list(p.search_activations),
+            "depths": list(p.search_depths), "minutes": p.search_minutes, "epochs": p.distill_epochs,
+            "feature_weight": p.kd_feature_weight, "imgsz": ctx.imgsz(), "importance": p.importance,
+            "calibration": p.calibration, "images": p.calibration_images, "quantize_stem": p.quantize_stem}
+
+
+SEARCH = Stage(
+    "search",
+    inputs=lambda ctx: {"teacher": file_hash(ctx.manifest.output("baseline", "weights")), "data": ctx.data_hash(),
+                        "equal_budget": file_hash(ctx.manifest.output("finetune", "onnx"))},
+    settings=_search_settings,
+    run=_search_run,
 )
 
 
@@ -393,16 +360,25 @@ VARIANTS = Stage(
 
 def _plan_run(ctx: Context, out: Path):
     from compress.plan import NO_TENSORRT, build_plan, tensorrt_version
+    from compress.quantize import quantize
+    from compress.report import served_choice
 
     if tensorrt_version() is None:
         print(f"    plan: skipped: {NO_TENSORRT}")
         return {}, {"skipped": NO_TENSORRT}
-    size = (ctx.imgsz(), ctx.imgsz())
-    cache = out / "timing.cache"
-    int8 = build_plan(ctx.manifest.output("quantize", "trt_onnx"), out / "int8.plan", "int8", size, timing_cache=cache)
-    fp16 = build_plan(ctx.manifest.output("distill", "onnx"), out / "fp16.plan", "fp16", size, timing_cache=cache)
-    return {"int8_plan": out / "int8.plan", "fp16_plan": out / "fp16.plan", "timing_cache": cache}, {
-        "int8": int8, "fp16": fp16}
+    served, size, cache = served_choice(ctx.artifacts), (ctx.imgsz(), ctx.imgsz()), out / "timing.cache"
+    outputs, metrics = {"timing_cache": cache}, {"served": served["name"]}
+    if served["precision"] == "int8":
+        q = served["quantization"]
+        trt_onnx = out / "int8_trt.onnx"
+        quantize(served["fp32_onnx"], trt_onnx, ctx.data_yaml(), size, method=q["calibration"],
+                 calibration_count=q["calibration_images"], float_nodes=q["float_nodes"],
+                 keep_stem_float=q["stem_float"], activation="int8")
+        metrics["int8"] = build_plan(trt_onnx, out / "int8.plan", "int8", size, timing_cache=cache)
+        outputs.update(trt_onnx=trt_onnx, int8_plan=out / "int8.plan")
+    metrics["fp16"] = build_plan(served["fp32_onnx"], out / "fp16.plan", "fp16", size, timing_cache=cache)
+    outputs["fp16_plan"] = out / "fp16.plan"
+    return outputs, metrics
 
 
 def _plan_settings(ctx: Context) -> dict:
@@ -411,19 +387,17 @@ def _plan_settings(ctx: Context) -> dict:
     return {"tensorrt": tensorrt_version(), "imgsz": ctx.imgsz()}
 
 
-PLAN = Stage(
-    "plan",
-    inputs=lambda ctx: {"int8": file_hash(ctx.manifest.output("quantize", "trt_onnx")),
-                        "fp32": file_hash(ctx.manifest.output("distill", "onnx"))},
-    settings=_plan_settings,
-    run=_plan_run,
-)
+def _plan_inputs(ctx: Context) -> dict:
+    from compress.report import served_choice
+
+    served = served_choice(ctx.artifacts)
+    return {"served": file_hash(served["onnx"]), "fp32": file_hash(served["fp32_onnx"])}
+
+
+PLAN = Stage("plan", inputs=_plan_inputs, settings=_plan_settings, run=_plan_run)
 
 
 # report -------------------------------------------------------------------------------------
-
-REPORTED = ("export", "finetune", "prune", "distill", "quantize")
-
 
 def _report_run(ctx: Context, out: Path):
     from compress.report import write_report
@@ -433,23 +407,24 @@ def _report_run(ctx: Context, out: Path):
 
 
 def _report_inputs(ctx: Context) -> dict[str, str]:
-    inputs = {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REPORTED}
-    variants = ctx.manifest.get("variants")
-    for key in sorted(variants.outputs if variants else []):
-        if key.endswith("_int8"):
-            inputs[f"variants:{key}"] = file_hash(ctx.manifest.output("variants", key))
+    inputs = {s: file_hash(ctx.manifest.output(s, "onnx")) for s in ("export", "finetune")}
+    search = ctx.manifest.get("search")
+    for key in sorted(search.outputs if search else []):
+        if key.endswith(("_int8", "_fp32")):
+            inputs[f"search:{key}"] = file_hash(ctx.manifest.output("search", key))
     return inputs
 
 
 REPORT = Stage(
     "report",
     inputs=_report_inputs,
-    settings=lambda ctx: {"max_map_drop": ctx.profile.max_map_drop},  # threads, batch sizes: in the report
+    settings=lambda ctx: {"version": 2, "max_map_drop": ctx.profile.max_map_drop,
+                          "allow_over_budget": ctx.profile.allow_over_budget},
     run=_report_run,
 )
 
 
-STAGES = [DATASET, BASELINE, EXPORT, PRUNE, DISTILL, FINETUNE, QUANTIZE, VARIANTS, PLAN, REPORT]
+STAGES = [DATASET, BASELINE, EXPORT, FINETUNE, SEARCH, REPORT, PLAN]
 STAGE_NAMES = [s.name for s in STAGES]
 
 
@@ -497,7 +472,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="an Ultralytics data.yaml (default: generated)")
     parser.add_argument("--weights", type=Path, help="an Ultralytics detect .pt (default: trained here)")
     parser.add_argument("--epochs", type=int, help="override the profile's training epochs")
-    parser.add_argument("--prune-target", type=float, help="MACs reduction the prune stage aims for (e.g. 2.5)")
     parser.add_argument("--importance", choices=["magnitude", "bn_scale", "lamp"], help="pruning importance criterion")
     parser.add_argument("--prune-steps", type=int, help="iterative pruning steps")
     parser.add_argument("--distill-epochs", type=int)
@@ -505,30 +479,41 @@ def main(argv: list[str] | None = None) -> None:
                         help="weight of the neck-feature distillation term (default 0: logit terms only)")
     parser.add_argument("--calibration", choices=["minmax", "entropy", "percentile"])
     parser.add_argument("--calibration-images", type=int)
-    parser.add_argument("--variants", nargs="*", metavar="ACT@X",
-                        help="further students on the accuracy/latency front, e.g. relu@2.5 silu@3.5 (none: skip)")
+    parser.add_argument("--search-depths", type=float, nargs="+", metavar="X",
+                        help="MACs reductions the search may prune to (e.g. 1.5 2 2.5 3)")
+    parser.add_argument("--search-activations", nargs="+", choices=["relu", "silu"],
+                        help="student activations the search tries (default: relu silu)")
+    parser.add_argument("--search-minutes", type=float, help="training time the search may spend (default 22)")
     parser.add_argument("--quantize-stem", action="store_true", default=None,
-                        help="quantize the first conv too (default: keep it float; the report shows both)")
+                        help="quantize the first conv too (default: keep it float)")
     parser.add_argument("--imgsz", type=int, help="training/serving image size (default: the weights' own, else "
                                                   "the images' size for user data, else the profile's)")
     parser.add_argument("--max-map-drop", type=float,
-                        help="mAP50-95 points the served default may give up for speed (default 1.0)")
+                        help="mAP50-95 points the served model may give up for speed (default 1.0)")
+    parser.add_argument("--allow-over-budget", action="store_true", default=None,
+                        help="when no INT8 candidate fits the budget, serve the most accurate one instead of FP32")
     parser.add_argument("--min-baseline-map", type=float, help="stop when the baseline's mAP50-95 is below this")
     parser.add_argument("--allow-weak-baseline", action="store_true", help="go on (with a warning) below the floor")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages")
     parser.add_argument("--force", action="store_true", help="re-run even if up to date")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
-    overrides = {"epochs": args.epochs, "prune_target": args.prune_target, "importance": args.importance,
+    overrides = {"epochs": args.epochs, "importance": args.importance,
                  "prune_steps": args.prune_steps, "distill_epochs": args.distill_epochs,
                  "kd_feature_weight": args.kd_feature_weight,
                  "calibration": args.calibration, "calibration_images": args.calibration_images,
                  "min_baseline_map": args.min_baseline_map, "max_map_drop": args.max_map_drop, "quantize_stem": args.quantize_stem,
-                 "variants": tuple(args.variants) if args.variants is not None else None}
+                 "allow_over_budget": args.allow_over_budget, "search_minutes": args.search_minutes,
+                 "search_depths": tuple(args.search_depths) if args.search_depths else None,
+                 "search_activations": tuple(args.search_activations) if args.search_activations else None}
     profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     for path, what in ((args.data, "DATA"), (args.weights, "WEIGHTS")):
         if path is not None and not path.exists():
             raise ToolkitError(f"{what}={path} does not exist")
+    if profile.max_map_drop < 0:
+        raise ToolkitError(f"MAX_MAP_DROP={profile.max_map_drop} is negative (points of mAP50-95 the served model may lose)")
+    if any(depth < 1 for depth in profile.search_depths):
+        raise ToolkitError(f"SEARCH_DEPTHS={' '.join(map(str, profile.search_depths))}: MACs reductions are >= 1")
     if profile.kd_feature_weight < 0:
         raise ToolkitError(f"KD_FEATURE_WEIGHT={profile.kd_feature_weight} is negative (0 turns the feature term off)")
     if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):

@@ -1,8 +1,10 @@
 """Stage `plan`: TensorRT FP16 and INT8 engine plans, built where `tensorrt` imports.
 
-- INT8: a strongly-typed network from the symmetric Q/DQ ONNX (the quantize stage's `trt`
-  variant): precisions come from the Q/DQ nodes, not from builder flags or calibrators.
-- FP16: the float ONNX with the FP16 builder flag.
+Built from the served candidate (the report's choice), with Polygraphy's TensorRT loaders:
+- INT8: a strongly-typed network from a symmetric Q/DQ ONNX of the served model's FP32 twin
+  (same calibration and float layers): precisions come from the Q/DQ nodes, not from builder
+  flags or calibrators.
+- FP16: the FP32 twin with the FP16 builder flag.
 - One optimization profile covers batch 1..max (optimum at the preferred batch); a timing
   cache is read and written so rebuilds are fast; the TensorRT version is recorded, since a
   plan only runs on the TensorRT version (and GPU) it was built with.
@@ -31,42 +33,27 @@ def tensorrt_version() -> str | None:
 
 def build_plan(onnx_path: Path, plan_path: Path, precision: str, image_size: tuple[int, int], max_batch: int = 16,
                opt_batch: int = 8, timing_cache: Path | None = None, workspace_gib: float = 2.0) -> dict:
-    """Build one serialized engine; returns its build facts."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependencyError(NO_TENSORRT) from None
+    """Build one serialized engine with Polygraphy's TensorRT loaders; returns its build facts."""
+    if tensorrt_version() is None:
+        raise MissingDependencyError(NO_TENSORRT)
     if precision not in ("int8", "fp16"):
         raise UnsupportedModelError(f"precision must be int8 or fp16, not {precision!r}")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if precision == "int8":
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UnsupportedModelError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
     height, width = image_size
-    profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    profile.set_shape(name, (1, 3, height, width), (min(opt_batch, max_batch), 3, height, width),
-                      (max_batch, 3, height, width))
-    config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UnsupportedModelError(f"TensorRT failed to build a {precision} engine from {onnx_path}")
+    # INT8 comes from the Q/DQ nodes (a strongly-typed network), not from builder flags or calibrators.
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=precision == "int8")
+    profile = Profile().add("images", min=(1, 3, height, width), opt=(min(opt_batch, max_batch), 3, height, width),
+                            max=(max_batch, 3, height, width))
+    cache = str(timing_cache) if timing_cache else None
+    config = CreateConfig(fp16=precision == "fp16" or None, profiles=[profile],
+                          load_timing_cache=cache if timing_cache and timing_cache.exists() else None,
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))})
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_bytes(bytes(serialized))
-    if timing_cache:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    try:
+        SaveEngine(EngineFromNetwork(network, config, save_timing_cache=cache), path=str(plan_path))()
+    except Exception as error:  # Polygraphy raises its own PolygraphyException with TensorRT's parser/builder log
+        raise UnsupportedModelError(f"TensorRT failed to build a {precision} engine from {onnx_path}: {error}") from None
     return {"precision": precision, "tensorrt_version": trt.__version__, "max_batch": max_batch,
             "plan_mb": round(plan_path.stat().st_size / 1e6, 3)}

@@ -4,7 +4,7 @@ Runs each model at batch 1 and 8 in a fresh process (like compress.benchmark), s
 time of every node by operator type, and groups the types into what a reader decides on
 (float conv, quantized conv, Q/DQ, SiLU's Sigmoid+Mul, Concat, Split, Resize, ...).
 
-    python -m compress.profile --imgsz 256 fp32=artifacts/distill/pruned.onnx int8=artifacts/quantize/int8.onnx
+    python -m compress.profile --imgsz 256 fp32=artifacts/export/baseline.onnx int8=artifacts/search/relu_1x/int8.onnx
 """
 
 from __future__ import annotations

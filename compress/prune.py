@@ -1,4 +1,4 @@
-"""Stage `prune`: YOLO-aware structured channel pruning with torch-pruning's dependency graph.
+"""YOLO-aware structured channel pruning (each search candidate's depth) with torch-pruning's dependency graph.
 
 - C2f (YOLOv8) and C3k2 (YOLO11, a C2f subclass) split one conv's output with `chunk`, which
   the dependency graph cannot follow: each is swapped for `SplitFreeC2f`, two convs holding

@@ -1,4 +1,4 @@
-"""Stage `quantize`: explicit INT8 (Q/DQ) post-training quantization with ONNX Runtime.
+"""Explicit INT8 (Q/DQ) post-training quantization with ONNX Runtime, for every candidate.
 
 - Input: a raw-head ONNX (see export.export_raw_onnx). The head's decode (DFL, pixel boxes,
   sigmoid) is not in the graph, so no tensor mixes pixel boxes with 0..1 scores: quantizing
@@ -6,8 +6,8 @@
 - Calibration: letterboxed images from the training split; MinMax / Entropy / Percentile.
 - Per-channel symmetric INT8 weights. Activations: `uint8` (asymmetric) for ONNX Runtime on
   x86 CPUs, where it has fast kernels (measured: S8 activations ran 2x slower than FP32), and
-  `int8` (symmetric) for TensorRT, which accepts only symmetric signed INT8 Q/DQ. The stage
-  writes both from the same calibration settings.
+  `int8` (symmetric) for TensorRT, which accepts only symmetric signed INT8 Q/DQ (the plan stage
+  writes that one for the served model, with the same calibration settings).
 - Float-kept layers are chosen deliberately: by default the head's final convs (their outputs
   are the logits the box/score decode is most sensitive to); `float_nodes` adds more
   (the parity issue's sensitivity analysis picks them by measurement).
@@ -88,8 +88,7 @@ def head_output_convs(model) -> list[str]:
 
 
 def stem_conv(model) -> list[str]:
-    """The first Conv, which sees raw pixels. Whether keeping it float pays is measured per run:
-    the quantize stage also writes the stem-quantized variant and the report compares both."""
+    """The first Conv, which sees raw pixels: kept float unless `--quantize-stem`."""
     return [n.name for n in model.graph.node if n.op_type == "Conv"][:1]
 
 
@@ -155,3 +154,37 @@ def qdq_summary(path: Path) -> dict:
                 and input_producer is not None and input_producer.op_type == "DequantizeLinear")
         (quantized if is_q else floating).append(node.name)
     return {"quantized_convs": quantized, "float_convs": floating}
+
+
+def conv_sensitivity(fp32: Path, int8: Path, data_yaml: Path, image_size, count: int = 16) -> list[dict]:
+    """Quantized convs ranked by SQNR of their outputs (float vs Q/DQ model), worst first."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    reader = ImageCalibrationReader(calibration_images(data_yaml, count, seed=1), image_size, batch=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(fp32), str(float_aug))
+        modify_model_output_intermediate_tensors(str(int8), str(qdq_aug))
+        float_acts = collect_activations(str(float_aug), reader)
+        reader.rewind()
+        qdq_acts = collect_activations(str(qdq_aug), reader)
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    quantized = set(qdq_summary(int8)["quantized_convs"])  # float-kept convs are not candidates
+    graph = onnx.load(str(fp32)).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    conv_of = {}
+    for node in graph.node:
+        if node.op_type == "Conv" and node.name in quantized:
+            # A ReLU student's conv is quantized after its activation (Q/DQ placed on the Relu's output)
+            after = consumers.get(node.output[0], [])
+            folded = len(after) == 1 and after[0].op_type in ("Relu", "Clip")
+            conv_of[after[0].output[0] if folded else node.output[0]] = node.name
+    ranked = [{"conv": conv_of[tensor], "sqnr_db": round(float(err["xmodel_err"]), 2)}
+              for tensor, err in errors.items() if tensor in conv_of and "xmodel_err" in err]
+    return sorted(ranked, key=lambda r: r["sqnr_db"])

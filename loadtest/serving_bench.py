@@ -167,7 +167,7 @@ def plot(result: dict, path: Path) -> None:
             left.scatter([x] * len(rounds), [r[key] for r in rounds], color="black", s=12, zorder=3)
         left.set_ylabel("frames/s at saturation")
         left.set_title(f"served vs in-process: {served['ratio']:.0%} (goal {OVERHEAD_GOAL:.0%})")
-        right.bar(["naive FP32\nno batching", "served INT8\ndynamic batching"],
+        right.bar(["naive FP32\nno batching", "served model\ndynamic batching"],
                   [result["streams"]["naive"], result["streams"]["tuned"]], color=["C7", "C2"])
         right.set_ylabel(f"streams at {result['streams']['fps']:g} FPS within the SLO")
         right.set_title("camera streams one server holds")

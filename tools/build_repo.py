@@ -38,31 +38,43 @@ def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated:
     """
     manifest = Manifest(artifacts)
     if stage is not None or allow_ungated:
-        stage = stage or "quantize"
-        warn_ungated(f"stage {stage!r} of {artifacts}")
+        warn_ungated(f"stage {stage!r} of {artifacts}" if stage else f"the report's choice in {artifacts}")
         if target == "tensorrt":
             return "plan", _plan_file(manifest)
+        if stage is None:
+            from compress.report import served_choice
+
+            served = served_choice(artifacts)
+            return served["name"], served["onnx"]
         return stage, manifest.output(stage, "onnx")
     gated = gated_model(artifacts)
+    report = Path(artifacts) / "report" / "report.json"
+    chosen = json.loads(report.read_text())["served"]["name"] if report.exists() else gated["stage"]
+    if chosen != gated["stage"]:  # e.g. `make bench` re-measured and the report now chooses another model
+        raise GateFailedError(f"the report now serves {chosen}, but the parity gate passed {gated['stage']}",
+                              hint="run `make parity` to gate the report's choice (or ALLOW_UNGATED=1)")
     if target != "tensorrt":
         return gated["stage"], Path(gated["onnx"])
-    plan = _plan_file(manifest)
-    built_from = manifest.get("plan").inputs.get("int8")
-    if gated.get("trt_onnx_sha256") is None or built_from != gated["trt_onnx_sha256"]:
+    precision = json.loads(report.read_text())["served"]["precision"] if report.exists() else "int8"
+    plan = _plan_file(manifest, precision)
+    built_from = manifest.get("plan").inputs.get("served")
+    twin_missing = precision == "int8" and gated.get("trt_onnx_sha256") is None
+    if twin_missing or gated.get("mixed_precision") or built_from != gated["sha256"]:
         raise GateFailedError(
-            "the TensorRT plan was not built from the INT8 model the parity gate passed",
+            "the TensorRT plan was not built from the model the parity gate passed",
             hint="the gate chose a mixed-precision model or the plan is stale: rebuild with `make plan` after "
                  "`make parity`, or override with ALLOW_UNGATED=1")
     return "plan", plan
 
 
-def _plan_file(manifest: Manifest) -> Path:
-    record = manifest.get("plan")
-    if record is None or "int8_plan" not in record.outputs:
+def _plan_file(manifest: Manifest, precision: str = "int8") -> Path:
+    """The plan of the served model: INT8 for an INT8 model, FP16 for an FP32 one."""
+    record, output = manifest.get("plan"), "int8_plan" if precision == "int8" else "fp16_plan"
+    if record is None or output not in record.outputs:
         raise MissingDependencyError(
             "no TensorRT plan has been built",
             hint="run `make plan` where TensorRT is installed (an NGC TensorRT/Triton container)")
-    return manifest.output("plan", "int8_plan")
+    return manifest.output("plan", output)
 
 
 def warn_ungated(what: str) -> None:
@@ -152,11 +164,8 @@ def settings_from_args(args, info) -> tc.RepositorySettings:
 
 def settings_for(info, **overrides) -> tc.RepositorySettings:
     """Settings for an exported detector: image size, classes and head layout (levels' strides,
-    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`.
-
-    ONNX targets pass uint8 pixels through the ensemble unless told otherwise; a TensorRT plan
-    is served as built (float32)."""
-    overrides.setdefault("pixel_type", "float32" if overrides.get("target") == "tensorrt" else "uint8")
+    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`
+    (pixel type: `RepositorySettings`' default for the target)."""
     return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
                                  head_layout=info.head_layout, strides=info.strides, reg_max=info.reg_max,
                                  **overrides)
@@ -198,7 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         stage, model_file, onnx_file = "user", args.onnx, args.onnx
     else:
         stage, model_file = served_model(args.artifacts, args.stage, args.target, args.allow_ungated)
-        onnx_file = model_file if args.target != "tensorrt" else Manifest(args.artifacts).output("quantize", "onnx")
+        if args.target == "tensorrt":
+            from compress.report import served_choice
+
+            onnx_file = served_choice(args.artifacts)["onnx"]  # what the plan was built from: its classes, size
+        else:
+            onnx_file = model_file
     info = read_info(onnx_file)
     if not all((args.repo / name / "1" / "model.py").exists() for name in PYTHON_MODELS):
         copy_python_models(args.repo)  # a new REPO= folder: start from the committed Python models

@@ -65,7 +65,8 @@ class RepositorySettings:
     device: str = "cpu"  # instance kind for the onnxruntime target: cpu | gpu
     # What preprocess hands the detector: "uint8" (1 byte per pixel through the ensemble; the
     # builder prepends Cast + Div to the served ONNX) or "float32" (the model as exported).
-    pixel_type: str = "float32"
+    # None: uint8 for ONNX targets, float32 for a TensorRT plan (served as built).
+    pixel_type: str | None = None
     # 0: local target - each detector instance gets cores / instances threads (computed where it
     # runs); onnxruntime target - the backend's default (all cores per instance: set it on CPU).
     ort_threads: int = 0
@@ -96,6 +97,8 @@ class RepositorySettings:
             raise ConfigError(f"unknown head layout {self.head_layout!r}", hint=f"choose one of {HEAD_LAYOUTS}")
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"unknown device {self.device!r}", hint="choose cpu or gpu")
+        if self.pixel_type is None:
+            self.pixel_type = "float32" if self.target == "tensorrt" else "uint8"
         if self.pixel_type not in PIXEL_TYPES:
             raise ConfigError(f"unknown pixel type {self.pixel_type!r}", hint=f"choose one of {', '.join(PIXEL_TYPES)}")
         if self.pixel_type == "uint8" and self.target == "tensorrt":

@@ -32,8 +32,9 @@ def test_beyond_loopback_needs_the_key_and_passes_it_by_environment(tmp_path):
 def test_shm_grows_with_batch_and_image_size(tmp_path):
     from tools import triton_config as tc
 
-    small = tc.RepositorySettings(image_size=(128, 128), num_classes=4, head_layout="raw")
-    large = tc.RepositorySettings(image_size=(640, 640), num_classes=80, head_layout="raw", max_batch_size=16)
+    small = tc.RepositorySettings(image_size=(128, 128), num_classes=4, head_layout="raw", pixel_type="float32")
+    large = tc.RepositorySettings(image_size=(640, 640), num_classes=80, head_layout="raw", max_batch_size=16,
+                                  pixel_type="float32")
     assert container.shm_size_bytes(small) == 256 * 2**20
     assert container.shm_size_bytes(large) == 320 * 2**20  # 2 x (75 MiB pixels + 74 MiB head), 64 MiB steps
     as_bytes = tc.RepositorySettings(image_size=(640, 640), num_classes=80, head_layout="raw", pixel_type="uint8",

@@ -88,7 +88,7 @@ def test_distillation_loss_is_finite_and_falls():
     prune(student, IMGSZ, 2.0)
     for model in (teacher, student):
         model.args = SimpleNamespace(**vars(get_cfg()))
-    criterion = attach_distillation(student, teacher, DistillSettings())
+    criterion = attach_distillation(student, teacher, DistillSettings(feature_weight=1.0))
     assert len(student.kd_adapters) == 3  # one projection per neck level, student -> teacher width
     student.train()
     for param in student.parameters():
@@ -129,7 +129,7 @@ def test_distillation_terms_are_nonzero_and_reach_the_adapters():
     prune(student, IMGSZ, 2.0)
     for model in (teacher, student):
         model.args = SimpleNamespace(**vars(get_cfg()))
-    criterion = attach_distillation(student, teacher, DistillSettings())
+    criterion = attach_distillation(student, teacher, DistillSettings(feature_weight=1.0))
     student.train()
     for param in student.parameters():
         param.requires_grad_(True)
@@ -160,18 +160,29 @@ def test_distillation_terms_are_nonzero_and_reach_the_adapters():
     assert not hasattr(fresh, "kd_adapters")  # no projections made (or exported) for an unused term
 
 
-def test_feature_distillation_weight_reaches_both_students_and_their_cache_keys(tmp_path):
-    """KD_FEATURE_WEIGHT= trains the main student and the variants with that weight, and changing it
-    re-runs both stages (it is part of their recorded settings), not the equal-budget baseline."""
+def test_feature_distillation_weight_reaches_every_candidate_and_its_cache_key(tmp_path):
+    """KD_FEATURE_WEIGHT= is part of every trained candidate's cache key and of the search stage's
+    settings (changing it trains the students again), not of the equal-budget baseline or of the
+    untrained INT8 candidate."""
     from dataclasses import replace
 
-    from compress.pipeline import DISTILL, FINETUNE, PROFILES, VARIANTS, Context, _student_settings
+    from compress.candidates import CandidateSpec, CandidateStore
+    from compress.distill import DistillSettings
+    from compress.manifest import Manifest
+    from compress.pipeline import FINETUNE, PROFILES, SEARCH, Context
 
+    for name in ("baseline.pt", "finetuned.pt", "finetuned.onnx"):
+        (tmp_path / name).write_bytes(name.encode())
+    manifest = Manifest(tmp_path)
+    manifest.record("dataset", {}, {}, {}, {"content_hash": "0123456789abcdef"}, 0.0)
+    manifest.record("baseline", {}, {"imgsz": 256}, {"weights": tmp_path / "baseline.pt"}, {}, 0.0)
+    manifest.record("finetune", {}, {}, {"onnx": tmp_path / "finetuned.onnx", "weights": tmp_path / "finetuned.pt"}, {}, 0.0)
     default = Context(tmp_path, PROFILES["default"])
     weighted = Context(tmp_path, replace(PROFILES["default"], kd_feature_weight=0.5))
-    assert _student_settings(default).feature_weight == 0.0
-    assert _student_settings(weighted).feature_weight == 0.5
-    assert _student_settings(weighted).logit_weight == 1.0
-    for stage in (DISTILL, VARIANTS):
-        assert stage.settings(default) != stage.settings(weighted)
+    assert DistillSettings().feature_weight == PROFILES["default"].kd_feature_weight == 0.0  # one default
+    student, untrained = CandidateSpec("relu", 2.0), CandidateSpec("silu", 1.0, trained=False)
+    assert CandidateStore(weighted).key(student)["kd"]["feature_weight"] == 0.5
+    assert CandidateStore(default).key(student) != CandidateStore(weighted).key(student)
+    assert CandidateStore(default).key(untrained) == CandidateStore(weighted).key(untrained)
+    assert SEARCH.settings(default) != SEARCH.settings(weighted)
     assert FINETUNE.settings(default) == FINETUNE.settings(weighted)

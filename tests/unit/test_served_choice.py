@@ -1,39 +1,80 @@
-"""Which compressed row the report serves: speed only within the accuracy the user gives up."""
+"""Which model is served: the fastest measured one within the accuracy budget, never one outside it."""
 
 from __future__ import annotations
+
+import pytest
 
 from compress.report import choose_served, pareto_front
 
 
-def _row(name: str, bs1_ms: float, map50_95: float) -> dict:
-    return {"model": name, "bs1_ms": bs1_ms, "map50_95": map50_95}
+def _row(name: str, bs1_ms: float, map50_95: float, precision: str = "int8") -> dict:
+    return {"model": name, "bs1_ms": bs1_ms, "map50_95": map50_95, "precision": precision}
 
 
-# Shaped like the default run: FP32 reference, SiLU INT8 close to it, ReLU students faster and lower.
-REFERENCE = _row("reference FP32", 11.4, 0.9434)
-SILU = _row("SiLU INT8", 5.3, 0.9168)
-RELU_25 = _row("ReLU 2.5x INT8", 3.8, 0.9007)
-RELU_35 = _row("ReLU 3.5x INT8", 3.3, 0.8853)
-ROWS = [REFERENCE, SILU, RELU_25, RELU_35]
-SERVABLE = [SILU, RELU_25, RELU_35]
+# Shaped like the default run: FP32 reference, INT8 of it close, students faster and lower.
+REFERENCE = _row("equal-budget FP32", 11.4, 0.9434, "fp32")
+BASELINE = _row("baseline FP32", 11.3, 0.9179, "fp32")
+INT8_REFERENCE = _row("INT8 of the equal-budget model", 8.9, 0.9394)
+RELU_1 = _row("ReLU unpruned INT8", 5.6, 0.9350)
+SILU_25 = _row("SiLU 2.5x INT8", 5.3, 0.9163)
+RELU_25 = _row("ReLU 2.5x INT8", 3.8, 0.9126)
+RELU_35 = _row("ReLU 3.5x INT8", 3.3, 0.8834)
+SERVABLE = [REFERENCE, BASELINE, INT8_REFERENCE, RELU_1, SILU_25, RELU_25, RELU_35]
 
 
-def test_nothing_within_the_drop_serves_the_most_accurate_row():
-    served, rule = choose_served(ROWS, SERVABLE, REFERENCE, max_map_drop=1.0)
-    assert served is SILU
-    assert "within 1 points" in rule and "MAX_MAP_DROP" in rule
+@pytest.mark.parametrize("budget", [0.0, 0.3, 0.5, 0.85, 1.0, 2.0, 2.71, 3.0, 3.5, 5.0, 6.0, 100.0])
+def test_the_served_row_is_the_fastest_within_the_budget(budget):
+    served, _ = choose_served(SERVABLE, REFERENCE, budget)
+    drop = round((REFERENCE["map50_95"] - served["map50_95"]) * 100, 2)
+    assert drop <= budget
+    within = [r for r in SERVABLE if round((REFERENCE["map50_95"] - r["map50_95"]) * 100, 2) <= budget]
+    assert served["bs1_ms"] == min(r["bs1_ms"] for r in within)
 
 
-def test_a_larger_allowance_buys_the_fastest_row_within_it():
-    assert choose_served(ROWS, SERVABLE, REFERENCE, max_map_drop=4.5)[0] is RELU_25
-    served, rule = choose_served(ROWS, SERVABLE, REFERENCE, max_map_drop=6.0)
-    assert served is RELU_35 and rule.startswith("fastest")
+def test_budget_picks_along_the_front():
+    assert choose_served(SERVABLE, REFERENCE, 0.5)[0] is INT8_REFERENCE
+    assert choose_served(SERVABLE, REFERENCE, 1.0)[0] is RELU_1
+    assert choose_served(SERVABLE, REFERENCE, 3.1)[0] is RELU_25
+    assert choose_served(SERVABLE, REFERENCE, 6.0)[0] is RELU_35
 
 
-def test_a_row_off_the_front_is_never_the_fast_choice():
-    # slower and less accurate than the SiLU row: dominated, so never served for speed
+def test_no_int8_within_the_budget_serves_fp32_and_says_which_step_broke_it():
+    twins = {id(INT8_REFERENCE): REFERENCE}
+    served, rule = choose_served(SERVABLE, REFERENCE, 0.2, twins=twins)
+    assert served is REFERENCE and served["precision"] == "fp32"
+    # the closest INT8 row is named with its drop and the step that cost it (INT8 here: its twin is the reference)
+    assert "INT8 of the equal-budget model is 0.4 points below: 0.0 from training" in rule
+    assert "and 0.4 from INT8" in rule
+
+
+def test_allow_over_budget_serves_the_most_accurate_int8_instead():
+    served, rule = choose_served(SERVABLE, REFERENCE, 0.2, allow_over_budget=True)
+    assert served is INT8_REFERENCE and "over budget" in rule
+
+
+def test_a_dominated_row_is_never_served():
     dominated = _row("dominated INT8", 6.0, 0.9100)
-    rows, servable = ROWS + [dominated], SERVABLE + [dominated]
+    rows = SERVABLE + [dominated]
     assert dominated not in pareto_front(rows)
-    for allowance in (3.0, 4.0, 10.0):
-        assert choose_served(rows, servable, REFERENCE, allowance)[0] is not dominated
+    for budget in (0.5, 1.0, 3.0, 4.0, 10.0):
+        assert choose_served(rows, REFERENCE, budget)[0] is not dominated
+
+
+def test_a_weak_or_still_learning_reference_is_said_with_what_to_do():
+    from compress.report import _weak_reference
+
+    assert _weak_reference(REFERENCE, gain_points=0.4, budget=1.0) is None
+    learning = _weak_reference(REFERENCE, gain_points=4.0, budget=1.0)
+    assert "still learning" in learning and "EPOCHS=" in learning and "WEIGHTS=" in learning
+    assert _weak_reference(REFERENCE, gain_points=4.0, budget=5.0) is None  # the budget covers it
+    weak = _weak_reference(_row("aerial reference", 9.0, 0.077, "fp32"), gain_points=0.0, budget=1.0)
+    assert "too weak" in weak and "0.077" in weak
+
+
+def test_the_broken_step_is_split_into_training_and_int8():
+    from compress.report import _broken_step
+
+    twin = _row("ReLU 1.25x FP32", 9.0, 0.9329, "fp32")
+    student = _row("ReLU 1.25x INT8", 5.0, 0.9305)
+    line = _broken_step(student, twin, REFERENCE)
+    assert "1.29 points below: 1.05 from training" in line and "0.24 from INT8" in line

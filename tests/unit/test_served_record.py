@@ -21,11 +21,15 @@ def fake_artifacts(tmp_path, with_plan_from: str | None = None):
     trt.write_bytes(b"int8 trt model bytes")
     manifest = Manifest(artifacts)
     manifest.record("quantize", {}, {}, {"onnx": int8, "trt_onnx": trt}, {}, 0.0)
+    (artifacts / "report").mkdir()
+    (artifacts / "report" / "report.json").write_text(json.dumps({"served": {
+        "name": "quantize", "precision": "int8", "onnx": "quantize/int8.onnx", "fp32_onnx": "quantize/int8.onnx",
+        "weights": "quantize/int8.onnx"}}))
     if with_plan_from is not None:
         (artifacts / "plan").mkdir()
         plan = artifacts / "plan" / "int8.plan"
         plan.write_bytes(b"engine")
-        manifest.record("plan", {"int8": with_plan_from}, {}, {"int8_plan": plan}, {}, 0.0)
+        manifest.record("plan", {"served": with_plan_from}, {}, {"int8_plan": plan, "trt_onnx": trt}, {}, 0.0)
     return artifacts, int8, trt
 
 
@@ -46,6 +50,7 @@ def test_the_gated_file_is_served_and_a_changed_one_refused(tmp_path):
 
 def test_override_serves_ungated_with_a_loud_warning(tmp_path, capsys):
     artifacts, int8, _ = fake_artifacts(tmp_path)
+    # the report's choice, unchecked
     assert served_model(artifacts, None, "local", allow_ungated=True) == ("quantize", int8)
     assert "WITHOUT the parity gate" in capsys.readouterr().err
     assert served_model(artifacts, "quantize", "local") == ("quantize", int8)  # STAGE= is an override too
@@ -57,16 +62,26 @@ def test_tensorrt_plan_must_come_from_the_gated_model(tmp_path):
 
     artifacts, int8, trt = fake_artifacts(tmp_path, with_plan_from="stale0000000000")
     record_served(artifacts, "quantize", int8, trt)
-    with pytest.raises(GateFailedError, match="not built from the INT8 model the parity gate passed"):
+    with pytest.raises(GateFailedError, match="not built from the model the parity gate passed"):
         served_model(artifacts, None, "tensorrt")
+    # built from the bytes the gate passed
     artifacts2, int8_2, trt_2 = fake_artifacts(tmp_path / "two", with_plan_from=file_hash(tmp_path / "artifacts" /
-                                                                                          "quantize" / "int8_trt.onnx"))
+                                                                                          "quantize" / "int8.onnx"))
     record_served(artifacts2, "quantize", int8_2, trt_2)
     assert served_model(artifacts2, None, "tensorrt") == ("plan", artifacts2 / "plan" / "int8.plan")
     # a mixed-precision model chosen by the gate has no TensorRT twin: refused for tensorrt
-    record_served(artifacts2, "parity", int8_2, None)
-    with pytest.raises(GateFailedError):
+    record_served(artifacts2, "quantize", int8_2, None, mixed_precision=True)
+    with pytest.raises(GateFailedError, match="not built from the model"):
         served_model(artifacts2, None, "tensorrt")
+
+
+def test_a_gated_model_the_report_no_longer_chooses_is_refused(tmp_path):
+    """`make bench` re-measured and the report now serves another candidate: `make repo` refuses
+    the stale gate record instead of serving a model the report did not choose."""
+    artifacts, int8, trt = fake_artifacts(tmp_path)
+    record_served(artifacts, "relu_1.5x", int8, trt)
+    with pytest.raises(GateFailedError, match="the report now serves quantize, but the parity gate passed relu_1.5x"):
+        served_model(artifacts, None, "local")
 
 
 def test_tensorrt_without_a_plan_says_so(tmp_path):
