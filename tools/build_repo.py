@@ -46,6 +46,9 @@ def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated:
 
             served = served_choice(artifacts)
             return served["name"], served["onnx"]
+        search = manifest.get("search")
+        if search and f"{stage}_int8" in search.outputs:  # a search candidate by name, e.g. STAGE=relu_1.5x
+            return stage, manifest.output("search", f"{stage}_int8")
         return stage, manifest.output(stage, "onnx")
     gated = gated_model(artifacts)
     report = Path(artifacts) / "report" / "report.json"
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--target", choices=tc.TARGETS, default="local")
-    parser.add_argument("--stage", help="serve this pipeline stage's model (ungated: warns; default: the model "
+    parser.add_argument("--stage", help="serve this pipeline stage's model or search candidate, e.g. export or relu_1.5x (ungated: warns; default: the model "
                                         "the parity gate passed)")
     parser.add_argument("--onnx", type=Path, help="serve this ONNX instead of a pipeline artifact (ungated: warns)")
     parser.add_argument("--allow-ungated", action="store_true",

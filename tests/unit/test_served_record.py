@@ -55,6 +55,9 @@ def test_override_serves_ungated_with_a_loud_warning(tmp_path, capsys):
     assert "WITHOUT the parity gate" in capsys.readouterr().err
     assert served_model(artifacts, "quantize", "local") == ("quantize", int8)  # STAGE= is an override too
     assert "WITHOUT the parity gate" in capsys.readouterr().err
+    # STAGE= also names a search candidate
+    Manifest(artifacts).record("search", {}, {}, {"relu_1.5x_int8": int8}, {}, 0.0)
+    assert served_model(artifacts, "relu_1.5x", "local") == ("relu_1.5x", int8)
 
 
 def test_tensorrt_plan_must_come_from_the_gated_model(tmp_path):
