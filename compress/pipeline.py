@@ -319,6 +319,13 @@ def _search_run(ctx: Context, out: Path):
                                 status=FITS, map50_95=rescued["metrics"]["int8_map"]["map50_95"],
                                 drop_points=drop, order=len([p for p in probes if p.order is not None]),
                                 note="mixed precision"))
+    # Candidates measured for this teacher and data under earlier budgets join the report too (no
+    # training): the budget table then shows the whole measured trade-off, not only this run's probes.
+    for name, spec in specs.items():
+        if name not in made and name in architectures:
+            record = store.cached(spec)
+            if record:
+                made[name] = record
     outputs = {}
     for name, record in made.items():
         outputs.update({f"{name}_{key}": store.path(record, key) for key in ("weights", "fp32", "int8")})

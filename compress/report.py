@@ -258,7 +258,7 @@ def to_markdown(report: dict) -> str:
     if report.get("weak_reference"):
         lines += ["", f"**Weak reference**: {report['weak_reference']}."]
     lines += ["", "## Budget table", "",
-              "What each accuracy budget would serve among the candidates measured in this run (`make MAX_MAP_DROP=<points>`"
+              "What each accuracy budget would serve among the candidates measured for this model and data (`make MAX_MAP_DROP=<points>`"
               " searches for that budget and may train deeper candidates)"
               + (": **these figures measure training, not compression** (weak reference)" if report.get("weak_reference")
                  else "") + ".", "",
