@@ -348,7 +348,7 @@ MIN_TRAINING_SHARE = 0.5
 def _search_settings(ctx: Context) -> dict:
     p = ctx.profile
     # "version": bumped when the search's decisions or records change, so older ones are not reused
-    return {"version": 3, "max_map_drop": p.max_map_drop, "activations": list(p.search_activations),
+    return {"version": 4, "max_map_drop": p.max_map_drop, "activations": list(p.search_activations),
             "depths": list(p.search_depths), "minutes": p.search_minutes, "epochs": p.distill_epochs,
             "feature_weight": p.kd_feature_weight, "imgsz": ctx.imgsz(), "importance": p.importance,
             "calibration": p.calibration, "images": p.calibration_images, "quantize_stem": p.quantize_stem}

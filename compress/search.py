@@ -96,7 +96,9 @@ def _by_speed(probes: list[Probe]) -> list[str]:
 
 def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
     """Untrained candidates first (they cost no training). Then one activation at a time, the
-    fastest at equal depth first, at the depth the measured points of that activation predict:
+    fastest at equal depth first: its unpruned student first (the safe end: if anything of that
+    activation fits, this does, and a clear miss there rules out every depth), then the depth the
+    measured points of that activation predict:
     - between its deepest fit and shallowest miss, where the line through them crosses the
       budget (accuracy falls smoothly with depth; the untrained INT8 of the unpruned model stands
       in for a fit at 1x until a student there is measured);
@@ -113,6 +115,8 @@ def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
     activation = next(a for a in _by_speed(probes) if any(p.activation == a for p in open_))
     depths = sorted((p for p in open_ if p.activation == activation), key=lambda p: p.depth)
     measured = [p for p in probes if p.drop_points is not None and p.trained and p.activation == activation]
+    if not measured and depths[0].depth == 1.0:
+        return depths[0]  # the unpruned student: the safe end of this activation, cheapest to fit
     fits = [p for p in measured if p.status == FITS]
     misses = [p for p in measured if p.status == OVER]
     if not fits and any(p.status == FITS and p.trained for p in probes):

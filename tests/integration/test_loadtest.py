@@ -187,7 +187,12 @@ def test_remote_workers_take_their_options_from_the_master(triton, tmp_path, val
         assert not master.is_alive(), "the master never finished"
     finally:
         try:
-            worker.wait(timeout=30)  # a worker quits when its master does
+            # A worker quits on its master's quit message, or, when that message is lost as the
+            # master exits (seen on a loaded 2-core CI machine), once the master's heartbeat has been
+            # missing for Locust's MASTER_HEARTBEAT_TIMEOUT: either way it must not outlive it.
+            from locust.runners import MASTER_HEARTBEAT_TIMEOUT
+
+            worker.wait(timeout=MASTER_HEARTBEAT_TIMEOUT + 20)
         except subprocess.TimeoutExpired:
             worker.kill()
             raise

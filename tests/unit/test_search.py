@@ -63,9 +63,20 @@ def test_finds_the_fastest_candidate_within_the_budget_without_training_the_grid
         truth = min((p for p in _probes() if round((REFERENCE - evaluate(p)) * 100, 2) <= budget),
                     key=lambda p: p.bs1_ms)
         assert best.name == truth.name, (budget, best.name, truth.name)
-        assert len(trained) <= 7 < len(probes)  # the INT8 baseline and at most 6 trainings, not the grid of 19
+        # the INT8 of the reference, the unpruned student, at most 6 more trainings: not the grid of 19
+        assert len(trained) <= 8 < len(probes)
+        assert trained[:2] == ["int8_reference", "relu_1x"]
         deepest = _deepest_fitting_depth(evaluate, budget, best.activation)
         assert deepest - best.depth <= 0.25
+
+
+def test_a_clear_miss_of_the_unpruned_student_rules_out_its_activation():
+    probes = _probes()
+    result, trained = _run(probes, _accuracy(drop_per_depth=0.5, relu_penalty=2.0), budget=1.0)
+    assert trained[:2] == ["int8_reference", "relu_1x"]
+    assert all(name.startswith("silu") for name in trained[2:])  # no pruned ReLU is trained
+    assert all(p.status == INFERRED_OVER for p in probes if p.activation == "relu" and p.depth > 1)
+    assert result.best().activation == "silu"
 
 
 def test_no_deeper_probe_after_a_clear_miss():
