@@ -63,7 +63,8 @@ help: ## List the targets and the variables they read
 	@echo "           SEARCH_MINUTES=<training the search may spend, default 22> SEARCH_DEPTHS='1.5 2 2.5' SEARCH_ACTIVATIONS='relu silu'"
 	@echo "           MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ALLOW_UNGATED=1 ORT_THREADS=<n> (repo: threads per detector instance)"
 	@echo "           IMPORTANCE=magnitude|bn_scale|lamp CALIBRATION=minmax|entropy|percentile"
-	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION (load tests)"
+	@echo "           STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT SOAK_DURATION BURST (load tests)"
+	@echo "           FRAMES=dataset|480p|720p|1080p|<folder> (frames the serving measurements send; capacity: comma-separated)"
 	@echo "           HOST=<bind address> DEVICE=gpu (serve-docker); CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
 
 venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
@@ -123,8 +124,8 @@ serve-docker: venv ## Run the server image on REPO: ports on 127.0.0.1 (HOST=0.0
 k8s: venv ## Render deploy/k8s (cpu, gpu, monitoring, loadtest) offline to build/k8s, validate (Kubernetes 1.31 schemas) and scan (checkov)
 	$(PY) -m tools.k8s check --out build/k8s
 
-plan-capacity: venv ## CAMERAS=N FPS=F: replicas, HPA and resources from the measured capacity -> build/k8s/plan-<OVERLAY>
-	$(PY) -m tools.capacity_plan --cameras $(or $(CAMERAS),500) --fps $(FPS) --overlay $(or $(OVERLAY),cpu) \
+plan-capacity: venv ## CAMERAS=N FPS=F: replicas, HPA and resources from the capacity measured at FRAMES (default 1080p) -> build/k8s/plan-<OVERLAY>
+	$(PY) -m tools.capacity_plan --cameras $(or $(CAMERAS),500) --fps $(FPS) --overlay $(or $(OVERLAY),cpu) $(FRAMES_ARG) \
 		--artifacts $(ARTIFACTS) --repo $(REPO) $(if $(PER_REPLICA_STREAMS),--per-replica-streams $(PER_REPLICA_STREAMS)) \
 		$(if $(REPLICA_CPUS),--replica-cpus $(REPLICA_CPUS))
 
@@ -133,26 +134,34 @@ infer: venv ## Send IMAGES=<files or folders> to a running server (PROTOCOL=http
 
 LOAD_ARGS = --streams $(STREAMS) --fps $(FPS) --duration $(DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) \
 	--workers $(WORKERS) --max-in-flight $(MAX_IN_FLIGHT) --repo $(REPO) --artifacts $(ARTIFACTS)
+FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS) -> $(ARTIFACTS)/loadtest/
-	$(PY) -m loadtest.run $(LOAD_ARGS) --out $(ARTIFACTS)/loadtest
+loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS FRAMES, default 1080p) -> $(ARTIFACTS)/loadtest/
+	$(PY) -m loadtest.run $(LOAD_ARGS) --frames $(or $(FRAMES),1080p) --out $(ARTIFACTS)/loadtest
 
-capacity: venv ## Largest stream count within the SLO at FPS (p99 + late-frame budget), by measurement
-	$(PY) -m loadtest.capacity capacity $(LOAD_ARGS) --duration $(or $(PROBE),15s)
+capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p side by side)
+	$(PY) -m loadtest.capacity capacity $(LOAD_ARGS) $(FRAMES_ARG) --duration $(or $(PROBE),15s)
 
-tune: venv ## Sweep batching/instance configs at STREAMS on the real server; best goes into the repository
-	$(PY) -m loadtest.capacity tune $(LOAD_ARGS) --duration $(or $(PROBE),15s)
+tune: venv ## Sweep batching/instance configs at STREAMS on the real server (FRAMES, default 1080p); best goes into the repository
+	$(PY) -m loadtest.capacity tune $(LOAD_ARGS) $(FRAMES_ARG) --duration $(or $(PROBE),15s)
 
-soak: venv ## Long steady load (SOAK_DURATION, 70% of `make capacity`'s result or STREAMS=) with server + stub RSS -> $(ARTIFACTS)/soak/
-	$(PY) -m loadtest.soak --fps $(FPS) --duration $(SOAK_DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) \
+soak: venv ## Long steady load (SOAK_DURATION, 70% of `make capacity`'s result at FRAMES (default 1080p) or STREAMS=) with server + stub RSS -> $(ARTIFACTS)/soak/
+	$(PY) -m loadtest.soak --fps $(FPS) --duration $(SOAK_DURATION) --protocol $(PROTOCOL) --slo-ms $(SLO_MS) $(FRAMES_ARG) \
 		--streams $(if $(filter command line,$(origin STREAMS)),$(STREAMS),0) --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/soak
 
 bench-robustness: venv ## Bad frames mixed into good ones, decompression-bomb refusal time, on the real server -> $(ARTIFACTS)/robustness/
 	$(PY) -m loadtest.robustness --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/robustness
 
-bench-serving: venv ## In-process vs served (perf_analyzer) throughput, and streams within the SLO: naive FP32 vs REPO -> $(ARTIFACTS)/bench-serving/
-	$(PY) -m loadtest.serving_bench --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/bench-serving \
+bench-serving: venv ## In-process vs served (perf_analyzer) throughput, and streams within the SLO: naive FP32 vs REPO (FRAMES) -> $(ARTIFACTS)/bench-serving/
+	$(PY) -m loadtest.serving_bench --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/bench-serving $(FRAMES_ARG) \
 		--fps $(FPS) --slo-ms $(SLO_MS) --probe $(subst s,,$(or $(PROBE),15s))
+
+bench-steps: venv ## Per-step costs at camera sizes: full vs reduced JPEG decode (cost, HD mAP), NMS at max batch -> $(ARTIFACTS)/bench-steps/
+	$(PY) -m loadtest.step_bench --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/bench-steps $(FRAMES_ARG)
+
+bench-burst: venv ## BURST frames at once (default 60 of FRAMES=480p), shed frames by cause, then streams on one phase -> $(ARTIFACTS)/burst/
+	$(PY) -m loadtest.burst --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/burst --frames $(or $(FRAMES),480p) \
+		--burst $(or $(BURST),60) --slo-ms $(SLO_MS) --fps $(FPS)
 
 bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
 	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)

@@ -19,6 +19,8 @@ import yaml
 from compress.progress import progress
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
+# Camera frame sizes (width, height) the serving measurements use besides the dataset's own.
+FRAME_SIZES = {"480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,27 @@ class DatasetSpec:
     image_size: int = 320
     max_objects: int = 5
     seed: int = 0
+    # (width, height) of camera-like frames instead of image_size squares: objects keep the same
+    # size relative to the long side, so the letterboxed model input sees the sizes it learnt.
+    frame: tuple[int, int] | None = None
+    jpeg_quality: int = 92
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        return self.frame or (self.image_size, self.image_size)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """Smooth colour gradient plus noise and thin distractor lines (not objects)."""
     base = rng.integers(0, 256, size=(2, 2, 3)).astype(np.uint8)
-    image = cv2.resize(base, (size, size), interpolation=cv2.INTER_LINEAR)
-    noise = rng.normal(0, 12, size=(size, size, 3))
+    image = cv2.resize(base, (width, height), interpolation=cv2.INTER_LINEAR)
+    noise = rng.normal(0, 12, size=(height, width, 3))
     image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    # a scalar bound for squares keeps the default dataset's random stream (and so its images) as it was
+    bound = width if width == height else np.array([width, height])
     for _ in range(int(rng.integers(0, 4))):
-        p1 = tuple(int(v) for v in rng.integers(0, size, 2))
-        p2 = tuple(int(v) for v in rng.integers(0, size, 2))
+        p1 = tuple(int(v) for v in rng.integers(0, bound, 2))
+        p2 = tuple(int(v) for v in rng.integers(0, bound, 2))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         cv2.line(image, p1, p2, colour, 1, cv2.LINE_AA)
     return image
@@ -72,8 +84,9 @@ def _shape_polygon(cls: int, cx: float, cy: float, w: float, h: float, angle: fl
 
 def render_image(rng: np.random.Generator, spec: DatasetSpec) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     """One image and its labels as (class, cx, cy, w, h) normalised to 0..1."""
-    size = spec.image_size
-    image = _background(rng, size)
+    width, height = spec.width_height
+    size = max(width, height)  # objects scale with the long side
+    image = _background(rng, width, height)
     labels: list[tuple[int, float, float, float, float]] = []
     placed: list[tuple[float, float, float, float]] = []
     for _ in range(int(rng.integers(1, spec.max_objects + 1))):
@@ -81,8 +94,8 @@ def render_image(rng: np.random.Generator, spec: DatasetSpec) -> tuple[np.ndarra
             cls = int(rng.integers(0, len(CLASS_NAMES)))
             w = float(rng.uniform(0.1, 0.35) * size)
             h = w * float(rng.uniform(0.75, 1.33))
-            cx = float(rng.uniform(w / 2, size - w / 2))
-            cy = float(rng.uniform(h / 2, size - h / 2))
+            cx = float(rng.uniform(w / 2, width - w / 2))
+            cy = float(rng.uniform(h / 2, height - h / 2))
             angle = float(rng.uniform(-0.35, 0.35)) if cls else 0.0
             poly = _shape_polygon(cls, cx, cy, w, h, angle)
             if poly is None:
@@ -90,7 +103,7 @@ def render_image(rng: np.random.Generator, spec: DatasetSpec) -> tuple[np.ndarra
             else:
                 x1, y1 = poly.min(axis=0)
                 x2, y2 = poly.max(axis=0)
-            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, size - 1), min(y2, size - 1)
+            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1)
             if all(_overlap(x1, y1, x2, y2, *other) < 0.2 for other in placed):
                 break
         else:
@@ -101,7 +114,7 @@ def render_image(rng: np.random.Generator, spec: DatasetSpec) -> tuple[np.ndarra
         else:
             cv2.fillPoly(image, [np.round(poly).astype(np.int32)], colour, cv2.LINE_AA)
         placed.append((x1, y1, x2, y2))
-        labels.append((cls, (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size))
+        labels.append((cls, (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height))
     return image, labels
 
 
@@ -123,7 +136,7 @@ def generate(out_dir: Path, spec: DatasetSpec = DatasetSpec()) -> Path:
         for index in progress(range(count), desc=f"dataset {split}"):
             image, labels = render_image(rng, spec)
             stem = f"{split}_{index:05d}"
-            cv2.imwrite(str(out_dir / "images" / split / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(out_dir / "images" / split / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
             lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
             (out_dir / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
     data_yaml = out_dir / "data.yaml"
@@ -143,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=DatasetSpec.val_images)
     parser.add_argument("--imgsz", type=int, default=DatasetSpec.image_size)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frame", choices=sorted(FRAME_SIZES), help="camera-sized frames instead of --imgsz squares")
+    parser.add_argument("--quality", type=int, default=DatasetSpec.jpeg_quality, help="JPEG quality")
     args = parser.parse_args(argv)
-    print(generate(args.out_dir, DatasetSpec(args.train, args.val, args.imgsz, seed=args.seed)))
+    print(generate(args.out_dir, DatasetSpec(args.train, args.val, args.imgsz, seed=args.seed,
+                                             frame=FRAME_SIZES.get(args.frame), jpeg_quality=args.quality)))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,33 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114
-# Ultralytics adds class_id * MAX_WH to boxes so one NMS pass is class-aware.
-MAX_WH = 7680.0
 LETTERBOX_FIELDS = ("gain", "pad_x", "pad_y", "orig_w", "orig_h")
 PIXEL_TYPES = ("float32", "uint8")  # what a detector takes: 0..1 floats (as trained) or 0..255 bytes
+
+
+def usable_cores(cgroup: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a Kubernetes CPU
+    limit shows every core of the node in the affinity mask, but only the quota's worth runs)."""
+    import math
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quotas = ((f"{cgroup}/cpu.max", None),  # cgroup v2: "<quota> <period>" or "max <period>"
+              (f"{cgroup}/cpu/cpu.cfs_quota_us", f"{cgroup}/cpu/cpu.cfs_period_us"))  # cgroup v1 (-1: none)
+    for quota_file, period_file in quotas:
+        try:
+            with open(quota_file) as handle:
+                text = handle.read().split()
+            if period_file:
+                with open(period_file) as handle:
+                    text.append(handle.read().strip())
+            quota, period = text[0], text[1]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, cores)
 
 
 class ImageDecodeError(ValueError):
@@ -47,8 +70,14 @@ class ImageLimits:
                    int(params.get("min_image_side", defaults.min_side)))
 
 
+# EXIF orientations 5-8 turn the image a quarter: its upright width is the stored height
+_QUARTER_TURNS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
 def image_header(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
-    """(width, height, format) from the header alone (Pillow reads lazily); nothing is decoded."""
+    """(width, height, format) from the header alone (Pillow reads lazily); nothing is decoded.
+    The size is upright (EXIF orientation applied), as the decoders return the pixels."""
     from PIL import Image
 
     # Ultralytics replaces Image.open with a wrapper that tries to pip-install a HEIF plugin
@@ -59,6 +88,8 @@ def image_header(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: our limit decides
             with image_open(io.BytesIO(data)) as header:
                 width, height = header.size
+                if header.format == "JPEG" and header.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                    width, height = height, width
                 return int(width), int(height), str(header.format)
     except Image.DecompressionBombError:  # Pillow's hard stop is 2x its MAX_IMAGE_PIXELS, far above ours
         raise ImageDecodeError(f"image header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the "
@@ -83,12 +114,12 @@ def check_image(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
     return width, height, kind
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = ImageLimits()) -> np.ndarray:
-    """Encoded JPEG/PNG/... bytes to a BGR uint8 image (EXIF orientation applied).
+def decode_image(data: bytes, limits: ImageLimits | None = ImageLimits(), kind: str = "") -> np.ndarray:
+    """Encoded JPEG/PNG/... bytes to a BGR uint8 image (EXIF orientation applied), every pixel.
 
     With `limits` (the default), the header is checked first; every failure is an ImageDecodeError.
     """
-    kind = ""
+    kind = f"{kind} " if kind else ""
     if limits is not None:
         kind = check_image(data, limits)[2] + " "
     array = np.frombuffer(data, dtype=np.uint8)
@@ -101,12 +132,50 @@ def decode_image(data: bytes, limits: ImageLimits | None = ImageLimits()) -> np.
     return image
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int], pixel_type: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+# JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT): a fraction of
+# the work of a full decode, and each output pixel is the average of a k x k block (area-like).
+REDUCED_DECODE_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+
+
+def decode_scale(width: int, height: int, kind: str, size: tuple[int, int]) -> int:
+    """The largest JPEG decode reduction (8, 4, 2, else 1) whose output still holds at least the
+    pixels the letterbox keeps: scale x gain <= 1, so the letterbox only ever shrinks it."""
+    if kind != "JPEG":
+        return 1
+    gain = min(size[0] / height, size[1] / width)
+    return next((scale for scale in REDUCED_DECODE_FLAGS if scale * gain <= 1), 1)
+
+
+def decode_for_model(data: bytes, size: tuple[int, int], limits: ImageLimits = ImageLimits(),
+                     reduced: bool = True) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Decode no more pixels than a `size` (h, w) letterbox keeps: (BGR image, decode scale,
+    upright original (width, height)). The header is checked against `limits` first; `reduced=False`
+    decodes every pixel (what Ultralytics does)."""
+    width, height, kind = check_image(data, limits)
+    scale = decode_scale(width, height, kind, size) if reduced else 1
+    if scale == 1:
+        return decode_image(data, None, kind), 1, (width, height)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), REDUCED_DECODE_FLAGS[scale])
+    if image is None or image.size == 0:
+        raise ImageDecodeError(f"not a decodable {kind} image ({len(data)} bytes)")
+    return image, scale, (width, height)
+
+
+def prepare_image(data: bytes, size: tuple[int, int], pixel_type: str = "float32",
+                  limits: ImageLimits = ImageLimits(), reduced: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded bytes -> (model tensor, letterbox params): the served preprocess, one image."""
+    image, scale, original = decode_for_model(data, size, limits, reduced)
+    return letterbox(image, size, pixel_type, scale, original)
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], pixel_type: str = "float32", decode_scale: int = 1,
+              original_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resize keeping aspect ratio and pad to `size` (h, w), as Ultralytics' LetterBox does.
 
     Returns the CHW RGB tensor - float32 in 0..1, or with `pixel_type="uint8"` the same pixels
     as bytes 0..255 for a model that scales them itself - and the letterbox parameters
-    [gain, pad_x, pad_y, orig_w, orig_h] needed to map boxes back.
+    [gain, pad_x, pad_y, orig_w, orig_h] needed to map boxes back. For an image decoded at
+    1/`decode_scale`, the gain maps to the `original_size` (w, h) pixels, not the decoded ones.
     """
     if pixel_type not in PIXEL_TYPES:
         raise ValueError(f"pixel type {pixel_type!r} is not one of {PIXEL_TYPES}")
@@ -125,7 +194,8 @@ def letterbox(image: np.ndarray, size: tuple[int, int], pixel_type: str = "float
     image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
     chw = image[:, :, ::-1].transpose(2, 0, 1)
     tensor = np.ascontiguousarray(chw) if pixel_type == "uint8" else np.ascontiguousarray(chw, dtype=np.float32) / 255.0
-    params = np.array([gain, left, top, width, height], dtype=np.float32)
+    orig_w, orig_h = original_size or (width, height)
+    params = np.array([gain / decode_scale, left, top, orig_w, orig_h], dtype=np.float32)
     return tensor, params
 
 
@@ -213,22 +283,16 @@ def decode_raw_head(box_logits: np.ndarray, class_logits: np.ndarray, image_size
     return np.concatenate([_dfl_xywh(box_logits, anchor_points, anchor_strides), _sigmoid(class_logits)], axis=1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS on xyxy boxes; returns kept indices in descending score order."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        xx1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
-        iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None) -> np.ndarray:
+    """Class-aware greedy NMS on xyxy boxes (OpenCV's batched NMS, in C++); returns kept indices in
+    descending score order. Without `classes` every box is one class."""
+    if not len(boxes):
+        return np.zeros(0, dtype=np.int64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
+    classes = np.zeros(len(boxes), dtype=np.int32) if classes is None else classes.astype(np.int32)
+    # score threshold -inf: thresholds are applied before NMS, here every candidate takes part
+    keep = cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), classes, -np.inf, float(iou_threshold))
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
 def _check_letterbox(params: np.ndarray) -> None:
@@ -251,7 +315,7 @@ def _image_detections(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     finite = np.isfinite(xywh).all(axis=1)
     xywh, scores, classes = xywh[finite], scores[finite], classes[finite]
     boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
-    keep = nms(boxes + classes[:, None] * MAX_WH, scores, iou_threshold)[:max_det]
+    keep = nms(boxes, scores, iou_threshold, classes)[:max_det]
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     gain, pad_x, pad_y, orig_w, orig_h = (float(v) for v in params)
     boxes = (boxes - np.array([pad_x, pad_y, pad_x, pad_y], dtype=np.float32)) / gain

@@ -7,6 +7,7 @@ settings under ~/.config and pins OMP_NUM_THREADS=1 on import.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +15,9 @@ CACHE_DIR = PROJECT_ROOT / ".cache"
 
 
 def cpu_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    from compress.detection import usable_cores
+
+    return usable_cores()
 
 
 def configure() -> None:
@@ -23,3 +26,22 @@ def configure() -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     os.environ.setdefault("TQDM_MININTERVAL", "1")
+
+
+def describe_machine() -> dict:
+    """The CPU a speed figure was measured on: ratios differ between CPUs for the same files."""
+    import onnxruntime
+
+    flags, model = set(), platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    extensions = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
+                                          ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
+    return {"cpu": model, "cores": cpu_threads(), "vector_extensions": extensions,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import Detections, decode_image, head_detections, letterbox
+from compress.detection import Detections, head_detections, letterbox, prepare_image
 from compress.errors import BadImageError
 
 
@@ -18,7 +18,7 @@ class LocalDetector:
     """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
 
     def __init__(self, onnx_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_det: int = 300, threads: int = 0):
+                 max_det: int = 300, threads: int = 0, reduced_decode: bool = True):
         from compress.export import read_info
         from compress.onnx_session import create_session
 
@@ -26,15 +26,22 @@ class LocalDetector:
         self.session = create_session(onnx_path, threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
+        self.reduced = reduced_decode
 
     def detect_images(self, images: list[np.ndarray]) -> list[Detections]:
-        tensors, params = zip(*(letterbox(image, self.info.image_size, self.info.pixel_type) for image in images))
+        return self._detect([letterbox(image, self.info.image_size, self.info.pixel_type) for image in images])
+
+    def detect(self, payloads: list[bytes]) -> list[Detections]:
+        """Encoded frames, prepared as the served preprocess prepares them (reduced JPEG decode
+        unless `reduced_decode=False`)."""
+        try:
+            return self._detect([prepare_image(p, self.info.image_size, self.info.pixel_type, reduced=self.reduced)
+                                 for p in payloads])
+        except ValueError as error:
+            raise BadImageError(str(error)) from None
+
+    def _detect(self, prepared: list[tuple[np.ndarray, np.ndarray]]) -> list[Detections]:
+        tensors, params = zip(*prepared)
         outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
         return head_detections(outputs, np.stack(params), self.info.image_size, self.info.strides, self.conf, self.iou,
                                self.max_det)
-
-    def detect(self, payloads: list[bytes]) -> list[Detections]:
-        try:
-            return self.detect_images([decode_image(p) for p in payloads])
-        except ValueError as error:
-            raise BadImageError(str(error)) from None

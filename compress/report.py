@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
 from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, measure_in_subprocess, speedup, verdict
-from compress.env import cpu_threads
+from compress.env import cpu_threads, describe_machine
 from compress.plotting import saved_figure
 from compress.profile import plot as profile_plot
 from compress.profile import profile_in_subprocess
@@ -93,25 +92,6 @@ def choose_served(rows: list[dict], reference: dict, max_map_drop: float, allow_
         return closest, f"{why}; ALLOW_OVER_BUDGET=1: the most accurate INT8 candidate, over budget"
     served = min(within, key=lambda r: r["bs1_ms"])
     return served, f"{why}; serving {served['model']} (within budget)"
-
-
-def _machine() -> dict:
-    """The CPU a speed figure was measured on: ratios differ between CPUs for the same files."""
-    import onnxruntime
-
-    flags, model = set(), platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    extensions = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
-                                          ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
-    return {"cpu": model, "cores": cpu_threads(), "vector_extensions": extensions,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def _speed_goal(budget: float) -> tuple[float, float] | None:
@@ -190,7 +170,7 @@ def collect(ctx) -> dict:
             met[key] = verdict(ratios[key], target) == "met"
     twin = by_key.get(served["twin"]) if served["twin"] else served
     return {
-        "image_size": imgsz, "threads": threads, "rows": rows, "machine": _machine(), "machine_during_latency": load,
+        "image_size": imgsz, "threads": threads, "rows": rows, "machine": describe_machine(), "machine_during_latency": load,
         "served": {"name": served["candidate"] or served["key"], "model": served["model"], "precision": served["precision"],
                    "onnx": served["onnx"], "fp32_onnx": twin["onnx"], "weights": served["weights"],
                    "quantization": served.get("quantization"), "rule": rule, "budget_points": budget,

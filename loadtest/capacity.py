@@ -24,10 +24,15 @@ from google.protobuf import json_format
 
 from compress.env import cpu_threads
 from compress.errors import InputFileError, cli_entry
-from compress.manifest import val_image_list
+from compress.plotting import saved_figure
+from loadtest.frame_sets import FrameSet, resolve_frames
 from loadtest.run import LoadSpec, add_spec_arguments, load_test, spec_from_args
 from tools import triton_config as tc
 from tools.server import TritonServer
+
+
+# `make capacity` measures these side by side unless FRAMES= names others
+CAPACITY_FRAME_SETS = ("dataset", "720p", "1080p")
 
 
 def within_slo(summary: dict, late_budget: float) -> bool:
@@ -39,7 +44,7 @@ def within_slo(summary: dict, late_budget: float) -> bool:
     return failed == 0 and p99 is not None and p99 <= frames["slo_ms"] and frames["late_over_slo"] <= allowed_late
 
 
-def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path, late_budget: float = 0.01,
+def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet, out: Path, late_budget: float = 0.01,
                   max_streams: int = 64) -> dict:
     url = server.grpc_url if spec.protocol == "grpc" else server.http_url
     probes: dict[int, dict] = {}
@@ -48,11 +53,16 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path,
         if streams not in probes:
             summary = load_test(replace(spec, streams=streams), out / f"streams_{streams}", url=url,
                                 metrics_url=server.metrics_url, images=images)
-            detector = summary["triton"]["models"].get(tc.DETECTOR, {})
+            models = summary["triton"]["models"]
             probes[streams] = {"ok": within_slo(summary, late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
                                "p50_ms": summary["frames"]["latency_ms"]["p50"],
                                "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
-                               "detector_queue_ms": detector.get("queue_ms_per_request")}
+                               "detector_queue_ms": models.get(tc.DETECTOR, {}).get("queue_ms_per_request"),
+                               "bottleneck": summary["triton"].get("bottleneck"),
+                               # where a frame's server time goes, per step (Triton's compute statistics)
+                               "compute_ms_per_frame": {name: models.get(name, {}).get("compute_ms_per_frame")
+                                                        for name in (tc.PREPROCESS, tc.DETECTOR, tc.POSTPROCESS)},
+                               "client_cpu_ms_per_frame": summary["client_cpu_ms_per_frame"]}
             print(f"    {streams:3d} streams: p99 {probes[streams]['p99_ms']} ms, dropped {probes[streams]['dropped']} "
                   f"-> {'holds' if probes[streams]['ok'] else 'over'}", flush=True)
         return probes[streams]["ok"]
@@ -71,7 +81,82 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: Path, out: Path,
             good, bad = (middle, bad) if probe(middle) else (good, middle)
     # The machine the capacity belongs to: a replica needs as much to serve as many streams.
     return {"capacity_streams": good, "fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget,
-            "machine": {"cpus": cpu_threads()}, "probes": {str(k): v for k, v in sorted(probes.items())}}
+            "frame_set": images.record(), "machine": {"cpus": cpu_threads()},
+            "probes": {str(k): v for k, v in sorted(probes.items())}}
+
+
+def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], out: Path, late_budget: float,
+                       max_streams: int) -> dict:
+    """Capacity per frame set, one server, one run: the sizes side by side on the same machine state."""
+    from compress.env import describe_machine
+
+    by_frames = {}
+    with TritonServer(repo, log_path=out / "server.log") as server:
+        for frame_set in frame_sets:
+            print(f"==> capacity with {frame_set.label()}", flush=True)
+            by_frames[frame_set.name] = find_capacity(server, spec, frame_set, out / frame_set.name, late_budget,
+                                                      max_streams)
+            (out / frame_set.name / "capacity.json").write_text(json.dumps(by_frames[frame_set.name], indent=2))
+    first = next(iter(by_frames.values()))
+    return {"fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget, "machine": describe_machine(),
+            "by_frames": by_frames, **{k: first[k] for k in ("capacity_streams", "frame_set")}}
+
+
+def capacity_markdown(result: dict) -> str:
+    by_frames, machine = result["by_frames"], result["machine"]
+    base = by_frames.get("dataset", {}).get("capacity_streams")
+    lines = [f"# Capacity at {result['fps']:g} FPS per stream, p99 <= {result['slo_ms']:.0f} ms", "",
+             f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores.", "",
+             "| frames | size | KiB/frame | streams held | vs dataset | bottleneck | preprocess ms/frame | "
+             "detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for name, r in by_frames.items():
+        held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
+        compute, fs = held["compute_ms_per_frame"], r["frame_set"]
+        ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
+        lines.append(f"| {name} | {fs['width']}x{fs['height']} | {fs['mean_kib']} | {r['capacity_streams']} | {ratio} | "
+                     f"{held['bottleneck']} | {compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
+                     f"{held['client_cpu_ms_per_frame']} |")
+    lines += ["", "Per-step compute is Triton's compute time per frame at the largest stream count held "
+                  "(the batch's run divided by its frames); client CPU is Locust's processes per frame sent."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_capacity(result: dict, path: Path) -> None:
+    names = list(result["by_frames"])
+    with saved_figure(path, columns=2, size=(11, 4)) as (_, axes):
+        held = [result["by_frames"][n]["capacity_streams"] for n in names]
+        axes[0].bar(names, held, color="C0")
+        axes[0].set_ylabel(f"streams held at {result['fps']:g} FPS")
+        axes[0].set_title(f"capacity within p99 <= {result['slo_ms']:.0f} ms")
+        bottom = [0.0] * len(names)
+        for step, colour in (("preprocess", "C1"), ("detector", "C2"), ("postprocess", "C3")):
+            values = []
+            for n in names:
+                r = result["by_frames"][n]
+                probe = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
+                values.append(probe["compute_ms_per_frame"][step] or 0.0)
+            axes[1].bar(names, values, bottom=bottom, color=colour, label=step)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axes[1].set_ylabel("server compute per frame (ms)")
+        axes[1].set_title("where a frame's time goes")
+        axes[1].legend(fontsize=8)
+
+
+def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
+    """The capacity `make capacity` measured with frame set `frames` (a name as FRAMES= takes it);
+    without one, the largest frames measured. None if not measured."""
+    path = Path(artifacts) / "capacity" / "capacity.json"
+    if not path.exists():
+        return None
+    by_frames = json.loads(path.read_text()).get("by_frames", {})
+    if frames in (None, ""):
+        if not by_frames:
+            return None
+        frames = max(by_frames, key=lambda n: by_frames[n]["frame_set"]["width"] * by_frames[n]["frame_set"]["height"])
+    name = "dataset" if str(frames) in ("256", "dataset") else Path(str(frames)).name
+    found = by_frames.get(name)
+    return {**found, "source": str(path)} if found else None
 
 
 def candidate_settings(base: tc.RepositorySettings, small: bool = False) -> list[tuple[str, tc.RepositorySettings]]:
@@ -102,7 +187,7 @@ def repository_settings(repo: Path) -> tc.RepositorySettings:
     return tc.RepositorySettings(**json.loads(record.read_text())["settings"])
 
 
-def tune(repo: Path, spec: LoadSpec, images: Path, out: Path, late_budget: float, measure_capacity: bool = True,
+def tune(repo: Path, spec: LoadSpec, images: FrameSet, out: Path, late_budget: float, measure_capacity: bool = True,
          small_grid: bool = False) -> dict:
     base = repository_settings(repo)
     rows = []
@@ -122,7 +207,7 @@ def tune(repo: Path, spec: LoadSpec, images: Path, out: Path, late_budget: float
                   f"detector batch {rows[-1]['detector_avg_batch']}", flush=True)
         best = min(rows, key=lambda r: (r["dropped"], r["p99_ms"] if r["p99_ms"] is not None else float("inf")))
         best_settings = replace(base, **best["settings"])
-        result = {"spec": vars(spec), "rows": rows, "best": best}
+        result = {"spec": vars(spec), "frame_set": images.record(), "rows": rows, "best": best}
         if measure_capacity:
             apply(server, base)
             result["untuned_capacity"] = find_capacity(server, spec, images, out / "capacity_untuned", late_budget)
@@ -161,21 +246,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-capacity", action="store_true", help="tune: skip the capacity comparison")
     parser.add_argument("--small-grid", action="store_true", help="tune: two configs instead of the full sweep")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
-    parser.add_argument("--images", type=Path)
+    parser.add_argument("--frames", "--images", dest="frames", default=None,
+                        help="comma-separated frame sets: dataset (alias 256), 720p, 1080p, or folders of your own "
+                             f"(capacity default: {','.join(CAPACITY_FRAME_SETS)}; tune default: 1080p)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
     spec = spec_from_args(args)
-    images = args.images or val_image_list(args.artifacts)
+    names = [n.strip() for n in (args.frames or "").split(",") if n.strip()]
     out = args.artifacts / args.mode
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "capacity":
         repository_settings(args.repo)
-        with TritonServer(args.repo, log_path=out / "server.log") as server:
-            result = find_capacity(server, spec, images, out, args.late_budget, args.max_streams)
+        frame_sets = [resolve_frames(name, args.artifacts) for name in names or CAPACITY_FRAME_SETS]
+        result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams)
         (out / "capacity.json").write_text(json.dumps(result, indent=2))
-        print(f"capacity: {result['capacity_streams']} streams at {spec.fps:g} FPS within p99 <= {spec.slo_ms:.0f} ms "
-              f"(late budget {args.late_budget:.0%}); probes in {out}/capacity.json")
+        (out / "capacity.md").write_text(capacity_markdown(result))
+        plot_capacity(result, out / "capacity.png")
+        print(capacity_markdown(result))
+        print(f"report: {out}/capacity.md, capacity.json, capacity.png")
         return
+    images = resolve_frames(names[0] if names else "1080p", args.artifacts)
     result = tune(args.repo, spec, images, out, args.late_budget, measure_capacity=not args.no_capacity,
                   small_grid=args.small_grid)
     (out / "tune.json").write_text(json.dumps(result, indent=2))

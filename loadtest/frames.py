@@ -26,6 +26,18 @@ def frame_status(error: Exception | None) -> str:
     return "rejected" if str(status() if callable(status) else "") in REJECTED_STATUSES else "error"
 
 
+# What Triton says when it sheds a request, by cause (its messages in 2.51)
+SHED_CAUSES = {"queue_full": ("exceeds maximum queue size",), "timeout": ("request timeout expired", "timeout")}
+
+
+def shed_cause(error: Exception | None) -> str | None:
+    """queue_full or timeout for a request the server shed, `other` for another rejection."""
+    if error is None:
+        return None
+    text = str(error).lower()
+    return next((cause for cause, needles in SHED_CAUSES.items() if any(n in text for n in needles)), "other")
+
+
 def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
     """Throughput, latency percentiles from due time (answered frames), late/dropped/rejected/lost/error
     counts, and the same counts per endpoint when frames went to several.
@@ -49,6 +61,8 @@ def summarize(frames: list[dict], fps: float, slo_ms: float) -> dict:
         "dropped": sum(f["status"] == "dropped" for f in frames),
         "rejected": len(rejected),
         "rejected_share": round(len(rejected) / count, 4) if count else 0.0,
+        "rejected_by_cause": {cause: sum(f.get("cause") == cause for f in frames if f["status"] == "rejected")
+                              for cause in (*SHED_CAUSES, "other")},
         "rejection_p50_ms": round(float(np.percentile(rejected, 50)), 2) if len(rejected) else None,
         "span_s": round(duration_s, 2),
         "throughput_fps": round(len(done) / duration_s, 2) if duration_s > 0 else None,

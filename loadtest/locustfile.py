@@ -23,8 +23,8 @@ from pathlib import Path
 import gevent
 from locust import User, events, task
 
-from loadtest.frames import frame_status
-from tools.client import TritonDetectorClient, collect_images, encoded_batch
+from loadtest.frames import frame_status, shed_cause
+from tools.client import TritonDetectorClient, collect_images, encoded_batch, model_input_size, shrink_to_model
 
 FRAMES: list[dict] = []  # per-process frame records; workers ship theirs to the master
 _STREAM_COUNTER = iter(range(1_000_000))
@@ -44,6 +44,8 @@ def _options(parser):
     parser.add_argument("--records", default="", help="write per-frame records (JSON) here when the test stops")
     parser.add_argument("--request-timeout", type=float, default=10.0)
     parser.add_argument("--endpoints", default="", help="comma-separated host:port list (default: --host)")
+    parser.add_argument("--resize-to-model", action="store_true",
+                        help="send frames shrunk to the model input on the camera side (shrunk once, before the run)")
     parser.add_argument("--stream-seconds", type=float, default=0.0,
                         help="schedule frames for this long per stream, then wait for replies (0: until stopped)")
 
@@ -56,9 +58,20 @@ def _grpc_with_gevent(environment, **_kwargs):
         grpc_gevent.init_gevent()  # grpc's own threads must cooperate with Locust's greenlets
 
 
+_SHRUNK: dict[str, list[bytes]] = {}
+
+
 def load_frames(folder: str) -> list[bytes]:
     paths = collect_images([Path(folder)])[:64]
     return [p.read_bytes() for p in paths]
+
+
+def shrunk_frames(folder: str, client: TritonDetectorClient) -> list[bytes]:
+    """The frames as a camera that resizes to the model input would send them (once per process)."""
+    if folder not in _SHRUNK:
+        size = model_input_size(client)
+        _SHRUNK[folder] = [shrink_to_model(frame, size)[0] for frame in load_frames(folder)]
+    return _SHRUNK[folder]
 
 
 class CameraStream(User):
@@ -75,6 +88,8 @@ class CameraStream(User):
         self.endpoints = [e.replace("http://", "").replace("grpc://", "") for e in self.endpoints]
         self.clients: list[TritonDetectorClient] = []
         self._connect(self.stream_id % len(self.endpoints))
+        if options.resize_to_model:
+            self.frames = shrunk_frames(options.images, self.client)
         self.interval = 1.0 / options.fps
         phase = 0.0
         if options.phase == "staggered":
@@ -121,7 +136,8 @@ class CameraStream(User):
         if status == "lost":
             self._fail_over(endpoint_index)
         FRAMES.append({"stream": self.stream_id, "due": due, "latency_ms": latency_ms, "status": status,
-                       "endpoint": self.endpoints[endpoint_index]})
+                       "endpoint": self.endpoints[endpoint_index],
+                       **({"cause": shed_cause(error)} if status == "rejected" else {})})
         self.environment.events.request.fire(request_type=self.options.protocol, name="frame",
                                              response_time=latency_ms, response_length=0, exception=error,
                                              context={})

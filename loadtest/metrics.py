@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import urllib.request
@@ -12,20 +11,22 @@ from tools.triton_config import ENSEMBLE_NAME
 COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
             "nv_inference_exec_count", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
             "nv_inference_compute_input_duration_us", "nv_inference_compute_output_duration_us")
-LINE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
 
 
 def parse(text: str) -> dict[str, dict[str, float]]:
-    """{model: {counter: value}} summed over versions."""
+    """{model: {counter: value}} summed over versions, read with Prometheus' own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     models: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        match = LINE.match(line)
-        if not match or match.group(1) not in COUNTERS:
+    for family in text_string_to_metric_families(text):
+        if family.name not in COUNTERS:
             continue
-        model = re.search(r'model="([^"]+)"', match.group(2))
-        if model:
-            entry = models.setdefault(model.group(1), {})
-            entry[match.group(1)] = entry.get(match.group(1), 0.0) + float(match.group(3))
+        for sample in family.samples:
+            # the parser names a counter's value sample <family>_total, as OpenMetrics does
+            if sample.name not in (family.name, f"{family.name}_total") or "model" not in sample.labels:
+                continue
+            entry = models.setdefault(sample.labels["model"], {})
+            entry[family.name] = entry.get(family.name, 0.0) + float(sample.value)
     return models
 
 
@@ -113,6 +114,9 @@ def combined_summary(recorders: list[MetricsRecorder]) -> dict:
             # this is the run its batch took; the step was busy about compute / avg batch.
             "compute_ms_per_request": round(compute_us / requests / 1e3, 3) if requests else None,
             "busy_s": round(compute_us / 1e6 / (delta["nv_inference_count"] / executions), 2) if executions else None,
+            # the step's busy time per frame it answered: what one more frame costs it
+            "compute_ms_per_frame": round(compute_us / 1e3 / (delta["nv_inference_count"] / executions) / requests, 3)
+            if executions and requests else None,
         }
     steps = {n: m for n, m in models.items() if m["requests"] and n != ENSEMBLE_NAME}
     bottleneck = max(steps, key=lambda n: (steps[n]["queue_ms_per_request"] or 0) + (steps[n]["compute_ms_per_request"] or 0),

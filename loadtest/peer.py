@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +78,28 @@ def run_perf_analyzer(server: TritonServer, concurrency: int, data: Path, out: P
                "-f", str(out / f"perf_analyzer_c{concurrency}.csv")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     (out / f"perf_analyzer_c{concurrency}.log").write_text(result.stdout + result.stderr)
-    match = re.search(r"Concurrency: \d+, throughput: ([\d.]+) infer/sec, latency (\d+) usec", result.stdout)
-    if result.returncode != 0 or not match:
+    csv_path = out / f"perf_analyzer_c{concurrency}.csv"
+    if result.returncode != 0 or not csv_path.exists():
         raise ToolkitError(f"perf_analyzer failed (exit {result.returncode}): {(result.stderr or result.stdout)[-400:]}")
-    return {"throughput_fps": float(match.group(1)), "avg_latency_ms": round(int(match.group(2)) / 1e3, 2)}
+    return read_perf_analyzer_csv(csv_path)
+
+
+# The parts of a request's life perf_analyzer's CSV reports (microseconds); their sum is its average latency
+LATENCY_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
+                 "Server Compute Infer", "Server Compute Output", "Client Recv")
+
+
+def read_perf_analyzer_csv(path: Path) -> dict:
+    """Throughput and latency of the (one) concurrency row of the CSV perf_analyzer writes with -f."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "Inferences/Second" not in rows[0]:
+        raise ToolkitError(f"perf_analyzer wrote no measurement row to {path}")
+    row = rows[0]
+    average_us = float(row["Avg latency"]) if row.get("Avg latency") else sum(float(row[k]) for k in LATENCY_PARTS)
+    return {"throughput_fps": float(row["Inferences/Second"]), "avg_latency_ms": round(average_us / 1e3, 2),
+            "p99_latency_ms": round(float(row["p99 latency"]) / 1e3, 2) if row.get("p99 latency") else None,
+            "server_queue_ms": round(float(row["Server Queue"]) / 1e3, 3)}
 
 
 def compare(repo: Path, concurrencies: list[int], images_dir: Path, out: Path, duration_s: float = 10.0) -> dict:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.errors import InputFileError, ToolkitError, cli_entry
-from compress.manifest import val_image_list
 from compress.plotting import saved_figure
+from loadtest.frame_sets import FrameSet, resolve_frames
 from loadtest.frames import summarize
 from loadtest.metrics import MetricsRecorder, combined_summary
 from tools.server import LOOPBACK, TritonServer, free_port
@@ -42,6 +42,7 @@ class LoadSpec:
     model: str = "yolo"
     remote_workers: int = 0  # workers started elsewhere (Kubernetes) connect to this master
     master_port: int = 5557
+    resize_to_model: bool = False  # frames shrunk to the model input on the camera side
 
 
 def parse_duration(text: str) -> float:
@@ -58,6 +59,8 @@ def locust_commands(spec: LoadSpec, urls: list[str], images: Path, out: Path) ->
     custom = ["--fps", str(spec.fps), "--protocol", spec.protocol, "--model", spec.model, "--images", str(images),
               "--max-in-flight", str(spec.max_in_flight), "--phase", spec.phase, "--streams-hint", str(spec.streams),
               "--stream-seconds", str(spec.duration_s), "--endpoints", ",".join(urls)]
+    if spec.resize_to_model:
+        custom.append("--resize-to-model")
     # Locust's own clock runs a little longer than the schedule so the last replies land.
     workers = spec.workers + spec.remote_workers
     run = ["--headless", "-u", str(spec.streams), "-r", str(max(spec.streams, 1) * 10),
@@ -76,8 +79,10 @@ def locust_commands(spec: LoadSpec, urls: list[str], images: Path, out: Path) ->
     return [master] + [worker] * spec.workers
 
 
-def run_locust(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> None:
+def run_locust(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> float:
+    """Run Locust to the end; returns the CPU seconds its processes used (the client side's cost)."""
     commands = locust_commands(spec, urls, images, out)
+    before = _children_cpu_s()
     workers = [subprocess.Popen(cmd) for cmd in commands[1:]]
     try:
         # Locust exits 1 when any request failed; the summary reports failures, so only a crash is an error.
@@ -91,6 +96,15 @@ def run_locust(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> None
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+                worker.wait()
+    return _children_cpu_s() - before
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # of waited-for child processes
+    return usage.ru_utime + usage.ru_stime
 
 
 def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
@@ -119,17 +133,27 @@ def plot_latency(frames: list[dict], spec: LoadSpec, path: Path) -> None:
         ax.legend(fontsize=8)
 
 
+def _causes(frames: dict) -> str:
+    """", queue full 3, timeout 2" for shed frames, by the cause Triton gave."""
+    causes = frames.get("rejected_by_cause") or {}
+    return "".join(f", {cause.replace('_', ' ')} {count}" for cause, count in causes.items() if count)
+
+
 def to_markdown(summary: dict) -> str:
     s, lat = summary["spec"], summary["frames"]["latency_ms"]
     f, m = summary["frames"], summary["triton"]
     lines = [f"# Load test: {s['streams']} streams x {s['fps']} FPS, {s['duration_s']:.0f} s, {s['protocol']}"
              f"{', ' + str(s['workers']) + ' workers' if s['workers'] else ''}", "",
              f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, "
-             f"rejected by the server {f.get('rejected', 0)} ({f.get('rejected_share', 0):.1%}"
+             f"rejected by the server {f.get('rejected', 0)} ({f.get('rejected_share', 0):.1%}{_causes(f)}"
              f"{', answered in p50 ' + str(f['rejection_p50_ms']) + ' ms' if f.get('rejection_p50_ms') else ''}), "
              f"lost with a replica {f.get('lost', 0)}, errors {f['errors']}",
              f"- throughput {f['throughput_fps']} frames/s; latency from due time p50 {lat['p50']} / p95 {lat['p95']} / "
              f"p99 {lat['p99']} ms (max {lat['max']})",
+             f"- frames: {summary['frame_set']['name']} ({summary['frame_set']['width']}x{summary['frame_set']['height']}, "
+             f"{summary['frame_set']['mean_kib']} KiB each"
+             f"{', shrunk to the model input by the cameras' if s.get('resize_to_model') else ''}); "
+             f"client CPU {summary['client_cpu_ms_per_frame']} ms per frame",
              f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "
              f"{f['slo_ms']:.0f} ms SLO", f"- bottleneck step: **{m['bottleneck']}**", "",
              "| model | requests | failures | avg batch | queue ms/request | compute ms/request (its batch's run) |",
@@ -146,12 +170,13 @@ def to_markdown(summary: dict) -> str:
 
 
 def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: str | None = None,
-              repo: Path = Path("model_repository"), images: Path | None = None,
+              repo: Path = Path("model_repository"), images: FrameSet | Path | str | None = None,
               artifacts: Path = Path("artifacts")) -> dict:
     """Run the streams and write the summary. `url` and `metrics_url` may list several replicas,
-    comma-separated (metrics are optional for running servers: the Triton section is then empty)."""
+    comma-separated (metrics are optional for running servers: the Triton section is then empty).
+    `images`: a frame set, its name (dataset, 720p, 1080p) or a folder; default the dataset's."""
     out.mkdir(parents=True, exist_ok=True)
-    images = images or val_image_list(artifacts)
+    frame_set = images if isinstance(images, FrameSet) else resolve_frames(images, artifacts)
     with ExitStack() as stack:
         if url is None:
             if not (repo / "yolo" / "config.pbtxt").exists():
@@ -162,15 +187,18 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
             print(f"==> started tritonserver for the load test (gRPC {server.grpc_url}, HTTP {server.http_url})")
         urls = split_urls(url)
         recorders = [stack.enter_context(MetricsRecorder(m)) for m in split_urls(metrics_url or "")]
-        print(f"==> {spec.streams} streams x {spec.fps:g} FPS for {spec.duration_s:.0f} s over {spec.protocol} "
-              f"to {', '.join(urls)}" + ("" if recorders else " (no metrics endpoint: no Triton section)"), flush=True)
-        run_locust(spec, urls, images, out)
+        print(f"==> {spec.streams} streams x {spec.fps:g} FPS of {frame_set.label()} for {spec.duration_s:.0f} s "
+              f"over {spec.protocol} to {', '.join(urls)}"
+              + ("" if recorders else " (no metrics endpoint: no Triton section)"), flush=True)
+        client_cpu_s = run_locust(spec, urls, frame_set.images, out)
     frames_path = out / "frames.json"
     if not frames_path.exists():
         raise ToolkitError("locust wrote no frame records", hint=f"see its output above and {out}")
     frames = json.loads(frames_path.read_text())
-    summary = {"spec": vars(spec), "frames": summarize(frames, spec.fps, spec.slo_ms),
-               "triton": combined_summary(recorders)}
+    summary = {"spec": vars(spec), "frame_set": frame_set.record(), "frames": summarize(frames, spec.fps, spec.slo_ms),
+               "triton": combined_summary(recorders),
+               # Locust's own processes: reading, sending and receiving a frame (the camera side's cost)
+               "client_cpu_ms_per_frame": round(client_cpu_s * 1e3 / max(len(frames), 1), 3)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(to_markdown(summary))
     plot_latency(frames, spec, out / "latency_over_time.png")
@@ -194,11 +222,20 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote-workers", type=int, default=0,
                         help="run only the master and wait for this many workers started elsewhere (Kubernetes)")
     parser.add_argument("--master-port", type=int, default=5557, help="with --remote-workers: the port workers reach")
+    parser.add_argument("--resize-to-model", action="store_true",
+                        help="cameras shrink frames to the model input before sending (bandwidth-bound links)")
+
+
+def add_frames_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", "--images", dest="frames", default=None,
+                        help="frames to send: dataset (alias 256: the dataset's val split, the default), 720p, 1080p "
+                             "(labelled camera-sized frames, generated once), or a folder / .txt list of your own")
 
 
 def spec_from_args(args) -> LoadSpec:
     return LoadSpec(args.streams, args.fps, parse_duration(args.duration), args.protocol, args.slo_ms, args.workers,
-                    args.max_in_flight, args.phase, args.model, args.remote_workers, args.master_port)
+                    args.max_in_flight, args.phase, args.model, args.remote_workers, args.master_port,
+                    args.resize_to_model)
 
 
 @cli_entry
@@ -209,11 +246,11 @@ def main(argv: list[str] | None = None) -> None:
                                       "(streams spread over them and fail over); default: start the local one")
     parser.add_argument("--metrics-url", help="their metrics endpoints, comma-separated (optional)")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
-    parser.add_argument("--images", type=Path, help="folder of frames (default: the dataset's val split)")
+    add_frames_argument(parser)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/loadtest"))
     args = parser.parse_args(argv)
-    summary = load_test(spec_from_args(args), args.out, args.url, args.metrics_url, args.repo, args.images,
+    summary = load_test(spec_from_args(args), args.out, args.url, args.metrics_url, args.repo, args.frames,
                         args.artifacts)
     print(to_markdown(summary))
     print(f"report: {args.out}/summary.md, locust.html, latency_over_time.png")

@@ -26,10 +26,11 @@ from compress.benchmark import spread, verdict
 from compress.env import cpu_threads
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.local_detector import LocalDetector
-from compress.manifest import Manifest, val_image_list
+from compress.manifest import Manifest
 from compress.plotting import saved_figure
 from compress.progress import progress
 from loadtest.capacity import apply, find_capacity, repository_settings
+from loadtest.frame_sets import FrameSet, resolve_frames
 from loadtest.metrics import MetricsRecorder, combined_summary
 from loadtest.peer import input_data, run_perf_analyzer
 from loadtest.run import LoadSpec
@@ -120,7 +121,7 @@ def naive_repository(artifacts: Path, out: Path) -> Path:
     return build_repo.build(repo, onnx, settings, {"stage": "export", "target": "local", "naive": True})
 
 
-def stream_capacity(repo: Path, images: Path, out: Path, spec: LoadSpec) -> dict:
+def stream_capacity(repo: Path, images: FrameSet, out: Path, spec: LoadSpec) -> dict:
     with TritonServer(repo, log_path=out / "server.log") as server:
         return find_capacity(server, spec, images, out)
 
@@ -135,6 +136,8 @@ def to_markdown(result: dict) -> str:
              f"{v['busy_s']} |" for name, v in best.get("steps", {}).items()]
     return "\n".join([
         "# Serving overhead and stream capacity (one run, this machine)", "",
+        f"Frames: {result['frame_set']['name']} ({result['frame_set']['width']}x{result['frame_set']['height']}, "
+        f"{result['frame_set']['mean_kib']} KiB each).", "",
         "| measurement | value | goal |", "|---|---:|---|",
         f"| (a) in-process pipeline, batches of {IN_PROCESS_BATCH}, {result['threads']} threads, median of "
         f"{len(b['rounds'])} rounds | {b['in_process_fps']} frames/s | |",
@@ -182,13 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--probe", type=float, default=15.0, help="seconds per capacity probe")
+    parser.add_argument("--frames", default="dataset", help="frame set: dataset (alias 256), 480p, 720p, 1080p or a folder")
     args = parser.parse_args(argv)
     record = args.repo / "repository.json"
     if not record.exists():
         raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` first")
     settings = repository_settings(args.repo)
-    frames_list = val_image_list(args.artifacts)
-    images = collect_images([frames_list])[:64]
+    frames_list = resolve_frames(args.frames, args.artifacts)
+    images = collect_images([frames_list.images])[:64]
     args.out.mkdir(parents=True, exist_ok=True)
     print("==> (a) in-process pipeline and (b) served ensemble at saturation, alternating", flush=True)
     pipeline = InProcessPipeline(args.repo / "detector" / "1" / "model.onnx", [p.read_bytes() for p in images], settings)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     naive = stream_capacity(naive_repository(args.artifacts, args.out), frames_list, args.out / "naive", spec)
     print(f"==> (c) streams within the SLO: {args.repo}", flush=True)
     tuned = stream_capacity(args.repo, frames_list, args.out / "tuned", spec)
-    result = {"repo": str(args.repo), "settings": asdict(settings), "threads": cpu_threads(), "served": served,
+    result = {"repo": str(args.repo), "frame_set": frames_list.record(), "settings": asdict(settings), "threads": cpu_threads(), "served": served,
               "served_vs_in_process": served["ratio"],
               "streams": {"fps": args.fps, "slo_ms": args.slo_ms, "naive": naive["capacity_streams"],
                           "tuned": tuned["capacity_streams"], "naive_probes": naive["probes"],

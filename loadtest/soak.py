@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 
 from compress.errors import InputFileError, cli_entry
-from compress.manifest import val_image_list
 from compress.plotting import saved_figure
+from loadtest.frame_sets import resolve_frames
 from loadtest.metrics import PeriodicSampler
 from loadtest.run import add_spec_arguments, load_test, spec_from_args
 from tools.server import TritonServer
@@ -103,7 +103,8 @@ def plot_memory(samples, path: Path, title: str) -> None:
 def soak_markdown(result: dict) -> str:
     s, f = result["spec"], result["frames"]
     lines = [f"# Soak: {s['streams']} streams x {s['fps']:g} FPS for {s['duration_s']:.0f} s over {s['protocol']}", "",
-             f"- load: {result['load_note']}",
+             f"- load: {result['load_note']}; frames {result['frame_set']['name']} "
+             f"({result['frame_set']['width']}x{result['frame_set']['height']})",
              f"- frames due {f['frames_due']}, answered {f['frames_ok']}, errors {f['errors']}, "
              f"rejected {f.get('rejected', 0)}, dropped {f['dropped']}; p50 {f['latency_ms']['p50']} / "
              f"p99 {f['latency_ms']['p99']} ms",
@@ -120,13 +121,17 @@ def streams_for(args) -> tuple[int, str]:
     """The explicit stream count, or `--load` (70%) of the capacity `make capacity` measured."""
     if args.streams > 0:
         return args.streams, f"{args.streams} streams as asked"
-    capacity_file = args.artifacts / "capacity" / "capacity.json"
-    if not capacity_file.exists():
-        raise InputFileError(f"no measured capacity at {capacity_file}",
-                             hint="run `make capacity` first, or pass STREAMS=<n> (e.g. `make soak STREAMS=6`)")
-    capacity = json.loads(capacity_file.read_text())["capacity_streams"]
+    from loadtest.capacity import capacity_for
+
+    measured = capacity_for(args.artifacts, args.frames)
+    if measured is None:
+        raise InputFileError(f"no capacity measured with {args.frames} frames in {args.artifacts / 'capacity'}",
+                             hint=f"run `make capacity FRAMES={args.frames}` first, or pass STREAMS=<n> "
+                                  "(e.g. `make soak STREAMS=6`)")
+    capacity = measured["capacity_streams"]
     streams = max(1, math.floor(args.load * capacity))
-    return streams, f"{streams} streams = {args.load:.0%} of the measured capacity of {capacity} streams"
+    return streams, (f"{streams} streams = {args.load:.0%} of the capacity of {capacity} streams measured with "
+                     f"{args.frames} frames")
 
 
 def soak(args) -> dict:
@@ -135,7 +140,7 @@ def soak(args) -> dict:
     spec = spec_from_args(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    images = args.images or val_image_list(args.artifacts)
+    images = resolve_frames(args.frames, args.artifacts)
     if not (args.repo / "yolo" / "config.pbtxt").exists():
         raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` (or `make`) first")
     with TritonServer(args.repo, log_path=out / "server.log") as server:
@@ -145,7 +150,7 @@ def soak(args) -> dict:
             summary = load_test(spec, out, url=url, metrics_url=server.metrics_url, images=images)
     warmup_s = min(args.warmup_s, spec.duration_s / 5)
     memory = memory_growth(sampler.samples, warmup_s)
-    result = {"spec": vars(spec), "load_note": note, "frames": summary["frames"], "warmup_s": warmup_s,
+    result = {"spec": vars(spec), "frame_set": images.record(), "load_note": note, "frames": summary["frames"], "warmup_s": warmup_s,
               "memory": memory, "samples": len(sampler.samples),
               "goal_met": memory["total"]["growth"] < GROWTH_GOAL and summary["frames"]["errors"] == 0
               and summary["frames"].get("lost", 0) == 0,
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="left out of the growth figure")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
-    parser.add_argument("--images", type=Path)
+    parser.add_argument("--frames", "--images", dest="frames", default="1080p",
+                        help="frame set: dataset (alias 256), 480p, 720p, 1080p (default) or a folder")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/soak"))
     args = parser.parse_args(argv)

@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector-instances", dest="detector_instances", type=int)
     parser.add_argument("--preprocess-instances", dest="preprocess_instances", type=int)
     parser.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
+    parser.add_argument("--decode-threads", dest="decode_threads", type=int,
+                        help="threads decoding one preprocess batch (0: the cores the instance may use)")
+    parser.add_argument("--full-decode", dest="reduced_decode", action="store_const", const=False,
+                        help="decode every JPEG pixel (Ultralytics' preprocessing) instead of the smallest DCT scale "
+                             "that covers the model input")
     parser.add_argument("--conf-threshold", dest="conf_threshold", type=float)
     parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
     parser.add_argument("--device", choices=["cpu", "gpu"])

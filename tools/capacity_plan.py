@@ -43,15 +43,24 @@ def master_args() -> list[str]:
     return job["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def measured_capacity(artifacts: Path) -> dict:
-    """The best capacity measurement there is: tuned (make tune) over untuned (make capacity)."""
-    tune, capacity = artifacts / "tune" / "tune.json", artifacts / "capacity" / "capacity.json"
-    if tune.exists() and "tuned_capacity" in json.loads(tune.read_text()):
-        return {**json.loads(tune.read_text())["tuned_capacity"], "source": str(tune)}
-    if capacity.exists():
-        return {**json.loads(capacity.read_text()), "source": str(capacity)}
-    raise InputFileError(f"no capacity measurement in {artifacts}",
-                         hint="run `make capacity` (or `make tune`) first, or pass --per-replica-streams (assumed)")
+def measured_capacity(artifacts: Path, frames: str | None = None) -> dict:
+    """The best capacity measurement there is for the frames the cameras send (`frames`; default
+    1080p, else the largest measured): tuned (make tune) over untuned (make capacity)."""
+    from loadtest.capacity import capacity_for
+
+    wanted = frames or ("1080p" if capacity_for(artifacts, "1080p") else None)
+    tune = artifacts / "tune" / "tune.json"
+    if tune.exists():
+        tuned = json.loads(tune.read_text())
+        tuned_frames = tuned.get("frame_set", {}).get("name")
+        if "tuned_capacity" in tuned and (wanted is None or tuned_frames == wanted):
+            return {**tuned["tuned_capacity"], "source": str(tune)}
+    found = capacity_for(artifacts, wanted)
+    if found:
+        return found
+    raise InputFileError(f"no capacity measurement{' with ' + wanted + ' frames' if wanted else ''} in {artifacts}",
+                         hint=f"run `make capacity{' FRAMES=' + wanted if wanted else ''}` (or `make tune`) first, "
+                              "or pass --per-replica-streams (assumed)")
 
 
 def soak_memory_mb(artifacts: Path) -> float | None:
@@ -82,6 +91,8 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
             "cameras": cameras, "fps": fps, "overlay": overlay,
             "replica_capacity_streams": {"value": streams, "at_fps": measured_fps,
                                          "kind": capacity.get("kind", "measured"), "source": capacity.get("source")},
+            # the frames the capacity was measured with: a plan holds only for frames that size
+            "frames": _frames_label(capacity),
             "slo_ms": capacity.get("slo_ms"),
             "replica_cpus": {"value": cpus, "kind": cpus_kind},
             "replica_memory_mb": {"value": memory, "kind": "measured (soak RSS)" if memory_mb else "assumed"},
@@ -102,6 +113,13 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
                       "shm_mb": shm_size_bytes(settings) // 2**20},
         "loadtest": {"streams": cameras, "workers": max(1, math.ceil(cameras / STREAMS_PER_LOCUST_WORKER))},
     }
+
+
+def _frames_label(capacity: dict) -> str:
+    frame_set = capacity.get("frame_set")
+    if not frame_set:
+        return "unknown (not recorded with the capacity)"
+    return f"{frame_set['name']} ({frame_set['width']}x{frame_set['height']}, {frame_set['mean_kib']} KiB per frame)"
 
 
 def kustomization(result: dict, overlay_dir: Path, out_dir: Path) -> dict:
@@ -140,6 +158,7 @@ def to_markdown(result: dict) -> str:
     cap = i["replica_capacity_streams"]
     lines = [f"# Capacity plan: {i['cameras']} cameras x {i['fps']:g} FPS on {i['overlay']} nodes", "",
              f"- demand: {i['cameras']} x {i['fps']:g} = **{result['demand_fps']:g} frames/s**",
+             f"- frames this plan assumes: **{i['frames']}** (the size the capacity was measured with)",
              f"- one replica ({cap['kind']}, {cap['source']}): {cap['value']} streams x {cap['at_fps']:g} FPS within "
              f"p99 <= {i['slo_ms']} ms = **{result['replica_fps']:g} frames/s** on {i['replica_cpus']['value']} CPUs "
              f"({i['replica_cpus']['kind']})",
@@ -168,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--capacity", type=Path, help="a capacity.json (default: the artifacts' tune or capacity)")
+    parser.add_argument("--frames", help="the frames the cameras send, as measured by `make capacity FRAMES=...` "
+                                         "(default: 1080p when measured, else the largest measured)")
     parser.add_argument("--per-replica-streams", type=int, help="assumed capacity (streams at --fps), e.g. for GPU "
                                                                 "replicas not measured here")
     parser.add_argument("--replica-cpus", type=int, help="with --per-replica-streams: CPUs of that replica")
@@ -180,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.capacity:
         capacity = {**json.loads(args.capacity.read_text()), "source": str(args.capacity)}
     else:
-        capacity = measured_capacity(args.artifacts)
+        capacity = measured_capacity(args.artifacts, args.frames)
     record = args.repo / "repository.json"
     if not record.exists():
         raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` first (the plan sizes /dev/shm from it)")

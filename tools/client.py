@@ -3,6 +3,7 @@
     python -m tools.client photo.jpg folder/ --protocol grpc --batch 4 --concurrency 2
     python -m tools.client photo.jpg --annotate out/     # also write annotated images
     python -m tools.client photo.jpg --local artifacts/export/baseline.onnx   # no server: in-process
+    python -m tools.client frames/ --resize-to-model     # shrink on this side: fewer bytes on the wire
 
 Images travel encoded (JPEG/PNG bytes), so the wire carries what a camera would send; the
 server decodes, letterboxes, detects and maps boxes back to original pixels.
@@ -28,6 +29,35 @@ from compress.local_detector import LocalDetector
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_NAMES = ("NUM_DETECTIONS", "BOXES", "SCORES", "CLASSES")
 BUSY_RETRIES = 3  # a request the server shed (503 / UNAVAILABLE) is retried with backoff
+CAMERA_SIDE_JPEG_QUALITY = 90
+
+
+def shrink_to_model(data: bytes, size: tuple[int, int]) -> tuple[bytes, float]:
+    """A frame resized on the sending side to fit the model input `size` (h, w), aspect kept, as
+    JPEG; returns (bytes, gain). Frames already that small are sent as they are (gain 1)."""
+    import cv2
+
+    from compress.detection import decode_for_model
+
+    try:
+        image, scale, (width, height) = decode_for_model(data, size)  # the cheap decode, as the server's
+    except ValueError as error:
+        raise BadImageError(str(error)) from None
+    gain = min(size[0] / height, size[1] / width)
+    if gain >= 1:
+        return data, 1.0
+    new_size = (max(1, round(width * gain)), max(1, round(height * gain)))
+    resized = cv2.resize(image, new_size, interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, CAMERA_SIDE_JPEG_QUALITY])[1].tobytes(), \
+        new_size[0] / width
+
+
+def model_input_size(client) -> tuple[int, int]:
+    """(h, w) the served preprocess letterboxes to, from its config on the server."""
+    kwargs = {"as_json": True} if client.protocol == "grpc" else {}
+    config = client.client.get_model_config("preprocess", **kwargs)
+    params = config.get("config", config)["parameters"]  # gRPC wraps the config, HTTP does not
+    return int(params["image_height"]["string_value"]), int(params["image_width"]["string_value"])
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -57,8 +87,9 @@ class TritonDetectorClient:
     """One client (HTTP or gRPC) for the `yolo` ensemble; `detect` returns per-image detections."""
 
     def __init__(self, url: str, protocol: str = "http", model: str = "yolo", timeout_s: float = 60.0,
-                 concurrency: int = 1):
+                 concurrency: int = 1, resize_to_model: bool = False):
         self.protocol, self.model, self.url = protocol, model, url
+        self.resize_to_model, self._model_size = resize_to_model, None
         if protocol == "http":
             import tritonclient.http as client_module
 
@@ -98,7 +129,19 @@ class TritonDetectorClient:
         return {name: result.as_numpy(name) for name in outputs}
 
     def detect(self, payloads: list[bytes]) -> list[Detections]:
-        """Encoded images -> detections, in one request; server errors become BadImageError/ServerError."""
+        """Encoded images -> detections (in original pixels), in one request; server errors become
+        BadImageError/ServerError. With `resize_to_model`, frames shrink here before sending."""
+        if not self.resize_to_model:
+            return self._detect(payloads)
+        if self._model_size is None:
+            self._model_size = model_input_size(self)
+        shrunk = [shrink_to_model(p, self._model_size) for p in payloads]
+        detections = self._detect([data for data, _ in shrunk])
+        for detection, (_, gain) in zip(detections, shrunk):
+            detection.boxes = detection.boxes / gain  # back to the pixels of the frame as captured
+        return detections
+
+    def _detect(self, payloads: list[bytes]) -> list[Detections]:
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -181,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--annotate", type=Path, help="write annotated copies into this folder")
     parser.add_argument("--local", type=Path, metavar="ONNX", help="run in-process on this ONNX, no server")
     parser.add_argument("--names", type=Path, help="ONNX whose metadata names the classes (for labels)")
+    parser.add_argument("--resize-to-model", action="store_true",
+                        help="shrink frames to the served model's input here before sending (bandwidth-bound "
+                             "links); boxes still come back in the original pixels")
     args = parser.parse_args(argv)
     if args.local:
         require_file(args.local, "ONNX model")
@@ -196,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
 
         def make_detector():
-            return TritonDetectorClient(url, args.protocol, args.model)
+            return TritonDetectorClient(url, args.protocol, args.model, resize_to_model=args.resize_to_model)
 
         with make_detector() as probe:
             probe.check_ready()

@@ -58,6 +58,12 @@ class RepositorySettings:
     # ort_threads 0 each local instance takes its share of the cores (1.39x frames/s on 2 cores).
     detector_instances: int = 2
     preprocess_instances: int = 1
+    # Threads decoding the frames of one preprocess execute() (OpenCV releases the GIL); 0: the
+    # cores the instance may use, found where it runs, like the detector's ort_threads.
+    decode_threads: int = 0
+    # JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that covers the model input; False
+    # decodes every pixel, as Ultralytics does (bit-for-bit its preprocessing, at full cost).
+    reduced_decode: bool = True
     postprocess_instances: int = 1
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
@@ -115,6 +121,8 @@ class RepositorySettings:
             raise ConfigError("conf_threshold must be in [0, 1) and iou_threshold in (0, 1]")
         if any(s % max(self.strides) for s in self.image_size):
             raise ConfigError(f"image size {self.image_size} is not a multiple of stride {max(self.strides)}")
+        if self.decode_threads < 0:
+            raise ConfigError("decode_threads must be >= 0 (0: the cores the instance may use)")
         if min(self.max_queue_size, self.queue_timeout_us, self.queue_delay_us, self.step_queue_delay_us) < 0:
             raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
         if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
@@ -201,6 +209,8 @@ def preprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         # segfault); the model decodes a synthetic frame in initialize() instead
     )
     _parameters(config, {"image_height": height, "image_width": width, "pixel_type": settings.pixel_type,
+                         "decode_threads": settings.decode_threads,
+                         "reduced_decode": str(settings.reduced_decode).lower(),
                          "max_image_pixels": settings.max_image_pixels,
                          "max_image_bytes": settings.max_image_bytes, "min_image_side": settings.min_image_side})
     return config

@@ -77,3 +77,28 @@ def test_cli_without_a_server_says_so_in_one_line(tmp_path, image_folder):
     done = run_cli(str(image_folder), "--protocol", "http", "--url", "127.0.0.1:9")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("error: cannot reach Triton") and "make serve" in done.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_resize_to_model_sends_small_frames_and_answers_in_original_pixels(triton, tmp_path, protocol):
+    """1080p frames shrunk on the sending side to the model input: the boxes come back in the
+    1920x1080 pixels of the frames as captured, where the full frames' boxes are."""
+    from compress.dataset import FRAME_SIZES, DatasetSpec, generate
+    from compress.detection import box_iou
+
+    generate(tmp_path, DatasetSpec(train_images=0, val_images=4, seed=2, frame=FRAME_SIZES["1080p"], jpeg_quality=85))
+    folder = tmp_path / "images" / "val"
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    full = run_cli(str(folder), "--protocol", protocol, "--url", url)
+    shrunk = run_cli(str(folder), "--protocol", protocol, "--url", url, "--resize-to-model")
+    assert full.returncode == 0 and shrunk.returncode == 0, shrunk.stderr[-2000:]
+    hits = total = 0
+    for whole, small in zip(json.loads(full.stdout), json.loads(shrunk.stdout)):
+        whole, small = as_detections(whole), as_detections(small)
+        whole = whole[whole.scores >= 0.3]
+        total += len(whole)
+        if len(whole) and len(small):
+            iou = box_iou(whole.boxes, small.boxes) * (whole.classes[:, None] == small.classes[None, :])
+            hits += int((iou.max(axis=1) >= 0.7).sum())
+        assert small.boxes[:, [0, 2]].max(initial=0) <= 1920 and small.boxes[:, [1, 3]].max(initial=0) <= 1080
+    assert total and hits >= 0.7 * total, (hits, total)

@@ -94,6 +94,9 @@ def test_queue_policy_sheds_overload_as_counted_rejections(slow_server, tmp_path
     assert unbounded["rejected"] == 0 and unbounded["errors"] == 0
     assert shedding["rejected"] > 0 and shedding["errors"] == 0  # rejections are not counted as errors
     assert shedding["frames_ok"] > 0
+    # every shed frame is counted under Triton's own cause (queue full or queue timeout), none unexplained
+    causes = shedding["rejected_by_cause"]
+    assert sum(causes.values()) == shedding["rejected"] and causes["other"] == 0, causes
     # frames the shedding server accepted wait less than those of the server that queues everything
     assert shedding["latency_ms"]["p99"] < unbounded["latency_ms"]["p99"]
     assert "rejected by the server" in (tmp_path / "slow_shedding" / "summary.md").read_text()

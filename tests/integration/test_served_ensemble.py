@@ -40,6 +40,35 @@ def test_served_equals_in_process(triton, tiny_onnx, photos, val_images, protoco
         assert_same_detections(s, l)
 
 
+@pytest.fixture(scope="module")
+def hd_frames(tmp_path_factory) -> list[bytes]:
+    """Labelled 1080p camera frames from the dataset generator (the ones `FRAMES=1080p` sends)."""
+    from compress.dataset import FRAME_SIZES, DatasetSpec, generate
+    from tools.client import collect_images
+
+    folder = tmp_path_factory.mktemp("frames_1080p")
+    generate(folder, DatasetSpec(train_images=0, val_images=6, seed=1, frame=FRAME_SIZES["1080p"], jpeg_quality=85))
+    return [p.read_bytes() for p in collect_images([folder / "images" / "val"])]
+
+
+def test_hd_frames_are_served_as_the_reduced_decode_in_process(triton, tiny_onnx, hd_frames):
+    """1080p JPEG frames: the served ensemble decodes them at reduced scale and equals the in-process
+    reduced path box for box; against the full decode (every pixel) the boxes stay in place."""
+    with TritonDetectorClient(triton.grpc_url, "grpc") as client:
+        served = [det for start in range(0, len(hd_frames), 2) for det in client.detect(hd_frames[start:start + 2])]
+    reduced = LocalDetector(tiny_onnx, conf_threshold=TEST_CONF).detect(hd_frames)
+    full = LocalDetector(tiny_onnx, conf_threshold=TEST_CONF, reduced_decode=False).detect(hd_frames)
+    assert len(served) == len(reduced) == len(hd_frames)
+    assert sum(len(d) for d in reduced) > 0, "the tiny model found nothing at 1080p: the comparison would be empty"
+    for s, r in zip(served, reduced):
+        assert_same_detections(s, r)
+        assert s.boxes[:, [0, 2]].max(initial=0) <= 1920 and s.boxes[:, [1, 3]].max(initial=0) <= 1080
+    confident = [(r[r.scores >= 0.3], f) for r, f in zip(reduced, full)]
+    total = sum(len(r) for r, _ in confident)
+    hits = sum(_matched(r, f, lambda b: b, min_iou=0.7) for r, f in confident)
+    assert total and hits >= 0.7 * total, (hits, total)
+
+
 def _encode(image) -> bytes:
     import cv2
 

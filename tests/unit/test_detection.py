@@ -108,6 +108,23 @@ def test_nms_keeps_highest_and_distinct():
     assert keep.tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("spread", [60, 300, 1000])  # 60: a crowded scene, most candidates overlap
+def test_nms_is_torchvisions_batched_nms(spread):
+    """The reference Ultralytics uses (torchvision.ops.batched_nms): same boxes kept, same order."""
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(spread)
+    count = 1344  # every anchor of a 256 px input
+    xy, wh = rng.uniform(0, spread, (count, 2)), rng.uniform(5, 80, (count, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores, classes = rng.uniform(0, 1, count).astype(np.float32), rng.integers(0, 4, count)
+    expected = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                           torch.from_numpy(classes), 0.45).numpy()
+    kept = nms(boxes, scores, 0.45, classes)
+    assert 0 < len(kept) < count and kept.tolist() == expected.tolist()
+
+
 def test_pad_unpad_round_trip():
     dets = [Detections(np.ones((n, 4), np.float32) * n, np.full(n, 0.5, np.float32), np.arange(n, dtype=np.int32))
             for n in (0, 3, 1)]

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compress import detection
-from compress.detection import ImageDecodeError, ImageLimits, decode_image, letterbox, postprocess, run_isolated
+from compress.detection import (ImageDecodeError, ImageLimits, decode_image, letterbox, postprocess, prepare_image,
+                                run_isolated)
 from loadtest.bad_frames import png_claiming
 from tests.images import ALL_CASES
 
@@ -31,12 +32,12 @@ def photo() -> np.ndarray:
 def test_each_kind_is_served_or_refused_with_its_reason(case, photo):
     data = case.make(photo)
     if case.outcome == "served":
-        tensor, params = letterbox(decode_image(data), (256, 256))
+        tensor, params = prepare_image(data, (256, 256))  # what the served preprocess runs
         assert tensor.shape == (3, 256, 256) and np.isfinite(tensor).all()
         assert params[0] > 0
     else:
         with pytest.raises(ImageDecodeError, match=case.reason):
-            letterbox(decode_image(data), (256, 256))
+            prepare_image(data, (256, 256))
 
 
 def test_limits_are_checked_before_any_pixel_is_decoded(monkeypatch):
@@ -48,6 +49,8 @@ def test_limits_are_checked_before_any_pixel_is_decoded(monkeypatch):
                          (png_claiming(1, 600), "min_image_side"), (b"\x89PNG" + bytes(100), "not a decodable")]:
         with pytest.raises(ImageDecodeError, match=reason):
             decode_image(data)
+        with pytest.raises(ImageDecodeError, match=reason):  # the reduced-decode path reads the same header
+            prepare_image(data, (256, 256))
 
 
 def test_limits_are_configurable():
@@ -108,8 +111,12 @@ FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 def seeds() -> dict[str, bytes]:
     from ultralytics.utils import ASSETS
 
-    image = cv2.resize(cv2.imread(str(Path(ASSETS) / "zidane.jpg")), (96, 54))
-    return {fmt: cv2.imencode(fmt, image)[1].tobytes() for fmt in (".jpg", ".png", ".bmp", ".webp")}
+    photo = cv2.imread(str(Path(ASSETS) / "zidane.jpg"))
+    image = cv2.resize(photo, (96, 54))
+    seeds = {fmt: cv2.imencode(fmt, image)[1].tobytes() for fmt in (".jpg", ".png", ".bmp", ".webp")}
+    # large enough for a 1/4-scale decode at the fuzz's 128x160 input: the DCT-reduced path is fuzzed too
+    seeds["reduced.jpg"] = cv2.imencode(".jpg", cv2.resize(photo, (640, 360)))[1].tobytes()
+    return seeds
 
 
 SEEDS = seeds()
@@ -143,8 +150,7 @@ def mutate(data: bytes, edits) -> bytes:
 def test_fuzz_decode_and_letterbox_raise_only_the_image_error(seed, edits):
     data = mutate(SEEDS[seed], edits)
     try:
-        image = decode_image(data)
-        tensor, params = letterbox(image, (128, 160))
+        tensor, params = prepare_image(data, (128, 160))  # reduced decode where the frame is large enough
     except ImageDecodeError:
         return
     assert tensor.shape == (3, 128, 160) and tensor.dtype == np.float32 and np.isfinite(tensor).all()

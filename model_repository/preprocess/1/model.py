@@ -1,5 +1,10 @@
 """Triton Python model `preprocess`: encoded image bytes -> letterboxed CHW tensor + letterbox params.
 
+JPEG frames are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the model's
+input (`reduced_decode`), so a 1080p camera frame costs a fraction of a full decode; the letterbox
+parameters map boxes back to the original pixels. The images of all requests in one `execute()`
+call are decoded by a pool of `decode_threads` threads (OpenCV releases the GIL while decoding).
+
 Each request is prepared on its own: an image that is corrupt, over the configured limits
 (checked from its header before decoding) or fails to letterbox fails only its own request,
 with INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT) and a message naming the reason; the other
@@ -9,12 +14,13 @@ requests of the same `execute()` call succeed and the server stays up.
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import ImageDecodeError, ImageLimits, decode_image, letterbox  # noqa: E402  (copied in by the repository builder)
+from yolo_ops import ImageDecodeError, ImageLimits, prepare_image, usable_cores  # noqa: E402  (copied in by the repository builder)
 
 
 class TritonPythonModel:
@@ -24,6 +30,9 @@ class TritonPythonModel:
         self.size = (int(params["image_height"]), int(params["image_width"]))
         self.limits = ImageLimits.from_parameters(params)
         self.pixel_type = params.get("pixel_type", "float32")  # uint8 when the detector scales pixels itself
+        self.reduced = params.get("reduced_decode", "true").lower() == "true"
+        threads = int(params.get("decode_threads", "0")) or usable_cores()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") if threads > 1 else None
         self._warm_up()
 
     def _warm_up(self):
@@ -33,36 +42,45 @@ class TritonPythonModel:
 
         frame = np.full((480, 640, 3), 114, dtype=np.uint8)
         cv2.rectangle(frame, (160, 120), (320, 240), (40, 160, 220), -1)
-        letterbox(decode_image(cv2.imencode(".jpg", frame)[1].tobytes(), self.limits), self.size, self.pixel_type)
+        self._prepare_image((0, cv2.imencode(".jpg", frame)[1].tobytes()))
 
-    def _prepare_image(self, index, data):
+    def _prepare_image(self, item):
+        index, data = item
         try:
-            return letterbox(decode_image(data, self.limits), self.size, self.pixel_type)
+            return prepare_image(data, self.size, self.pixel_type, self.limits, self.reduced)
         except ImageDecodeError as error:
-            raise ImageDecodeError(f"image {index} of the request: {error}") from None
+            return ImageDecodeError(f"image {index} of the request: {error}")
         except Exception as error:  # OpenCV or NumPy on an input nobody foresaw: still this request's fault
-            raise ImageDecodeError(f"image {index} of the request could not be prepared "
-                                   f"({type(error).__name__}: {error})") from None
-
-    def _prepare(self, request):
-        encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
-        if encoded.size == 0:
-            raise ImageDecodeError("the request holds no images")
-        prepared = [self._prepare_image(index, bytes(item)) for index, item in enumerate(encoded)]
-        tensors, params = zip(*prepared)
-        return np.stack(tensors), np.stack(params)
+            return ImageDecodeError(f"image {index} of the request could not be prepared "
+                                    f"({type(error).__name__}: {error})")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                pixels, params = self._prepare(request)
-            except ImageDecodeError as error:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)))
-                continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("PIXELS", pixels),
-                pb_utils.Tensor("LETTERBOX", params),
-            ]))
-        return responses
+        items = []  # (request, index in request, bytes) for every image of every request
+        for number, request in enumerate(requests):
+            encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
+            items.extend((number, index, bytes(item)) for index, item in enumerate(encoded))
+        work = [(index, data) for _, index, data in items]
+        results = list(self.pool.map(self._prepare_image, work)) if self.pool and len(work) > 1 else \
+            [self._prepare_image(item) for item in work]
+        by_request = [[] for _ in requests]
+        for (number, _, _), result in zip(items, results):
+            by_request[number].append(result)
+        return [self._response(prepared) for prepared in by_request]
+
+    @staticmethod
+    def _response(prepared):
+        if not prepared:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "the request holds no images", pb_utils.TritonError.INVALID_ARG))
+        error = next((result for result in prepared if isinstance(result, ImageDecodeError)), None)
+        if error is not None:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        tensors, params = zip(*prepared)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("PIXELS", np.stack(tensors)),
+            pb_utils.Tensor("LETTERBOX", np.stack(params)),
+        ])
+
+    def finalize(self):
+        if self.pool:
+            self.pool.shutdown(wait=False)
