@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import letterbox
+from compress.detection import prepare_image
 from compress.errors import InputFileError, UnsupportedModelError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -36,14 +36,12 @@ class ImageCalibrationReader:
     """onnxruntime CalibrationDataReader over letterboxed images, in equal small batches."""
 
     def __init__(self, images: list[Path], image_size: tuple[int, int], batch: int = 8, input_name: str = "images"):
-        import cv2
-
         tensors = []
         for path in images:
-            image = cv2.imread(str(path))
-            if image is None:
-                raise InputFileError(f"cannot read calibration image {path}")
-            tensors.append(letterbox(image, image_size)[0])
+            try:  # prepared as the served preprocess prepares frames (reduced JPEG decode included)
+                tensors.append(prepare_image(Path(path).read_bytes(), image_size)[0])
+            except (OSError, ValueError) as error:
+                raise InputFileError(f"cannot read calibration image {path}: {error}") from None
         batch = equal_batch_size(len(tensors), batch)
         self.batches = [np.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
         self.input_name = input_name

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import box_iou, decode_raw_head, letterbox
+from compress.detection import box_iou, decode_raw_head, prepare_image
 from compress.errors import GateFailedError, InputFileError, cli_entry
 from compress.evaluate import evaluate, evaluate_onnx, val_split
 from compress.export import read_info
@@ -61,10 +61,8 @@ class Gate:
 # -- Polygraphy --------------------------------------------------------------------------------
 
 def val_feeds(data_yaml: Path, image_size: tuple[int, int], count: int = 8, batch: int = 4) -> list[dict]:
-    """A Polygraphy data loader: real val images, letterboxed like the served preprocess."""
-    import cv2
-
-    tensors = [letterbox(cv2.imread(str(item.path)), image_size)[0] for item in val_split(data_yaml, count)]
+    """A Polygraphy data loader: real val images, prepared as the served preprocess prepares them."""
+    tensors = [prepare_image(item.path.read_bytes(), image_size)[0] for item in val_split(data_yaml, count)]
     return [{"images": np.stack(tensors[i:i + batch])} for i in range(0, len(tensors), batch)]
 
 

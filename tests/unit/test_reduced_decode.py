@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compress.detection import (ImageLimits, decode_for_model, decode_scale, image_header, letterbox, postprocess,
+from compress.detection import (ImageLimits, decode_for_model, decode_scale, image_header, postprocess,
                                 prepare_image)
 
 MODEL = (256, 256)
