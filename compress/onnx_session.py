@@ -4,7 +4,6 @@ Standard library, onnxruntime and the shared maths only: the repository builder 
 Triton Python model of the `local` target, so the server runs the session the benchmarks time.
 """
 
-
 import onnxruntime as ort
 
 
