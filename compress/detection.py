@@ -45,6 +45,16 @@ def usable_cores(cgroup: str = "/sys/fs/cgroup") -> int:
     return max(1, cores)
 
 
+def share_of_cores(instances: int) -> int:
+    """Intra-op threads for one of `instances` ONNX Runtime sessions sharing this process's cores.
+
+    On 2 cores two detector instances of one thread each served more frames than one instance of
+    two threads: a single multi-threaded run waits at every operator for its slowest thread while
+    the Python steps hold a core.
+    """
+    return max(1, usable_cores() // max(1, instances))
+
+
 class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image, or an image outside the limits: the sender's fault."""
 

@@ -1,24 +1,10 @@
 """The one ONNX Runtime CPU session set-up, used in-process and inside the served detector.
 
-Standard library, onnxruntime and the shared maths only: the repository builder copies this file beside the
+Standard library and onnxruntime only: the repository builder copies this file beside the
 Triton Python model of the `local` target, so the server runs the session the benchmarks time.
 """
 
 import onnxruntime as ort
-
-
-def share_of_cores(instances: int) -> int:
-    """Intra-op threads for one of `instances` sessions sharing this process's cores.
-
-    Measured on 2 cores (perf_analyzer, served ensemble): two detector instances of 1 thread
-    each served 261 frames/s, one instance of 2 threads 188: a single multi-threaded run waits
-    at every operator for its slowest thread while pre/post-processing hold a core.
-    """
-    try:
-        from compress.detection import usable_cores
-    except ImportError:  # inside the served detector, where the shared maths are yolo_ops
-        from yolo_ops import usable_cores
-    return max(1, usable_cores() // max(1, instances))
 
 
 def create_session(path, threads: int = 0, spinning: bool = True, profile_prefix: str | None = None) -> ort.InferenceSession:

@@ -143,22 +143,6 @@ def plot_capacity(result: dict, path: Path) -> None:
         axes[1].legend(fontsize=8)
 
 
-def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
-    """The capacity `make capacity` measured with frame set `frames` (a name as FRAMES= takes it);
-    without one, the largest frames measured. None if not measured."""
-    path = Path(artifacts) / "capacity" / "capacity.json"
-    if not path.exists():
-        return None
-    by_frames = json.loads(path.read_text()).get("by_frames", {})
-    if frames in (None, ""):
-        if not by_frames:
-            return None
-        frames = max(by_frames, key=lambda n: by_frames[n]["frame_set"]["width"] * by_frames[n]["frame_set"]["height"])
-    name = "dataset" if str(frames) in ("256", "dataset") else Path(str(frames)).name
-    found = by_frames.get(name)
-    return {**found, "source": str(path)} if found else None
-
-
 def candidate_settings(base: tc.RepositorySettings, small: bool = False) -> list[tuple[str, tc.RepositorySettings]]:
     grid = itertools.product((0, 2000, 8000), ([], tc.default_preferred_batch_sizes(base.max_batch_size)), (1, 2), (1, 2))
     if small:  # two points: no batching wait vs a 2 ms wait with two detector instances

@@ -121,7 +121,7 @@ def streams_for(args) -> tuple[int, str]:
     """The explicit stream count, or `--load` (70%) of the capacity `make capacity` measured."""
     if args.streams > 0:
         return args.streams, f"{args.streams} streams as asked"
-    from loadtest.capacity import capacity_for
+    from tools.capacity_plan import capacity_for
 
     measured = capacity_for(args.artifacts, args.frames)
     if measured is None:

@@ -43,11 +43,25 @@ def master_args() -> list[str]:
     return job["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
+    """The capacity `make capacity` measured with frame set `frames` (a name as FRAMES= takes it);
+    without one, the largest frames measured. None if not measured."""
+    path = Path(artifacts) / "capacity" / "capacity.json"
+    if not path.exists():
+        return None
+    by_frames = json.loads(path.read_text()).get("by_frames", {})
+    if frames in (None, ""):
+        if not by_frames:
+            return None
+        frames = max(by_frames, key=lambda n: by_frames[n]["frame_set"]["width"] * by_frames[n]["frame_set"]["height"])
+    name = "dataset" if str(frames) in ("256", "dataset") else Path(str(frames)).name
+    found = by_frames.get(name)
+    return {**found, "source": str(path)} if found else None
+
+
 def measured_capacity(artifacts: Path, frames: str | None = None) -> dict:
     """The best capacity measurement there is for the frames the cameras send (`frames`; default
     1080p, else the largest measured): tuned (make tune) over untuned (make capacity)."""
-    from loadtest.capacity import capacity_for
-
     wanted = frames or ("1080p" if capacity_for(artifacts, "1080p") else None)
     tune = artifacts / "tune" / "tune.json"
     if tune.exists():

@@ -119,7 +119,7 @@ def test_detector_instances_share_the_cores(triton):
     (one instance of all the threads served 188 vs 261 frames/s on 2 cores)."""
     import re
 
-    from compress.onnx_session import share_of_cores
+    from compress.detection import share_of_cores
 
     log = triton.log_path.read_text(errors="replace")
     lines = re.findall(r"detector (detector_\d+_\d+): (\d+) ONNX Runtime thread\(s\) \((\d+) instance\(s\).*spinning (\w+)",

@@ -10,7 +10,7 @@ import pytest
 from compress.dataset import FRAME_SIZES, DatasetSpec, generate
 from compress.errors import InputFileError
 from loadtest.burst import burst_summary
-from loadtest.capacity import capacity_for
+from tools.capacity_plan import capacity_for
 from loadtest.frame_sets import describe, resolve_frames
 from loadtest.frames import shed_cause, summarize
 from loadtest.metrics import combined_summary, parse

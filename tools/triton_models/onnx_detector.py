@@ -14,8 +14,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from onnx_session import create_session, share_of_cores  # noqa: E402  (both copied in by the repository builder)
-from yolo_ops import run_isolated  # noqa: E402
+from onnx_session import create_session  # noqa: E402  (both copied in by the repository builder)
+from yolo_ops import run_isolated, share_of_cores  # noqa: E402
 
 
 def error_response(error):
