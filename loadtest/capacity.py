@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from compress.env import cpu_threads
 from compress.errors import InputFileError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, resolve_frames
+from loadtest.frame_sets import FrameSet, as_frame_set, resolve_frames
 from loadtest.run import LoadSpec, add_spec_arguments, load_test, spec_from_args
 from tools import triton_config as tc
 from tools.server import TritonServer
@@ -44,8 +44,9 @@ def within_slo(summary: dict, late_budget: float) -> bool:
     return failed == 0 and p99 is not None and p99 <= frames["slo_ms"] and frames["late_over_slo"] <= allowed_late
 
 
-def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet, out: Path, late_budget: float = 0.01,
-                  max_streams: int = 64) -> dict:
+def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path | str, out: Path,
+                  late_budget: float = 0.01, max_streams: int = 64) -> dict:
+    images = as_frame_set(images)
     url = server.grpc_url if spec.protocol == "grpc" else server.http_url
     probes: dict[int, dict] = {}
 
@@ -171,8 +172,9 @@ def repository_settings(repo: Path) -> tc.RepositorySettings:
     return tc.RepositorySettings(**json.loads(record.read_text())["settings"])
 
 
-def tune(repo: Path, spec: LoadSpec, images: FrameSet, out: Path, late_budget: float, measure_capacity: bool = True,
-         small_grid: bool = False) -> dict:
+def tune(repo: Path, spec: LoadSpec, images: FrameSet | Path | str, out: Path, late_budget: float,
+         measure_capacity: bool = True, small_grid: bool = False) -> dict:
+    images = as_frame_set(images)
     base = repository_settings(repo)
     rows = []
     with TritonServer(repo, log_path=out / "server.log") as server:

@@ -71,6 +71,11 @@ def resolve_frames(frames: str | Path | None, artifacts: Path = Path("artifacts"
     return describe(name, images, data_yaml)
 
 
+def as_frame_set(frames: "FrameSet | str | Path | None", artifacts: Path = Path("artifacts")) -> FrameSet:
+    """A frame set as given, or resolved from its name or folder."""
+    return frames if isinstance(frames, FrameSet) else resolve_frames(frames, artifacts)
+
+
 def describe(name: str, images: Path, data_yaml: Path | None = None) -> FrameSet:
     """Median size and mean encoded size of the frames a load test would send (its first 64)."""
     import numpy as np

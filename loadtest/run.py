@@ -21,7 +21,7 @@ from pathlib import Path
 
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, resolve_frames
+from loadtest.frame_sets import FrameSet, as_frame_set
 from loadtest.frames import summarize
 from loadtest.metrics import MetricsRecorder, combined_summary
 from tools.server import LOOPBACK, TritonServer, free_port
@@ -176,7 +176,7 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
     comma-separated (metrics are optional for running servers: the Triton section is then empty).
     `images`: a frame set, its name (dataset, 720p, 1080p) or a folder; default the dataset's."""
     out.mkdir(parents=True, exist_ok=True)
-    frame_set = images if isinstance(images, FrameSet) else resolve_frames(images, artifacts)
+    frame_set = as_frame_set(images, artifacts)
     with ExitStack() as stack:
         if url is None:
             if not (repo / "yolo" / "config.pbtxt").exists():

@@ -18,6 +18,10 @@ def test_capacity_search_probes_by_measurement(triton, tmp_path, val_images):
     result = find_capacity(triton, spec, val_images[0].parent, tmp_path, max_streams=2)
     assert result["capacity_streams"] == 2  # a generous SLO holds at every probe up to the cap
     assert set(result["probes"]) == {"1", "2"} and all(p["ok"] for p in result["probes"].values())
+    # the capacity names the frames it was measured with and where each frame's server time went
+    assert result["frame_set"]["width"] == result["frame_set"]["height"] == 128  # the tiny dataset's frames
+    compute = result["probes"]["2"]["compute_ms_per_frame"]
+    assert all(compute[step] > 0 for step in ("preprocess", "detector", "postprocess")), compute
 
 
 def test_capacity_search_stops_when_the_slo_breaks(triton, tmp_path, val_images):
