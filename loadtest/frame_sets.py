@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from compress.errors import InputFileError
 
 DATASET_ALIASES = ("dataset", "256")
@@ -46,6 +48,9 @@ def camera_frames(name: str, artifacts: Path) -> Path:
         print(f"==> generating {CAMERA_FRAMES} labelled {name} frames into {folder}", flush=True)
         generate(folder, DatasetSpec(train_images=0, val_images=CAMERA_FRAMES, seed=CAMERA_SEED,
                                      frame=FRAME_SIZES[name], jpeg_quality=CAMERA_JPEG_QUALITY))
+        # an evaluation set only: the dataset reader wants a train split, so it names the val one
+        config = yaml.safe_load(data_yaml.read_text())
+        data_yaml.write_text(yaml.safe_dump({**config, "train": config["val"]}, sort_keys=False))
     return data_yaml
 
 
