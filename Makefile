@@ -94,6 +94,9 @@ parity: venv ## Accuracy parity gate (Polygraphy + task level vs FP32 and equal-
 verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO)
 
+docs: venv ## Render docs/results.md from the artifacts' reports (commit, date, machine; what was not measured)
+	$(PY) -m tools.results --artifacts $(ARTIFACTS) --out docs/results.md
+
 summary: venv ## Print what is served, its accuracy against the budget, its speed-ups and where the report is
 	@$(PY) -m compress.report --artifacts $(ARTIFACTS)
 

@@ -6,7 +6,7 @@ latency instead of a quietly lower send rate. A stream with `--max-in-flight` fr
 drops the next frame and counts it. Phases are staggered across streams by default.
 
 Several endpoints (`--endpoints a:8001,b:8001`, replicas without a load balancer in front):
-stream k starts on endpoint k mod n; a frame whose replica is gone counts as lost, and its
+stream k (ids unique across Locust worker processes) starts on endpoint k mod n; a frame whose replica is gone counts as lost, and its
 stream moves on to the next endpoint not seen down in the last few seconds.
 
 Run through `python -m loadtest.run` (`make loadtest`), or plain `locust -f loadtest/locustfile.py`
@@ -41,6 +41,8 @@ def _options(parser):
     parser.add_argument("--max-in-flight", type=int, default=2, help="pending frames per stream before dropping")
     parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
     parser.add_argument("--streams-hint", type=int, default=1, help="stream count, to spread staggered phases")
+    parser.add_argument("--workers-hint", type=int, default=1,
+                        help="Locust worker processes (1 without workers): stream ids interleave across them")
     parser.add_argument("--records", default="", help="write per-frame records (JSON) here when the test stops")
     parser.add_argument("--request-timeout", type=float, default=10.0)
     parser.add_argument("--endpoints", default="", help="comma-separated host:port list (default: --host)")
@@ -74,6 +76,14 @@ def shrunk_frames(folder: str, client: TritonDetectorClient) -> list[bytes]:
     return _SHRUNK[folder]
 
 
+def stream_id(environment) -> int:
+    """An id unique across worker processes: the k-th stream of worker w of W is k * W + w, so ids
+    (and the phases and endpoints picked from them) interleave as Locust spreads users evenly."""
+    runner = environment.runner
+    worker = max(getattr(runner, "worker_index", 0), 0) if type(runner).__name__ == "WorkerRunner" else 0
+    return next(_STREAM_COUNTER) * max(1, environment.parsed_options.workers_hint) + worker
+
+
 class CameraStream(User):
     """One camera: an open-loop schedule of encoded frames to the ensemble."""
 
@@ -82,7 +92,7 @@ class CameraStream(User):
     def on_start(self):
         options = self.environment.parsed_options
         self.options = options
-        self.stream_id = next(_STREAM_COUNTER)
+        self.stream_id = stream_id(self.environment)
         self.frames = load_frames(options.images)
         self.endpoints = [e.strip() for e in (options.endpoints or self.host).split(",") if e.strip()]
         self.endpoints = [e.replace("http://", "").replace("grpc://", "") for e in self.endpoints]

@@ -63,6 +63,7 @@ def locust_commands(spec: LoadSpec, urls: list[str], images: Path, out: Path) ->
         custom.append("--resize-to-model")
     # Locust's own clock runs a little longer than the schedule so the last replies land.
     workers = spec.workers + spec.remote_workers
+    custom += ["--workers-hint", str(max(workers, 1))]
     run = ["--headless", "-u", str(spec.streams), "-r", str(max(spec.streams, 1) * 10),
            "-t", f"{int(spec.duration_s + 3 + 2 * workers)}s",
            "--host", urls[0], "--csv", str(out / "locust"), "--html", str(out / "locust.html"),

@@ -37,9 +37,19 @@ def test_short_run_produces_a_full_summary(triton, tmp_path, val_images, protoco
         assert (out / name).stat().st_size > 0, name
 
 
-def test_distributed_mode_with_one_worker(triton, tmp_path, val_images):
-    summary = run(triton, tmp_path, val_images, streams=2, fps=5, duration_s=4, workers=1)
-    assert summary["frames"]["frames_due"] == 40 and summary["frames"]["errors"] == 0
+def test_distributed_mode_streams_are_distinct_across_workers(triton, tmp_path, val_images):
+    """Two worker processes, four cameras: four distinct stream ids (ids pick phases and endpoints)."""
+    import json
+
+    summary = run(triton, tmp_path, val_images, streams=4, fps=5, duration_s=4, workers=2)
+    assert summary["frames"]["frames_due"] == 80 and summary["frames"]["errors"] == 0
+    frames = json.loads((tmp_path / "out" / "frames.json").read_text())
+    first_due = {}
+    for frame in frames:
+        first_due[frame["stream"]] = min(first_due.get(frame["stream"], frame["due"]), frame["due"])
+    assert sorted(first_due) == [0, 1, 2, 3]
+    # each id is one camera's 20 frames (per-process counters gave two cameras one id, one phase)
+    assert all(sum(f["stream"] == stream for f in frames) == 20 for stream in first_due)
 
 
 def slow_config(name: str, shed_after_us: int = 0) -> mc.ModelConfig:
