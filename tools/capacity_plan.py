@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = k8s.validate(rendered)
     (folder / "plan.json").write_text(json.dumps(result, indent=2))
     (folder / "plan.md").write_text(to_markdown(result))
+    # the measured side of the plan goes with the other results (`make docs` gathers them)
+    (args.artifacts / "plan").mkdir(parents=True, exist_ok=True)
+    (args.artifacts / "plan" / "plan.md").write_text(to_markdown(result))
     print(to_markdown(result))
     print(f"manifests: {rendered} ({sum(r['result'] == 'valid' for r in rows)} resources valid for Kubernetes "
           f"{k8s.K8S_VERSION}); kustomization {folder}")

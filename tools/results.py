@@ -26,6 +26,7 @@ SECTIONS = (
     ("Capacity per frame size", "capacity/capacity.md", "make capacity"),
     ("Bursts", "burst/burst.md", "make bench-burst"),
     ("Rolling restarts behind a load balancer", "rollout/rollout.md", "make rollout-test"),
+    ("Capacity plan", "plan/plan.md", "make plan-capacity"),
     ("Serving overhead", "bench-serving/serving.md", "make bench-serving"),
     ("Soak", "soak/soak.md", "make soak"),
     ("Bad frames and decompression bombs", "robustness/summary.md", "make bench-robustness"),
