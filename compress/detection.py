@@ -85,6 +85,16 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 
 
+def _ignore_pillow_bomb_warning() -> None:
+    """Pillow warns above its own pixel limit; ours decides. Installed once for the process:
+    `warnings.catch_warnings` swaps global state and is not safe in the preprocess's decode threads."""
+    from PIL import Image
+
+    if not getattr(_ignore_pillow_bomb_warning, "done", False):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _ignore_pillow_bomb_warning.done = True
+
+
 def image_header(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
     """(width, height, format) from the header alone (Pillow reads lazily); nothing is decoded.
     The size is upright (EXIF orientation applied), as the decoders return the pixels."""
@@ -93,14 +103,13 @@ def image_header(data: bytes, limits: ImageLimits) -> tuple[int, int, str]:
     # Ultralytics replaces Image.open with a wrapper that tries to pip-install a HEIF plugin
     # whenever a file is unidentified; garbage bytes must not do that, so use Pillow's own.
     image_open = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", Image.open)
+    _ignore_pillow_bomb_warning()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own bomb warning: our limit decides
-            with image_open(io.BytesIO(data)) as header:
-                width, height = header.size
-                if header.format == "JPEG" and header.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
-                    width, height = height, width
-                return int(width), int(height), str(header.format)
+        with image_open(io.BytesIO(data)) as header:
+            width, height = header.size
+            if header.format == "JPEG" and header.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                width, height = height, width
+            return int(width), int(height), str(header.format)
     except Image.DecompressionBombError:  # Pillow's hard stop is 2x its MAX_IMAGE_PIXELS, far above ours
         raise ImageDecodeError(f"image header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the "
                                f"limit max_image_pixels={limits.max_pixels:,}; refused before decoding") from None
@@ -163,8 +172,9 @@ def decode_for_model(data: bytes, size: tuple[int, int], limits: ImageLimits = I
     decodes every pixel (what Ultralytics does)."""
     width, height, kind = check_image(data, limits)
     scale = decode_scale(width, height, kind, size) if reduced else 1
-    if scale == 1:
-        return decode_image(data, None, kind), 1, (width, height)
+    if scale == 1:  # the decoded pixels are the original ones, however the decoder oriented them
+        image = decode_image(data, None, kind)
+        return image, 1, (image.shape[1], image.shape[0])
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), REDUCED_DECODE_FLAGS[scale])
     if image is None or image.size == 0:
         raise ImageDecodeError(f"not a decodable {kind} image ({len(data)} bytes)")

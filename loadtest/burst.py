@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import InputFileError, cli_entry
+from compress.errors import InputFileError, ServerError, cli_entry
 from compress.plotting import saved_figure
 from loadtest.frame_sets import FrameSet, resolve_frames
 from loadtest.frames import frame_status, shed_cause
@@ -62,7 +62,8 @@ def send_burst(url: str, payloads: list[bytes], model: str = "yolo", timeout_s: 
             item.set_data_from_numpy(array)
             client.async_infer(model, [item], partial(callback, index, start), client_timeout=timeout_s)
         if not done.wait(timeout_s + 5):
-            raise TimeoutError(f"{remaining[0]} of {len(payloads)} burst frames never came back")
+            raise ServerError(f"{remaining[0]} of {len(payloads)} burst frames never came back within {timeout_s + 5:.0f} s",
+                              hint="is the server still up? see its log")
     finally:
         client.close()
     return records

@@ -1,6 +1,6 @@
 """The frames a serving measurement sends: the dataset's own images, camera-sized frames, or the user's.
 
-`FRAMES=dataset` (alias `256`, the model's input scale) sends the dataset's val split;
+`FRAMES=dataset` (alias `256`: frames near the model's input size) sends the dataset's val split;
 `FRAMES=720p` / `FRAMES=1080p` sends labelled frames of that size, generated once by the dataset
 generator into `<artifacts>/frames/<name>/` (JPEG quality 85, as cameras send); any other value is
 a folder (or .txt list) of the user's own frames. Every result records the set it measured.
@@ -81,15 +81,28 @@ def as_frame_set(frames: "FrameSet | str | Path | None", artifacts: Path = Path(
     return frames if isinstance(frames, FrameSet) else resolve_frames(frames, artifacts)
 
 
+def _header(path: Path) -> tuple[int, int]:
+    from compress.detection import ImageDecodeError, ImageLimits, image_header
+
+    try:
+        return image_header(path.read_bytes(), ImageLimits())[:2]
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"frame {path}: {error}") from None
+
+
 def describe(name: str, images: Path, data_yaml: Path | None = None) -> FrameSet:
     """Median size and mean encoded size of the frames a load test would send (its first 64)."""
     import numpy as np
 
-    from compress.detection import ImageLimits, image_header
     from tools.client import collect_images
 
+    from compress.detection import ImageDecodeError
+
     paths = collect_images([images])[:64]
-    sizes = np.array([image_header(p.read_bytes(), ImageLimits())[:2] for p in paths])
+    try:
+        sizes = np.array([_header(p) for p in paths])
+    except ImageDecodeError as error:
+        raise InputFileError(str(error), hint="frames to send must be images the server accepts") from None
     mean_kib = float(np.mean([p.stat().st_size for p in paths])) / 1024
     return FrameSet(name, Path(images), data_yaml, int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1])),
                     len(paths), round(mean_kib, 1))

@@ -23,6 +23,7 @@ from pathlib import Path
 import gevent
 from locust import User, events, task
 
+from compress.errors import BadImageError
 from loadtest.frames import frame_status, shed_cause
 from tools.client import TritonDetectorClient, collect_images, encoded_batch, model_input_size, shrink_to_model
 
@@ -72,8 +73,16 @@ def shrunk_frames(folder: str, client: TritonDetectorClient) -> list[bytes]:
     """The frames as a camera that resizes to the model input would send them (once per process)."""
     if folder not in _SHRUNK:
         size = model_input_size(client)
-        _SHRUNK[folder] = [shrink_to_model(frame, size)[0] for frame in load_frames(folder)]
+        _SHRUNK[folder] = [_shrunk_or_as_is(frame, size) for frame in load_frames(folder)]
     return _SHRUNK[folder]
+
+
+def _shrunk_or_as_is(frame: bytes, size: tuple[int, int]) -> bytes:
+    """A frame the camera side cannot decode is sent as it is: the server refuses it, counted."""
+    try:
+        return shrink_to_model(frame, size)[0]
+    except BadImageError:
+        return frame
 
 
 def stream_id(environment) -> int:

@@ -104,19 +104,20 @@ def combined_summary(recorders: list[MetricsRecorder]) -> dict:
     models = {}
     for name, delta in totals.items():
         requests, executions = delta["nv_inference_request_success"], delta["nv_inference_exec_count"]
+        # a replica restarted mid-run can show executions without inferences: no batch size then
+        batch = delta["nv_inference_count"] / executions if executions and delta["nv_inference_count"] else 0.0
         compute_us = sum(delta[k] for k in COUNTERS if k.startswith("nv_inference_compute"))
         models[name] = {
             "requests": int(requests), "failures": int(delta["nv_inference_request_failure"]),
             "executions": int(executions),
-            "avg_batch_size": round(delta["nv_inference_count"] / executions, 2) if executions else None,
+            "avg_batch_size": round(batch, 2) if batch else None,
             "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / requests / 1e3, 3) if requests else None,
             # Triton adds a batch's compute time to each of its requests' counters: per request
             # this is the run its batch took; the step was busy about compute / avg batch.
             "compute_ms_per_request": round(compute_us / requests / 1e3, 3) if requests else None,
-            "busy_s": round(compute_us / 1e6 / (delta["nv_inference_count"] / executions), 2) if executions else None,
+            "busy_s": round(compute_us / 1e6 / batch, 2) if batch else None,
             # the step's busy time per frame it answered: what one more frame costs it
-            "compute_ms_per_frame": round(compute_us / 1e3 / (delta["nv_inference_count"] / executions) / requests, 3)
-            if executions and requests else None,
+            "compute_ms_per_frame": round(compute_us / 1e3 / batch / requests, 3) if batch and requests else None,
         }
     steps = {n: m for n, m in models.items() if m["requests"] and n != ENSEMBLE_NAME}
     bottleneck = max(steps, key=lambda n: (steps[n]["queue_ms_per_request"] or 0) + (steps[n]["compute_ms_per_request"] or 0),

@@ -199,7 +199,7 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
     summary = {"spec": vars(spec), "frame_set": frame_set.record(), "frames": summarize(frames, spec.fps, spec.slo_ms),
                "triton": combined_summary(recorders),
                # Locust's own processes: reading, sending and receiving a frame (the camera side's cost)
-               "client_cpu_ms_per_frame": round(client_cpu_s * 1e3 / max(len(frames), 1), 3)}
+               "client_cpu_ms_per_frame": round(client_cpu_s * 1e3 / max(sum(f["status"] != "dropped" for f in frames), 1), 3)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(to_markdown(summary))
     plot_latency(frames, spec, out / "latency_over_time.png")

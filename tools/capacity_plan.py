@@ -49,7 +49,10 @@ def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
     path = Path(artifacts) / "capacity" / "capacity.json"
     if not path.exists():
         return None
-    by_frames = json.loads(path.read_text()).get("by_frames", {})
+    record = json.loads(path.read_text())
+    if "by_frames" not in record and "capacity_streams" in record:  # written before frame sets: frames unknown
+        return {**record, "source": str(path)} if frames in (None, "") else None
+    by_frames = record.get("by_frames", {})
     if frames in (None, ""):
         if not by_frames:
             return None

@@ -3,8 +3,9 @@
     python -m tools.results --artifacts artifacts --out docs/results.md
 
 Every figure in the file comes from a run's own report (each bench writes its markdown from its
-JSON); this only gathers them, says which commit and machine they came from and when each file
-was written, and names the command for whatever was not measured. Figures are never typed in.
+JSON); this only gathers them, stamps the commit and machine of the rendering and when each
+report was written (a report older than the commit came from the code before it), and names the
+command for whatever was not measured. Figures are never typed in.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class RepositorySettings:
     detector_instances: int = 2
     preprocess_instances: int = 1
     # Threads decoding the frames of one preprocess execute() (OpenCV releases the GIL); 0: the
-    # cores the instance may use, found where it runs, like the detector's ort_threads.
+    # instance's share of the cores it may use (cgroup limit included), found where it runs.
     decode_threads: int = 0
     # JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that covers the model input; False
     # decodes every pixel, as Ultralytics does (bit-for-bit its preprocessing, at full cost).

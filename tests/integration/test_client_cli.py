@@ -92,7 +92,7 @@ def test_cli_resize_to_model_sends_small_frames_and_answers_in_original_pixels(t
     full = run_cli(str(folder), "--protocol", protocol, "--url", url)
     shrunk = run_cli(str(folder), "--protocol", protocol, "--url", url, "--resize-to-model")
     assert full.returncode == 0 and shrunk.returncode == 0, shrunk.stderr[-2000:]
-    hits = total = 0
+    hits = total = widest = 0
     for whole, small in zip(json.loads(full.stdout), json.loads(shrunk.stdout)):
         whole, small = as_detections(whole), as_detections(small)
         total += len(whole)
@@ -100,4 +100,6 @@ def test_cli_resize_to_model_sends_small_frames_and_answers_in_original_pixels(t
             iou = box_iou(whole.boxes, small.boxes) * (whole.classes[:, None] == small.classes[None, :])
             hits += int((iou.max(axis=1) >= 0.7).sum())
         assert small.boxes[:, [0, 2]].max(initial=0) <= 1920 and small.boxes[:, [1, 3]].max(initial=0) <= 1080
+        widest = max(widest, small.boxes[:, 2].max(initial=0))
     assert total and hits >= 0.7 * total, (hits, total)
+    assert widest > 256  # in the captured 1920x1080 pixels, not the shrunk frame's

@@ -63,6 +63,8 @@ def test_hd_frames_are_served_as_the_reduced_decode_in_process(triton, tiny_onnx
     for s, r in zip(served, reduced):
         assert_same_detections(s, r)
         assert s.boxes[:, [0, 2]].max(initial=0) <= 1920 and s.boxes[:, [1, 3]].max(initial=0) <= 1080
+    # in the frames' pixels, not the 128 px model input's
+    assert max(s.boxes[:, 2].max(initial=0) for s in served) > 256
     confident = [(r[r.scores >= 0.3], f) for r, f in zip(reduced, full)]
     total = sum(len(r) for r, _ in confident)
     hits = sum(_matched(r, f, lambda b: b, min_iou=0.7) for r, f in confident)

@@ -31,8 +31,13 @@ class TritonPythonModel:
         self.limits = ImageLimits.from_parameters(params)
         self.pixel_type = params.get("pixel_type", "float32")  # uint8 when the detector scales pixels itself
         self.reduced = params.get("reduced_decode", "true").lower() == "true"
-        threads = int(params.get("decode_threads", "0")) or usable_cores()
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        threads = int(params.get("decode_threads", "0")) or max(1, usable_cores() // instances)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") if threads > 1 else None
+        if self.pool:
+            import cv2
+
+            cv2.setNumThreads(1)  # the pool is the parallelism: OpenCV's own resize threads would oversubscribe
         self._warm_up()
 
     def _warm_up(self):
