@@ -50,7 +50,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) --profile $(PROFILE) \
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) --target $(TARGET) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS))
 
-.PHONY: all help venv pipeline compress parity verify summary bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify summary bench bench-serving plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo docs summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> docs/results.md -> summary
 
@@ -169,13 +169,20 @@ bench-burst: venv ## BURST frames at once (default 60 of FRAMES=480p), shed fram
 bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
 	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)
 
-test: venv ## Run all tests (unit + integration against the real Triton server)
+rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind HAProxy under FRAMES (default 720p) streams: rolling restart, SIGKILL, scale 2 -> 1; counts per phase -> $(ARTIFACTS)/rollout/
+	$(PY) -m loadtest.rollout --repo $(REPO) --artifacts $(ARTIFACTS) --out $(ARTIFACTS)/rollout --frames $(or $(FRAMES),720p) \
+		--streams $(if $(filter command line,$(origin STREAMS)),$(STREAMS),0) --fps $(FPS) --max-in-flight $(MAX_IN_FLIGHT) --slo-ms $(SLO_MS)
+
+haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
+	@./.ci/install-haproxy
+
+test: venv haproxy ## Run all tests (unit + integration against the real Triton server; installs HAProxy if missing)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: venv ## Fast tests only (no server, no training)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv ## Integration tests (real Triton server on free loopback ports)
+test-integration: venv haproxy ## Integration tests (real Triton server on free loopback ports)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 fuzz: venv ## Property-based fuzz of image decode + letterbox with FUZZ_EXAMPLES cases (make test runs 300)

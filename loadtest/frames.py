@@ -12,7 +12,8 @@ REJECTED_STATUSES = {"503", "StatusCode.UNAVAILABLE"}
 # How gRPC and HTTP clients report a replica that is gone (killed, restarting, unreachable), as
 # opposed to a live server shedding load (which answers UNAVAILABLE / 503 with its own message).
 CONNECTION_LOST = ("failed to connect", "connection refused", "connection closed", "socket closed", "connection reset",
-                   "broken pipe", "connection aborted", "goaway", "unreachable")
+                   "broken pipe", "connection aborted", "goaway", "unreachable",
+                   "stream removed")  # a load balancer resetting the HTTP/2 streams of a backend that died
 
 
 def frame_status(error: Exception | None) -> str:

@@ -4,6 +4,12 @@
 
 The NGC container is started by `tools.container` (`make serve-docker`).
 
+The launcher fronts readiness (`--ready-port`, default 8003: GET /ready, GET /live; see
+tools.drain): point load balancers' health checks there. Ctrl-C or SIGTERM drains in stages
+(not ready, grace, wait until Triton is idle, stop) and a second signal does not cut it short.
+The grace is skipped when nothing ever checked /ready (no balancer routes by it), `--grace 0`
+always skips it, `--no-drain` stops Triton at once as before.
+
 The local binary carries only the Python backend, so it runs with explicit model control and
 loads the ensemble (which loads its steps) through the repository API: one model that fails
 to load then gives a readable error instead of a server that never starts.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -22,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from compress.errors import MissingDependencyError, ServerError, Terminated, cli_entry, require_file
+from compress.errors import MissingDependencyError, ServerError, ToolkitError, cli_entry, require_file
 
 LOOPBACK = "127.0.0.1"
 ADMIN_HEADER = "admin-key"
@@ -263,8 +270,32 @@ class TritonServer:
             return False
 
 
+class StopRequests:
+    """The first SIGINT/SIGTERM/SIGHUP asks for a stop; later ones are counted, never obeyed, so a
+    second Ctrl-C or a supervisor repeating SIGTERM cannot cut a drain short and orphan frames."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.first: str | None = None
+        self.ignored = 0
+
+    def install(self) -> "StopRequests":
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.first is None:
+            self.first = signal.Signals(signum).name
+        else:
+            self.ignored += 1
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
+    from tools import drain
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["local"], default="local",
                         help="local (the only mode here; the container: `python -m tools.container serve`)")
@@ -272,27 +303,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--ready-port", type=int, default=8003,
+                        help="the launcher's readiness endpoint (GET /ready, /live): health-check this one")
     parser.add_argument("--log", type=Path, default=Path("artifacts/server.log"))
     parser.add_argument("--exit-timeout", type=int, default=5, help="seconds Triton drains in-flight requests on stop")
+    parser.add_argument("--grace", type=float, default=drain.DEFAULT_GRACE_S,
+                        help="seconds between answering not-ready and waiting for idle, for balancers to stop "
+                             "routing here (default: probe period x failure threshold + propagation; 0 skips; "
+                             "skipped anyway if nothing ever checked /ready)")
+    parser.add_argument("--drain-max-wait", type=float, default=drain.DEFAULT_MAX_WAIT_S,
+                        help="at most this long waiting for Triton to become idle after the grace")
+    parser.add_argument("--drain-quiet", type=float, default=drain.DEFAULT_QUIET_S,
+                        help="idle means nothing pending and no request finished for this long")
+    parser.add_argument("--no-drain", action="store_true",
+                        help="on a signal, SIGTERM Triton at once (frames in flight between steps may be refused)")
     args = parser.parse_args(argv)
+    for name in ("grace", "drain_max_wait", "drain_quiet"):
+        if getattr(args, name) < 0:
+            raise ToolkitError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
+    settings = drain.DrainSettings(args.grace, args.drain_max_wait, args.drain_quiet)
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
-    server.start()
-    print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
-          f"(log {args.log}); Ctrl-C or SIGTERM stops", flush=True)
-    reason = "server exited"
-    try:
-        while server.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        reason = "SIGINT"
-    except Terminated as stop:
-        reason = str(stop)
-    finally:
-        # One signal starts the drain; more of them must not cut it short and orphan the server.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        code = server.stop()
+    try:  # bound before the (possibly long) model load: a taken port fails at once; 503 until ready
+        front = drain.ReadinessFront(server.http_url, LOOPBACK, args.ready_port)
+    except OSError as error:
+        raise ServerError(f"cannot serve readiness on {LOOPBACK}:{args.ready_port}: {error.strerror}",
+                          hint="pick a free port with --ready-port") from None
+    say = functools.partial(print, flush=True)
+    with front:
+        server.start()
+        try:
+            stops = StopRequests().install()  # before announcing ready: every stop from then on drains
+            front.start_being_ready()
+            say(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
+                f"readiness {front.url}/ready  (log {args.log}); Ctrl-C or SIGTERM drains and stops")
+            while server.process.poll() is None and stops.first is None:
+                time.sleep(0.2)
+            reason = stops.first or "server exited"
+            if stops.first is None or args.no_drain:
+                code = server.stop()
+            else:
+                code = drain.drain_and_stop(server, front, settings, say)
+            if stops.ignored:
+                say(f"({stops.ignored} more signal(s) ignored while draining)")
+        finally:
+            server.stop()  # a no-op once stopped; after a failure above, nothing is left running
     print(f"tritonserver stopped ({reason}, exit {code})", flush=True)
     sys.exit(code)
 

@@ -65,7 +65,6 @@ def test_serving_deployment_has_what_operations_need(rendered):
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered["cpu"].read_text())}
     pod = docs[("Deployment", "triton")]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 120
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
@@ -81,6 +80,37 @@ def test_serving_deployment_has_what_operations_need(rendered):
     served = {rule["name"]["as"]: rule["metricsQuery"] for rule in rules}
     assert HPA_METRIC in served  # the adapter serves what the HPA reads
     assert 'model="yolo"' in served[HPA_METRIC] and "nv_inference_count" in served[HPA_METRIC]  # frames, not requests
+
+
+def test_pods_stop_in_order_within_their_grace_period(rendered):
+    """preStop makes the pod not-ready (the file its readiness probe reads), waits for the endpoints
+    to forget it and for Triton to be idle, all before SIGTERM and well before SIGKILL."""
+    from tools import drain
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered["cpu"].read_text())}
+    pod = docs[("Deployment", "triton")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    probe = container["readinessProbe"]
+    probe_command = " ".join(probe["exec"]["command"])
+    assert '"$DRAIN_FILE"' in probe_command and "DRAIN_READY_URL" in probe_command
+    assert env["DRAIN_READY_URL"].endswith(":8000/v2/health/ready") and env["DRAIN_METRICS_URL"].endswith(":8002/metrics")
+    assert env["DRAIN_FILE"].startswith("/tmp/")  # the writable emptyDir (the root filesystem is read-only)
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert 'open(env["DRAIN_FILE"], "w")' in pre_stop and drain.PENDING_GAUGE in pre_stop
+    assert all(counter in pre_stop for counter in drain.ACTIVITY_COUNTERS)  # idle means the same as the launcher's
+    compile(pre_stop, "preStop", "exec")
+    # the grace covers the probe noticing (period x threshold) plus propagation, as the launcher's default
+    grace = float(env["DRAIN_GRACE_SECONDS"])
+    assert probe["periodSeconds"] == drain.PROBE_PERIOD_S and probe["failureThreshold"] == drain.PROBE_FAILURE_THRESHOLD
+    assert grace == drain.DEFAULT_GRACE_S >= probe["periodSeconds"] * probe["failureThreshold"] + 1
+    assert float(env["DRAIN_QUIET_SECONDS"]) == drain.DEFAULT_QUIET_S
+    exit_timeout = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    # the kubelet sends SIGKILL at terminationGracePeriodSeconds, counted from the start of preStop
+    assert pod["terminationGracePeriodSeconds"] >= grace + float(env["DRAIN_MAX_WAIT_SECONDS"]) + exit_timeout
+    rollout = docs[("Deployment", "triton")]["spec"]["strategy"]["rollingUpdate"]
+    assert rollout["maxUnavailable"] == 0  # a rolling update never drains a replica before its successor is ready
 
 
 def test_dashboard_queries_the_metrics_the_load_test_reads():

@@ -1,0 +1,141 @@
+"""Rollouts behind a real load balancer: two replicas of the tiny served repository, each behind
+the drain launcher, HAProxy (the Debian package) in front, the Locust camera streams through it.
+
+- A rolling restart (drain + restart one replica, wait until the balancer routes to it, then
+  the other) answers every frame.
+- A replica killed with SIGKILL (no drain possible) costs at most the frames it had in flight,
+  the balancer marks it down within its check window (measured), and routes nothing to it after.
+- The Kubernetes preStop hook and readiness probe, taken from the Deployment, drive a real server.
+
+Small on purpose (2-core CI): a few low-rate streams, short steady and settle windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+
+@pytest.fixture(scope="module")
+def cluster(served_repo, tmp_path_factory):
+    from tools.haproxy import HealthCheck
+    from tools.rollout import Cluster
+
+    with Cluster(served_repo, tmp_path_factory.mktemp("cluster"), count=2,
+                 check=HealthCheck(inter_ms=500, fall=2, rise=2, timeout_ms=400)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def frame_set(val_images):
+    from loadtest.frame_sets import describe
+
+    return describe("dataset", val_images[0].parent)
+
+
+def load(streams: int = 3, fps: float = 4.0):
+    from loadtest.run import LoadSpec
+
+    # a camera keeps up to 8 frames pending: a restart's CPU spike on 2 cores delays, never drops
+    return LoadSpec(streams=streams, fps=fps, protocol="grpc", max_in_flight=8)
+
+
+def not_ok(out: Path) -> list[dict]:
+    return [f for f in json.loads((out / "frames.json").read_text()) if f["status"] != "ok"]
+
+
+def test_rolling_restart_behind_haproxy_answers_every_frame(cluster, frame_set, tmp_path):
+    from loadtest.rollout import run_rollout
+
+    cluster.ensure_all_running()
+    result = run_rollout(cluster, load(), frame_set, tmp_path, phases=("rolling",), steady_s=2.0, settle_s=2.0,
+                         margin=1.1)
+    assert not result["phases_without_load"], result["events"]
+    rows = {row["window"]: row for row in result["windows"]}
+    assert rows["rolling restart"]["frames"] >= 20, "too little load during the restart to mean anything"
+    failed = not_ok(tmp_path)
+    assert not failed, f"{len(failed)} of {result['frames_total']} frames not answered: {failed[:3]}"
+    for name, restart in result["record"]["rolling"].items():
+        assert restart["exit_code"] == 0, f"{name} did not drain cleanly: {restart}"
+    # both replicas were restarted and both serve again afterwards
+    assert all(count > 0 for count in rows["after rolling"]["by_replica"].values()), rows["after rolling"]
+    assert rows["rolling restart"]["no_replica"] == 0
+
+
+def test_sigkill_costs_at_most_the_frames_in_flight_and_is_routed_around(cluster, frame_set, tmp_path):
+    from loadtest.rollout import CHECK_MARGIN_S, run_rollout
+
+    cluster.ensure_all_running()
+    result = run_rollout(cluster, load(streams=3, fps=6.0), frame_set, tmp_path, phases=("sigkill",), steady_s=2.0,
+                         settle_s=1.0, margin=1.1)
+    kill = result["sigkill"]
+    bound_s = cluster.check.inter_ms * cluster.check.fall / 1e3 + cluster.check.timeout_ms / 1e3 + CHECK_MARGIN_S
+    # measured: the balancer's own view, polled every 50 ms from the moment of the kill
+    assert kill["marked_down_after_s"] <= bound_s, kill
+    # the last frame HAProxy sent to the dead replica (and then redispatched) left within the window
+    assert kill["last_sent_to_dead_s"] is None or kill["last_sent_to_dead_s"] <= bound_s, kill
+    # every frame that was not answered, over the whole run, is one the killed replica held
+    failed = not_ok(tmp_path)
+    assert len(failed) <= kill["in_flight_at_kill"], (
+        f"{len(failed)} frames failed but {kill['in_flight_at_kill']} were in flight on {kill['victim']}: {failed[:3]}")
+    assert kill["frames_failed"] == len(failed)
+    rows = {row["window"]: row for row in result["windows"]}
+    assert rows[f"sigkill {kill['victim']}"]["frames"] > 0, "no load while the balancer had not noticed yet"
+    assert rows["after sigkill"]["by_replica"][kill["victim"]] > 0, "the restarted replica got no frames"
+
+
+def deployment_container() -> dict:
+    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_kubernetes_prestop_and_readiness_probe_drive_a_real_server(triton, tmp_path, val_images):
+    """The Deployment's own commands, run here against the real server: the probe passes, the hook
+    turns it not-ready, waits while requests keep arriving and returns once Triton is idle."""
+    from tools.client import TritonDetectorClient
+
+    container = deployment_container()
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
+           "DRAIN_FILE": str(tmp_path / "draining"), "DRAIN_GRACE_SECONDS": "0.2", "DRAIN_QUIET_SECONDS": "0.5",
+           "DRAIN_READY_URL": f"http://{triton.http_url}/v2/health/ready", "DRAIN_METRICS_URL": triton.metrics_url,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert subprocess.run(probe, env=env, timeout=30).returncode == 0
+
+    finished: list[float] = []
+    stop = threading.Event()
+
+    def send():  # back to back until told to stop, as a balancer that has not noticed yet
+        with TritonDetectorClient(triton.grpc_url, "grpc", timeout_s=30) as client:
+            while not stop.is_set():
+                client.detect([val_images[0].read_bytes()])
+                finished.append(time.monotonic())
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        hook = subprocess.Popen(container["lifecycle"]["preStop"]["exec"]["command"], env=env)
+        time.sleep(1.5)  # well past the hook's grace: only the idle wait holds it now
+        assert hook.poll() is None, "the preStop hook returned while requests were still arriving"
+    finally:
+        stop.set()
+        sender.join(timeout=60)
+    assert hook.wait(timeout=30) == 0
+    returned = time.monotonic()
+    assert finished and max(finished) <= returned
+    assert (tmp_path / "draining").exists()
+    assert subprocess.run(probe, env=env, timeout=30).returncode != 0  # not ready: endpoints drop the pod
+    assert triton.is_ready()  # the hook never stops Triton: the kubelet's SIGTERM does, afterwards

@@ -1,0 +1,233 @@
+"""Local replicas of a model repository, each behind the drain launcher, and HAProxy in front.
+
+A `Replica` is one `python -m tools.server` process (the launcher that fronts readiness and
+drains on SIGTERM) on fixed loopback ports, so a restarted replica comes back where the balancer
+expects it. A `Cluster` starts the replicas and HAProxy and performs a rollout's moves:
+drain (SIGTERM), start, and kill (SIGKILL of Triton and its launcher: no drain possible).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.env import PROJECT_ROOT
+from compress.errors import InputFileError, ServerError
+from tools.drain import DrainSettings, http_ok
+from tools.haproxy import Backend, HAProxy, HealthCheck, haproxy_binary
+from tools.server import LOOPBACK, die_with_parent, free_port
+
+
+def drain_settings_for(check: HealthCheck, quiet_s: float = 0.5, max_wait_s: float = 15.0) -> DrainSettings:
+    """A replica behind this balancer needs a grace as long as the balancer takes to mark it down
+    (plus half a second for the last request it routed there to arrive)."""
+    return DrainSettings(grace_s=check.down_within_s + 0.5, max_wait_s=max_wait_s, quiet_s=quiet_s)
+
+
+@dataclass
+class Replica:
+    name: str
+    repo: Path
+    logs: Path
+    settings: DrainSettings
+    exit_timeout_s: int = 5
+
+    def __post_init__(self):
+        self.http_port, self.grpc_port, self.metrics_port, self.ready_port = (free_port() for _ in range(4))
+        self.process: subprocess.Popen | None = None
+        self.starts: list[float] = []  # seconds each start took to become ready
+
+    @property
+    def backend(self) -> Backend:
+        return Backend(self.name, self.grpc_port, self.http_port, self.ready_port)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ready_port}/ready"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
+    @property
+    def launcher_log(self) -> Path:
+        return self.logs / f"{self.name}.launcher.log"
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self) -> None:
+        """Start the launcher; `wait_ready` blocks until it answers ready."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "tools.server", "local", "--repo", str(self.repo),
+                   "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                   "--metrics-port", str(self.metrics_port), "--ready-port", str(self.ready_port),
+                   "--log", str(self.logs / f"{self.name}.triton.log"), "--exit-timeout", str(self.exit_timeout_s),
+                   "--grace", str(self.settings.grace_s), "--drain-max-wait", str(self.settings.max_wait_s),
+                   "--drain-quiet", str(self.settings.quiet_s)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        with open(self.launcher_log, "ab") as log:
+            # its own process group: a Ctrl-C meant for the rollout must not start every drain at once
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=PROJECT_ROOT, start_new_session=True, preexec_fn=die_with_parent())
+        self._launched_at = time.monotonic()
+
+    def wait_ready(self, timeout_s: float = 180.0) -> float:
+        deadline = self._launched_at + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"replica {self.name} exited with code {self.process.returncode} while starting",
+                                  hint=f"see {self.launcher_log}: {self._log_tail()}")
+            if http_ok(self.ready_url, timeout_s=0.5):
+                took = time.monotonic() - self._launched_at
+                self.starts.append(took)
+                return took
+            time.sleep(0.1)
+        raise ServerError(f"replica {self.name} was not ready within {timeout_s:.0f} s", hint=f"see {self.launcher_log}")
+
+    def start(self, timeout_s: float = 180.0) -> float:
+        self.launch()
+        return self.wait_ready(timeout_s)
+
+    def drain(self) -> int | None:
+        """SIGTERM the launcher: it turns not-ready, waits its grace and for Triton to be idle, stops
+        it; returns the launcher's exit code (Triton's)."""
+        if not self.is_running():
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait_stopped()
+
+    def wait_stopped(self) -> int | None:
+        s = self.settings
+        timeout_s = s.grace_s + s.max_wait_s + self.exit_timeout_s + 30
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ServerError(f"replica {self.name} did not finish its drain within {timeout_s:.0f} s",
+                              hint=f"see {self.launcher_log}") from None
+
+    def kill(self) -> float | None:
+        """SIGKILL Triton's process group (server and Python stubs) and the launcher, Triton first:
+        a launcher killed first would have its server sent SIGTERM, a clean drain. Returns when
+        Triton was gone (epoch s): until then it still held its connections and took requests."""
+        import psutil
+
+        if self.process is None:
+            return None
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)  # Triton runs in its own session: group id = pid
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 10
+        while any(_alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        gone = time.time()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        return gone
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.launcher_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+
+def _alive(process) -> bool:
+    """Not yet dead: a killed child stays a zombie until its parent reaps it, but serves nothing."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Cluster:
+    """`count` replicas of `repo` behind HAProxy (a context manager); every replica drains on exit."""
+
+    def __init__(self, repo: Path, folder: Path, count: int = 2, check: HealthCheck = HealthCheck(),
+                 settings: DrainSettings | None = None):
+        haproxy_binary()  # before anything starts: a missing balancer is one readable error
+        if not (Path(repo) / "yolo" / "config.pbtxt").exists():
+            raise InputFileError(f"{repo} has not been built", hint="run `make repo` (or `make`) first")
+        self.folder = Path(folder)
+        self.check = check
+        self.settings = settings or drain_settings_for(check)
+        self.replicas = [Replica(f"r{i + 1}", Path(repo).resolve(), self.folder / "logs", self.settings)
+                         for i in range(count)]
+        self.haproxy = HAProxy([r.backend for r in self.replicas], self.folder, check)
+        self._stack = ExitStack()
+
+    def replica(self, name: str) -> Replica:
+        return next(r for r in self.replicas if r.name == name)
+
+    def start(self) -> "Cluster":
+        try:
+            self._stack.callback(self._stop_replicas)
+            for replica in self.replicas:  # in parallel: each start is mostly waiting on model loads
+                replica.launch()
+            for replica in self.replicas:
+                replica.wait_ready()
+            self._stack.enter_context(self.haproxy)
+            self.wait_in_rotation()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def wait_in_rotation(self, timeout_s: float = 30.0) -> None:
+        """Every running replica UP in the balancer."""
+        for replica in self.replicas:
+            if replica.is_running():
+                self.haproxy.wait_for_state(replica.name, "UP", timeout_s)
+
+    def restart(self, name: str) -> float:
+        """Start a stopped replica and wait until the balancer routes to it again; returns when (epoch s)."""
+        replica = self.replica(name)
+        replica.start()
+        return self.haproxy.wait_for_state(name, "UP", self.check.up_within_s + 30)
+
+    def ensure_all_running(self) -> None:
+        for replica in self.replicas:
+            if not replica.is_running():
+                replica.kill()  # whatever a killed replica left behind
+                self.restart(replica.name)
+
+    def _stop_replicas(self) -> None:
+        running = [r for r in self.replicas if r.is_running()]
+        for replica in running:
+            replica.process.send_signal(signal.SIGTERM)  # all drains at once
+        for replica in running:
+            try:
+                replica.wait_stopped()
+            except ServerError:
+                pass  # killed by drain(): nothing left running
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
