@@ -112,7 +112,7 @@ repo: venv ## Build the Triton model repository for TARGET from the gated model 
 demo: venv ## Start the local Triton server, run one real inference, print a summary, stop
 	$(PY) -m tools.demo --artifacts $(ARTIFACTS) --repo $(REPO)
 
-serve: venv ## Start the local Triton server on 127.0.0.1:8000/8001/8002 (Ctrl-C stops)
+serve: venv ## Start the local Triton server on 127.0.0.1:8000/8001/8002, readiness on :8003/ready (Ctrl-C / SIGTERM drains, then stops)
 	$(PY) -m tools.server local --repo $(REPO)
 
 image: venv ## Build the server image (NGC tritonserver + pinned deps + REPO baked in; TARGET=onnxruntime|tensorrt repo; needs Docker)
