@@ -176,6 +176,17 @@ def test_streams_survive_a_replica_killed_mid_run(served_repo, tmp_path, val_ima
     assert (tmp_path / "out" / "summary.md").read_text().count(dead) == 1  # the per-endpoint table
 
 
+def locust_master_heartbeat_timeout_s() -> int:
+    """Locust's MASTER_HEARTBEAT_TIMEOUT, read from its source: importing locust here would
+    monkey-patch this process with gevent (a deadlock was seen with the master running in a thread)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    source = Path(importlib.util.find_spec("locust").origin).with_name("runners.py").read_text()
+    return int(re.search(r"^MASTER_HEARTBEAT_TIMEOUT = (\d+)", source, re.M).group(1))
+
+
 def test_remote_workers_take_their_options_from_the_master(triton, tmp_path, val_images):
     """The Kubernetes shape on loopback: `loadtest.run --remote-workers 1` runs only the master; a
     worker started the way deploy/k8s/loadtest starts it (no load-test options of its own) gets
@@ -203,9 +214,7 @@ def test_remote_workers_take_their_options_from_the_master(triton, tmp_path, val
             # A worker quits on its master's quit message, or, when that message is lost as the
             # master exits (seen on a loaded 2-core CI machine), once the master's heartbeat has been
             # missing for Locust's MASTER_HEARTBEAT_TIMEOUT: either way it must not outlive it.
-            from locust.runners import MASTER_HEARTBEAT_TIMEOUT
-
-            worker.wait(timeout=MASTER_HEARTBEAT_TIMEOUT + 20)
+            worker.wait(timeout=locust_master_heartbeat_timeout_s() + 20)
         except subprocess.TimeoutExpired:
             worker.kill()
             raise
