@@ -65,9 +65,10 @@ def test_hd_frames_are_served_as_the_reduced_decode_in_process(triton, tiny_onnx
         assert s.boxes[:, [0, 2]].max(initial=0) <= 1920 and s.boxes[:, [1, 3]].max(initial=0) <= 1080
     # in the frames' pixels, not the 128 px model input's
     assert max(s.boxes[:, 2].max(initial=0) for s in served) > 256
-    confident = [(r[r.scores >= 0.3], f) for r, f in zip(reduced, full)]
-    total = sum(len(r) for r, _ in confident)
-    hits = sum(_matched(r, f, lambda b: b, min_iou=0.7) for r, f in confident)
+    # every box the reduced path returns (the tiny model is not confident at 1080p) has a twin in
+    # the full decode's: the two decodes see the same scene at the model's scale
+    total = sum(len(r) for r in reduced)
+    hits = sum(_matched(r, f, lambda b: b, min_iou=0.7) for r, f in zip(reduced, full))
     assert total and hits >= 0.7 * total, (hits, total)
 
 
