@@ -9,7 +9,7 @@
 (c) camera streams at 10 FPS held within p99 <= 100 ms (make capacity's search) by a naive
     repository (the FP32 baseline, no dynamic batching, one instance per step) and by REPO
     (the gated, tuned INT8 repository).
-Goals (issue #11): (b) >= 90% of (a); (c) REPO >= 2.5x naive. Writes serving.{json,md} and
+Goals: serving costs little, (b) >= 90% of (a); batching and instances pay, (c) REPO >= 2.5x naive. Writes serving.{json,md} and
 serving.png under --out.
 """
 

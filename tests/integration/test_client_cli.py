@@ -1,6 +1,6 @@
 """`python -m tools.client` as the README types it: both protocols, a folder, --concurrency > 1,
---annotate, a bad file among good ones. The old tests called the client class from one thread,
-which is how an HTTP client shared across threads (a crash on every CLI call) slipped through."""
+--annotate, a bad file among good ones. Run as a process with several worker threads, because an
+HTTP client shared across threads crashes every CLI call while one thread calling the class works."""
 
 from __future__ import annotations
 
