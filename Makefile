@@ -91,11 +91,11 @@ compress: pipeline ## Same as pipeline: search (prune -> distill -> INT8 per can
 parity: venv ## Accuracy parity gate (Polygraphy + task level vs FP32 and equal-budget baseline); only a passing model can be served; exit 3 on failure
 	$(PY) -m tools.parity --artifacts $(ARTIFACTS) $(PARITY_ARGS)
 
-verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree
-	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO)
+verify: venv ## The deployed REPO through the live server vs the same model in-process (same thresholds): mAP must agree (FRAMES=720p|1080p: camera frames, also vs every pixel decoded)
+	$(PY) -m tools.parity --artifacts $(ARTIFACTS) --deployed $(REPO) $(FRAMES_ARG)
 
-docs: venv ## Render docs/results.md from the artifacts' reports (commit, date, machine; what was not measured)
-	$(PY) -m tools.results --artifacts $(ARTIFACTS) --out docs/results.md
+docs: venv ## Render docs/results.md from the artifacts' reports (commit, date, machine; what was not measured) and README's headline from it
+	$(PY) -m tools.results --artifacts $(ARTIFACTS) --out docs/results.md --readme README.md
 
 summary: venv ## Print what is served, its accuracy against the budget, its speed-ups and where the report is
 	@$(PY) -m compress.report --artifacts $(ARTIFACTS)
@@ -139,8 +139,9 @@ LOAD_ARGS = --streams $(STREAMS) --fps $(FPS) --duration $(DURATION) --protocol 
 	--workers $(WORKERS) --max-in-flight $(MAX_IN_FLIGHT) --repo $(REPO) --artifacts $(ARTIFACTS)
 FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS FRAMES, default 1080p) -> $(ARTIFACTS)/loadtest/
-	$(PY) -m loadtest.run $(LOAD_ARGS) --frames $(or $(FRAMES),1080p) --out $(ARTIFACTS)/loadtest
+loadtest: venv ## Locust camera streams (STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS FRAMES, default 1080p; RESIZE_TO_MODEL=1: cameras send model-sized frames) -> $(ARTIFACTS)/loadtest[-resized]/
+	$(PY) -m loadtest.run $(LOAD_ARGS) --frames $(or $(FRAMES),1080p) $(if $(RESIZE_TO_MODEL),--resize-to-model) \
+		--out $(ARTIFACTS)/loadtest$(if $(RESIZE_TO_MODEL),-resized)
 
 capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p side by side)
 	$(PY) -m loadtest.capacity capacity $(LOAD_ARGS) $(FRAMES_ARG) --duration $(or $(PROBE),15s)

@@ -45,3 +45,12 @@ def describe_machine() -> dict:
                                           ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
     return {"cpu": model, "cores": cpu_threads(), "vector_extensions": extensions,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def machine_line(machine: dict | None) -> str:
+    """One markdown line naming the machine a result was measured on ("" for older results without one)."""
+    if not machine:
+        return ""
+    extensions = ", ".join(machine.get("vector_extensions") or []) or "no AVX2"
+    return (f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores ({extensions}), "
+            f"ONNX Runtime {machine.get('onnxruntime')}.")

@@ -24,7 +24,7 @@ import numpy as np
 
 from compress.errors import InputFileError, ServerError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, resolve_frames
+from tools.frame_sets import FrameSet, resolve_frames
 from loadtest.frames import frame_status, shed_cause
 from tools.client import collect_images, encoded_batch
 from tools.server import TritonServer

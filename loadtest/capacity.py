@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from compress.env import cpu_threads
 from compress.errors import InputFileError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, as_frame_set, resolve_frames
+from tools.frame_sets import FrameSet, as_frame_set, resolve_frames
 from loadtest.run import LoadSpec, add_spec_arguments, load_test, spec_from_args
 from tools import triton_config as tc
 from tools.server import TritonServer

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import gevent
+import gevent.lock
 from locust import User, events, task
 
 from compress.errors import BadImageError
@@ -62,6 +63,10 @@ def _grpc_with_gevent(environment, **_kwargs):
 
 
 _SHRUNK: dict[str, list[bytes]] = {}
+# One stream shrinks the frames while the others wait: without it every stream spawned during the
+# first one's network call shrank them again, blocking the event loop for seconds while earlier
+# streams' frames fell due (a burst of late frames the server was then blamed for).
+_SHRINKING = gevent.lock.BoundedSemaphore()
 
 
 def load_frames(folder: str) -> list[bytes]:
@@ -71,9 +76,10 @@ def load_frames(folder: str) -> list[bytes]:
 
 def shrunk_frames(folder: str, client: TritonDetectorClient) -> list[bytes]:
     """The frames as a camera that resizes to the model input would send them (once per process)."""
-    if folder not in _SHRUNK:
-        size = model_input_size(client)
-        _SHRUNK[folder] = [_shrunk_or_as_is(frame, size) for frame in load_frames(folder)]
+    with _SHRINKING:
+        if folder not in _SHRUNK:
+            size = model_input_size(client)
+            _SHRUNK[folder] = [_shrunk_or_as_is(frame, size) for frame in load_frames(folder)]
     return _SHRUNK[folder]
 
 

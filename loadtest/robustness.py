@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from compress.env import describe_machine, machine_line
 from compress.errors import InputFileError, ServerBusyError, cli_entry
 from compress.manifest import val_image_list
 from loadtest.bad_frames import decompression_bomb, png_claiming, thin_png
@@ -75,7 +76,7 @@ def refusal_times(url: str, payloads: dict[str, bytes], repeats: int) -> dict:
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# Robustness: bad frames beside good ones", "",
+    lines = ["# Robustness: bad frames beside good ones", "", machine_line(result.get("machine")), "",
              "| bad kind (6 of 60 concurrent gRPC requests) | good requests failed | good shed (503) | bad refused | "
              "reply to the bad one |", "|---|---:|---:|---:|---|"]
     for kind, r in result["poisoning"].items():
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                         "png_bomb_400mp": decompression_bomb(20000, 20000)}
     args.out.mkdir(parents=True, exist_ok=True)
     with TritonServer(args.repo, log_path=args.out / "server.log") as server:
-        result = {"poisoning": {}}
+        result = {"machine": describe_machine(), "poisoning": {}}
         for kind, make in POISON_KINDS.items():
             print(f"==> poisoning with {kind}", flush=True)
             result["poisoning"][kind] = poisoning(server.grpc_url, good, make())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from compress.errors import ToolkitError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, resolve_frames
+from tools.frame_sets import FrameSet, resolve_frames
 from loadtest.run import LoadSpec, run_locust
 
 PHASES = ("rolling", "sigkill", "scale-down")

@@ -19,9 +19,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.env import describe_machine, machine_line
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, as_frame_set
+from tools.frame_sets import FrameSet, as_frame_set
 from loadtest.frames import summarize
 from loadtest.metrics import MetricsRecorder, combined_summary
 from tools.server import LOOPBACK, TritonServer, free_port
@@ -144,7 +145,7 @@ def to_markdown(summary: dict) -> str:
     s, lat = summary["spec"], summary["frames"]["latency_ms"]
     f, m = summary["frames"], summary["triton"]
     lines = [f"# Load test: {s['streams']} streams x {s['fps']} FPS, {s['duration_s']:.0f} s, {s['protocol']}"
-             f"{', ' + str(s['workers']) + ' workers' if s['workers'] else ''}", "",
+             f"{', ' + str(s['workers']) + ' workers' if s['workers'] else ''}", "", machine_line(summary.get("machine")), "",
              f"- frames due {f['frames_due']}, answered {f['frames_ok']}, dropped {f['dropped']}, "
              f"rejected by the server {f.get('rejected', 0)} ({f.get('rejected_share', 0):.1%}{_causes(f)}"
              f"{', answered in p50 ' + str(f['rejection_p50_ms']) + ' ms' if f.get('rejection_p50_ms') else ''}), "
@@ -196,7 +197,7 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
     if not frames_path.exists():
         raise ToolkitError("locust wrote no frame records", hint=f"see its output above and {out}")
     frames = json.loads(frames_path.read_text())
-    summary = {"spec": vars(spec), "frame_set": frame_set.record(), "frames": summarize(frames, spec.fps, spec.slo_ms),
+    summary = {"spec": vars(spec), "machine": describe_machine(), "frame_set": frame_set.record(), "frames": summarize(frames, spec.fps, spec.slo_ms),
                "triton": combined_summary(recorders),
                # Locust's own processes: reading, sending and receiving a frame (the camera side's cost)
                "client_cpu_ms_per_frame": round(client_cpu_s * 1e3 / max(sum(f["status"] != "dropped" for f in frames), 1), 3)}

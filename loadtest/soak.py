@@ -18,9 +18,10 @@ import math
 import statistics
 from pathlib import Path
 
+from compress.env import describe_machine, machine_line
 from compress.errors import InputFileError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import resolve_frames
+from tools.frame_sets import resolve_frames
 from loadtest.metrics import PeriodicSampler
 from loadtest.run import add_spec_arguments, load_test, spec_from_args
 from tools.server import TritonServer
@@ -103,6 +104,7 @@ def plot_memory(samples, path: Path, title: str) -> None:
 def soak_markdown(result: dict) -> str:
     s, f = result["spec"], result["frames"]
     lines = [f"# Soak: {s['streams']} streams x {s['fps']:g} FPS for {s['duration_s']:.0f} s over {s['protocol']}", "",
+             machine_line(result.get("machine")), "",
              f"- load: {result['load_note']}; frames {result['frame_set']['name']} "
              f"({result['frame_set']['width']}x{result['frame_set']['height']})",
              f"- frames due {f['frames_due']}, answered {f['frames_ok']}, errors {f['errors']}, "
@@ -150,7 +152,7 @@ def soak(args) -> dict:
             summary = load_test(spec, out, url=url, metrics_url=server.metrics_url, images=images)
     warmup_s = min(args.warmup_s, spec.duration_s / 5)
     memory = memory_growth(sampler.samples, warmup_s)
-    result = {"spec": vars(spec), "frame_set": images.record(), "load_note": note, "frames": summary["frames"], "warmup_s": warmup_s,
+    result = {"spec": vars(spec), "machine": describe_machine(), "frame_set": images.record(), "load_note": note, "frames": summary["frames"], "warmup_s": warmup_s,
               "memory": memory, "samples": len(sampler.samples),
               "goal_met": memory["total"]["growth"] < GROWTH_GOAL and summary["frames"]["errors"] == 0
               and summary["frames"].get("lost", 0) == 0,

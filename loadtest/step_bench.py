@@ -28,7 +28,7 @@ from compress.detection import decode_for_model, nms, prepare_image
 from compress.env import describe_machine
 from compress.errors import InputFileError, cli_entry
 from compress.plotting import saved_figure
-from loadtest.frame_sets import FrameSet, resolve_frames
+from tools.frame_sets import FrameSet, resolve_frames
 from tools.client import collect_images
 
 FRAME_SETS = ("dataset", "480p", "720p", "1080p")

@@ -90,15 +90,19 @@ def _decode_for_comparison(results, info) -> None:
 
 def polygraphy_compare(name: str, runners: list, feeds: list[dict], info, gate: Gate, out_dir: Path) -> dict:
     from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = Comparator.run(runners, data_loader=feeds, save_inputs_path=str(out_dir / f"{name}_inputs.json"))
-    _decode_for_comparison(results, info)
-    results.save(str(out_dir / f"{name}_outputs.json"))
     box_atol = gate.box_atol_frac * max(info.image_size)
     compare = SimpleCompareFunc(atol={"boxes": box_atol, "scores": gate.score_atol}, rtol={"": 0.0},
                                  check_error_stat={"boxes": "median", "scores": "mean"})
-    accuracy = Comparator.compare_accuracy(results, compare_func=compare)
+    # Polygraphy's per-output statistics go to the JSON files below and parity.md; on the console
+    # only its warnings and errors
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = Comparator.run(runners, data_loader=feeds, save_inputs_path=str(out_dir / f"{name}_inputs.json"))
+        _decode_for_comparison(results, info)
+        results.save(str(out_dir / f"{name}_outputs.json"))
+        accuracy = Comparator.compare_accuracy(results, compare_func=compare)
     accuracy.save(str(out_dir / f"{name}_accuracy.json"))
     stats = {}
     for iterations in (its for result in accuracy for its in result.values()):
@@ -151,9 +155,11 @@ def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, con
     return detection_agreement(ref, cand)
 
 
-def deployed_map(repo: Path, data_yaml: Path, log_dir: Path) -> dict:
-    """mAP of the repository as deployed (its model, thresholds, batching and instances) through
-    the live Triton server, beside the same model in-process at the same thresholds."""
+def deployed_map(repo: Path, data_yaml: Path, log_dir: Path, full_decode_reference: bool = False) -> dict:
+    """mAP of the repository as deployed (its model, thresholds, batching, instances and decode)
+    through the live Triton server, beside the same model in-process at the same thresholds.
+    With `full_decode_reference`, also in-process with every pixel decoded (what Ultralytics
+    does), the reference for the reduced JPEG decode on camera-sized frames."""
     from compress.local_detector import LocalDetector
     from tools.client import TritonDetectorClient
     from tools.server import TritonServer
@@ -170,28 +176,73 @@ def deployed_map(repo: Path, data_yaml: Path, log_dir: Path) -> dict:
             "the onnxruntime backend exists only in the NGC tritonserver container"
         return {"skipped": f"target {settings.get('target')!r} cannot be served on this machine: {why}"}
     model = Path(repo) / "detector" / "1" / "model.onnx"
-    offline = LocalDetector(model, conf_threshold=settings["conf_threshold"], iou_threshold=settings["iou_threshold"],
-                            max_det=settings["max_det"])
+    thresholds = dict(conf_threshold=settings["conf_threshold"], iou_threshold=settings["iou_threshold"],
+                      max_det=settings["max_det"])
+    reduced = settings.get("reduced_decode", True)
+    offline = LocalDetector(model, reduced_decode=reduced, **thresholds)
     result = {"repo": str(repo), "model_sha256": record["model_sha256"], "stage": record.get("stage"),
               "conf_threshold": settings["conf_threshold"], "iou_threshold": settings["iou_threshold"],
-              "offline": evaluate(offline.detect, data_yaml, desc="mAP offline")}
+              "reduced_decode": reduced, "offline": evaluate(offline.detect, data_yaml, desc="mAP offline")}
+    if full_decode_reference:
+        full = LocalDetector(model, reduced_decode=False, **thresholds)
+        result["offline_full_decode"] = evaluate(full.detect, data_yaml, desc="mAP offline, full decode")
     with TritonServer(Path(repo), log_path=Path(log_dir) / "server.log") as server:
         with TritonDetectorClient(server.grpc_url, "grpc") as client:
             result["served"] = evaluate(client.detect, data_yaml, desc="mAP served")
     return result
 
 
-def verify_deployed(repo: Path, artifacts: Path, max_delta_points: float) -> dict:
-    """The served-vs-offline check on the deployed repository; writes <artifacts>/parity/deployed.json."""
-    data_yaml = Manifest(artifacts).output("dataset", "data_yaml")
+# Served mAP on camera frames (reduced JPEG decode) against every pixel decoded in-process
+MAX_REDUCED_DECODE_DELTA = 0.3
+
+
+def verify_deployed(repo: Path, artifacts: Path, max_delta_points: float, frames: str | None = None) -> dict:
+    """The served-vs-offline check on the deployed repository; writes <artifacts>/parity/deployed.json
+    (deployed_<frames>.json/.md for another frame set, with the full-decode comparison)."""
+    from tools.frame_sets import resolve_frames
+
+    frame_set = resolve_frames(frames, artifacts)
+    if frame_set.data_yaml is None:
+        raise InputFileError(f"frame set {frame_set.name!r} has no labels: mAP cannot be measured on it",
+                             hint="use FRAMES=dataset, 480p, 720p or 1080p, or a folder with a data.yaml")
     out_dir = Path(artifacts) / "parity"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = deployed_map(repo, data_yaml, out_dir)
+    result = deployed_map(repo, frame_set.data_yaml, out_dir, full_decode_reference=frame_set.name != "dataset")
+    result["frame_set"] = frame_set.record()
     if "skipped" not in result:
         delta = round(abs(result["served"]["map50_95"] - result["offline"]["map50_95"]) * 100, 2)
         result.update(delta_points=delta, max_delta_points=max_delta_points, passed=delta <= max_delta_points)
-    (out_dir / "deployed.json").write_text(json.dumps(result, indent=2))
+        if "offline_full_decode" in result:
+            full_delta = round((result["served"]["map50_95"] - result["offline_full_decode"]["map50_95"]) * 100, 2)
+            result.update(full_decode_delta_points=full_delta, max_full_decode_delta_points=MAX_REDUCED_DECODE_DELTA,
+                          full_decode_within=abs(full_delta) <= MAX_REDUCED_DECODE_DELTA)
+    stem = "deployed" if frame_set.name == "dataset" else f"deployed_{frame_set.name}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stem}.md").write_text(deployed_markdown(result))
     return result
+
+
+def deployed_markdown(result: dict) -> str:
+    from compress.env import describe_machine, machine_line
+
+    if "skipped" in result:
+        return f"# Served mAP\n\nSkipped: {result['skipped']}\n"
+    fs = result["frame_set"]
+    lines = [f"# Served mAP on {fs['name']} frames ({fs['width']}x{fs['height']})", "", machine_line(describe_machine()), "",
+             "| path | mAP50 | mAP50-95 |", "|---|---:|---:|",
+             f"| served (Triton, {'reduced' if result['reduced_decode'] else 'full'} JPEG decode) | "
+             f"{result['served']['map50']:.4f} | {result['served']['map50_95']:.4f} |",
+             f"| in-process, same decode | {result['offline']['map50']:.4f} | {result['offline']['map50_95']:.4f} |"]
+    if "offline_full_decode" in result:
+        lines.append(f"| in-process, every pixel decoded | {result['offline_full_decode']['map50']:.4f} | "
+                     f"{result['offline_full_decode']['map50_95']:.4f} |")
+    lines += ["", f"Served vs in-process, same decode: {result['delta_points']} points (allowed {result['max_delta_points']}): "
+              f"{'PASS' if result['passed'] else 'FAIL'}."]
+    if "offline_full_decode" in result:
+        lines.append(f"Served vs every pixel decoded: {result['full_decode_delta_points']:+.2f} points "
+                     f"(goal within {result['max_full_decode_delta_points']}): "
+                     f"{'met' if result['full_decode_within'] else 'missed'}.")
+    return "\n".join(lines) + "\n"
 
 
 # -- sensitivity and mixed precision -------------------------------------------------------
@@ -368,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--deployed", type=Path, metavar="REPO",
                         help="instead of the gate: served-vs-offline mAP of this built repository")
+    parser.add_argument("--frames", help="with --deployed: a labelled frame set (dataset, 480p, 720p, 1080p or a "
+                        "folder with a data.yaml); camera sizes are also compared with every pixel decoded")
     parser.add_argument("--max-served-delta", type=float, default=0.2,
                         help="points of mAP50-95 the served repository may differ from the same model offline")
     parser.add_argument("--no-mixed-precision", action="store_true",
@@ -377,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                             help="default: MAX_MAP_DROP of the report" if default is None else None)
     args = parser.parse_args(argv)
     if args.deployed:
-        result = verify_deployed(args.deployed, args.artifacts, args.max_served_delta)
+        result = verify_deployed(args.deployed, args.artifacts, args.max_served_delta, args.frames)
         print(json.dumps(result, indent=2))
         if not result.get("passed", True):
             raise GateFailedError(f"served mAP50-95 differs from offline by {result['delta_points']} points "

@@ -41,7 +41,7 @@ def cluster(served_repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frame_set(val_images):
-    from loadtest.frame_sets import describe
+    from tools.frame_sets import describe
 
     return describe("dataset", val_images[0].parent)
 

@@ -11,7 +11,7 @@ from compress.dataset import FRAME_SIZES, DatasetSpec, generate
 from compress.errors import InputFileError
 from loadtest.burst import burst_summary
 from tools.capacity_plan import capacity_for
-from loadtest.frame_sets import describe, resolve_frames
+from tools.frame_sets import describe, resolve_frames
 from loadtest.frames import shed_cause, summarize
 from loadtest.metrics import combined_summary, parse
 
@@ -161,3 +161,50 @@ def test_usable_cores_honour_a_cgroup_cpu_limit(tmp_path):
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
     assert usable_cores(str(tmp_path / "v1")) == 1
     assert usable_cores(str(tmp_path / "none")) == affinity
+
+
+@pytest.mark.parametrize("served_fps, ratio, expected", [
+    ([95.0, 97.0, 93.0], 0.95, "met"),  # every round at >= 90% of in-process
+    ([80.0, 85.0, 82.0], 0.82, "missed"),  # every round below
+    ([85.0, 95.0, 92.0], 0.92, "within noise"),  # rounds on both sides of the goal
+])
+def test_serving_overhead_judges_the_rounds_against_the_90_percent_goal(monkeypatch, tmp_path, served_fps, ratio,
+                                                                        expected):
+    """make bench-serving's (b)/(a): with in-process at 100 frames/s each round and known served
+    throughputs, the ratio is the median of the rounds' ratios and the verdict follows the goal."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from loadtest import serving_bench
+
+    throughputs = iter([120.0, *served_fps])  # the one-concurrency sweep, then one run per round
+    monkeypatch.setattr(serving_bench, "input_data", lambda images, path: path)
+    monkeypatch.setattr(serving_bench, "TritonServer", lambda *a, **k: nullcontext(SimpleNamespace(metrics_url="")))
+    monkeypatch.setattr(serving_bench, "repository_settings", lambda repo: SimpleNamespace())
+    monkeypatch.setattr(serving_bench, "replace", lambda settings, **changes: settings)
+    monkeypatch.setattr(serving_bench, "apply", lambda server, settings: None)
+    monkeypatch.setattr(serving_bench, "MetricsRecorder", lambda url: nullcontext())
+    monkeypatch.setattr(serving_bench, "combined_summary", lambda recorders: {"models": {}})
+    monkeypatch.setattr(serving_bench, "run_perf_analyzer",
+                        lambda *a, **k: {"throughput_fps": next(throughputs)})
+    pipeline = SimpleNamespace(fps=lambda seconds: 100.0)
+    result = serving_bench.serving_overhead(tmp_path, [], pipeline, tmp_path, concurrencies=(8,),
+                                            rounds_count=3, window_ms=1, in_process_seconds=0)
+    assert serving_bench.OVERHEAD_GOAL == 0.9
+    assert [r["ratio"] for r in result["rounds"]] == [f / 100 for f in served_fps]
+    assert result["ratio"] == ratio and result["verdict"] == expected
+    assert result["in_process_fps"] == 100.0 and result["served_fps"] == sorted(served_fps)[1]
+
+
+def test_soak_memory_growth_compares_the_first_and_last_tenth_after_warm_up():
+    from loadtest.soak import memory_growth
+
+    # 40 samples a second apart: a 10 s warm-up at 500 MB is left out; after it the server sits
+    # at 100 MB for three samples (the first tenth), then its last three samples are 120 MB
+    samples = [(t, {"tritonserver": 500.0, "detector": 50.0}) for t in range(10)]
+    samples += [(t, {"tritonserver": 100.0, "detector": 50.0}) for t in range(10, 37)]
+    samples += [(t, {"tritonserver": 120.0, "detector": 50.0}) for t in range(37, 40)]
+    growth = memory_growth(samples, warmup_s=10)
+    assert growth["tritonserver"] == {"start_mb": 100.0, "end_mb": 120.0, "growth": 0.2}
+    assert growth["detector"] == {"start_mb": 50.0, "end_mb": 50.0, "growth": 0.0}
+    assert growth["total"] == {"start_mb": 150.0, "end_mb": 170.0, "growth": 0.1333}

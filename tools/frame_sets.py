@@ -73,6 +73,9 @@ def resolve_frames(frames: str | Path | None, artifacts: Path = Path("artifacts"
             raise InputFileError(f"no frame set or folder {text!r}",
                                  hint=f"use FRAMES= one of {', '.join((*DATASET_ALIASES, *FRAME_SIZES))} or a folder of frames")
         name, data_yaml = images.stem if images.is_file() else images.name, None
+        if images.is_dir() and (images / "data.yaml").exists():  # labelled, laid out like the generated sets
+            data_yaml = images / "data.yaml"
+            images = images / "images" / "val" if (images / "images" / "val").is_dir() else images
     return describe(name, images, data_yaml)
 
 
