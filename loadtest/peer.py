@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from compress.env import CACHE_DIR
@@ -31,13 +30,11 @@ PERF_ANALYZER_WHEEL = "tritonclient==2.41.1"
 
 
 def perf_analyzer_binary() -> Path:
+    """The perf_analyzer `make venv` installed (nothing is downloaded at run time)."""
     binary = PERF_ANALYZER_DIR / "bin" / "perf_analyzer"
     if not binary.exists():
-        print(f"==> installing perf_analyzer from the {PERF_ANALYZER_WHEEL} wheel into {PERF_ANALYZER_DIR}", flush=True)
-        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                                 str(PERF_ANALYZER_DIR), PERF_ANALYZER_WHEEL], capture_output=True, text=True)
-        if result.returncode != 0 or not binary.exists():
-            raise MissingDependencyError(f"could not install perf_analyzer: {result.stderr.strip()[-300:]}")
+        raise MissingDependencyError(f"perf_analyzer is not installed in {PERF_ANALYZER_DIR}",
+                                     hint=f"run `make venv`: it installs the {PERF_ANALYZER_WHEEL} wheel's binary there")
     binary.chmod(0o755)
     return binary
 

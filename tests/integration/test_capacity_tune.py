@@ -56,10 +56,10 @@ def test_tune_reloads_configs_and_writes_the_best(served_repo, tmp_path, val_ima
 
 
 def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images):
-    from loadtest.peer import PERF_ANALYZER_DIR, compare
+    """perf_analyzer is part of the toolkit (`make venv` installs it into .cache/perf_analyzer):
+    without it this test fails with the message naming `make venv`, it does not skip."""
+    from loadtest.peer import compare
 
-    if not (PERF_ANALYZER_DIR / "bin" / "perf_analyzer").exists():
-        pytest.skip("perf_analyzer is installed by `make venv` into .cache/perf_analyzer")
     result = compare(served_repo, [2], val_images[0].parent, tmp_path, duration_s=4)
     row = result["rows"][0]
     assert row["perf_analyzer_fps"] > 0 and row["locust_fps"] > 0
@@ -69,24 +69,35 @@ def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images
 def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, tmp_path, val_images):
     """make bench-serving's (a)/(b): a perf_analyzer sweep on the real server, then rounds that
     alternate the in-process pipeline and perf_analyzer, with Triton's per-step counters."""
-    from loadtest.capacity import repository_settings
-    from loadtest.peer import PERF_ANALYZER_DIR
-    from loadtest.serving_bench import InProcessPipeline, serving_overhead
+    import csv
+    import statistics
 
-    if not (PERF_ANALYZER_DIR / "bin" / "perf_analyzer").exists():
-        pytest.skip("perf_analyzer is installed by `make venv` into .cache/perf_analyzer")
+    from loadtest.capacity import repository_settings
+    from loadtest.serving_bench import OVERHEAD_GOAL, InProcessPipeline, serving_overhead
+
     settings = repository_settings(served_repo)
     assert settings.pixel_type == "uint8"  # the in-process side feeds the served graph its own way
     pipeline = InProcessPipeline(served_repo / "detector" / "1" / "model.onnx",
                                  [p.read_bytes() for p in val_images[:8]], settings)
     result = serving_overhead(served_repo, val_images[:4], pipeline, tmp_path, concurrencies=(2, 4), rounds_count=2,
                               window_ms=2000, in_process_seconds=2.0)
-    assert result["best_concurrency"] in (2, 4) and len(result["rounds"]) == 2
-    for measured in result["rounds"]:
-        assert measured["in_process_fps"] > 0 and measured["served_fps"] > 0
-        assert measured["ratio"] == pytest.approx(measured["served_fps"] / measured["in_process_fps"], abs=1e-3)
-    ratio = result["ratio_spread"]
-    assert ratio["p10"] <= result["ratio"] <= ratio["p90"] and result["verdict"] in ("met", "missed", "within noise")
+    best = result["best_concurrency"]
+    swept = {c: result["sweep"][str(c)].get("throughput_fps", 0.0) for c in (2, 4)}
+    assert best == max(swept, key=swept.get)  # the concurrency that served the most frames/s
+    assert len(result["rounds"]) == 2
+    ratios = []
+    for index, measured in enumerate(result["rounds"]):
+        # (b) of each round is what perf_analyzer itself wrote for that round
+        with (tmp_path / f"round_{index}" / f"perf_analyzer_c{best}.csv").open(newline="") as handle:
+            served = float(next(csv.DictReader(handle))["Inferences/Second"])
+        assert served > 0 and measured["served_fps"] == served
+        assert measured["in_process_fps"] > 0
+        ratios.append(served / measured["in_process_fps"])
+    assert result["ratio"] == pytest.approx(statistics.median(ratios), abs=1e-3)
+    # the verdict against the >= 90% goal: met when every round reached it, missed when none did
+    # (rounds on both sides: the spread decides, tests/unit/test_serving_measurements.py)
+    if min(ratios) >= OVERHEAD_GOAL or max(ratios) < OVERHEAD_GOAL:
+        assert result["verdict"] == ("met" if min(ratios) >= OVERHEAD_GOAL else "missed"), (ratios, result["verdict"])
     steps = result["sweep"][str(result["best_concurrency"])]["steps"]
     assert {"preprocess", "detector", "postprocess"} <= set(steps) and "yolo" not in steps
     assert steps["detector"]["requests"] > 0 and steps["detector"]["busy_s"] > 0

@@ -222,10 +222,13 @@ def test_reloading_the_detector_config_during_load_fails_nothing(served_repo, tm
             server.load(tc.DETECTOR, json_format.MessageToJson(changed))
             time.sleep(1.0)
             server.load(tc.DETECTOR, json_format.MessageToJson(tc.detector_config(settings)))
-            return True
+            return time.monotonic()
 
-        records, _, _ = run_streams(server, val_images[0].read_bytes(), 2.0, reload)
+        records, started, reloaded = run_streams(server, val_images[0].read_bytes(), 2.0, reload)
         assert server.is_ready()
     errors = [str(r[2]) for r in records if r[2] is not None]
     assert not errors, f"{len(errors)} of {len(records)} requests failed during the reload: {errors[:3]}"
+    # the premise: requests were in flight while the detector was being replaced, on both protocols
+    during = [r for r in records if r[0] < reloaded and r[1] > started]
+    assert {r[3] for r in during} == {"http", "grpc"} and len(during) >= 8, f"{len(during)} requests overlapped the reload"
     assert len(records) >= 20

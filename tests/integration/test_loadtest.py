@@ -24,14 +24,30 @@ def run(triton, tmp_path, val_images, **spec):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_short_run_produces_a_full_summary(triton, tmp_path, val_images, protocol):
+    from loadtest.metrics import scrape
+
+    before = scrape(triton.metrics_url)  # nothing else sends to the server during this test
     summary = run(triton, tmp_path, val_images, streams=2, fps=5, duration_s=4, protocol=protocol)
+    after = scrape(triton.metrics_url)
     frames = summary["frames"]
     assert frames["frames_due"] == 2 * 5 * 4
     assert frames["frames_ok"] > 0 and frames["errors"] == 0
     assert frames["latency_ms"]["p50"] > 0
     models = summary["triton"]["models"]
-    assert models["detector"]["requests"] >= frames["frames_ok"] and models["detector"]["avg_batch_size"] >= 1
-    assert summary["triton"]["bottleneck"] in {"preprocess", "detector", "postprocess"}
+
+    def increase(model, counter):
+        return after[model][counter] - before.get(model, {}).get(counter, 0.0)
+
+    # the summary's per-model figures are Triton's own counters over the run
+    # every answered frame is one ensemble request
+    assert models["yolo"]["requests"] == increase("yolo", "nv_inference_request_success") == frames["frames_ok"]
+    assert models["detector"]["requests"] == increase("detector", "nv_inference_request_success")
+    batch = increase("detector", "nv_inference_count") / increase("detector", "nv_inference_exec_count")
+    assert models["detector"]["avg_batch_size"] == pytest.approx(batch, abs=0.005)
+    # the bottleneck is the step whose requests spend the most time in it (queue + compute)
+    steps = {name: models[name]["queue_ms_per_request"] + models[name]["compute_ms_per_request"]
+             for name in ("preprocess", "detector", "postprocess")}
+    assert summary["triton"]["bottleneck"] == max(steps, key=steps.get), steps
     out = tmp_path / "out"
     for name in ("summary.json", "summary.md", "locust_stats.csv", "locust.html", "latency_over_time.png"):
         assert (out / name).stat().st_size > 0, name
@@ -48,7 +64,7 @@ def test_distributed_mode_streams_are_distinct_across_workers(triton, tmp_path, 
     for frame in frames:
         first_due[frame["stream"]] = min(first_due.get(frame["stream"], frame["due"]), frame["due"])
     assert sorted(first_due) == [0, 1, 2, 3]
-    # each id is one camera's 20 frames (per-process counters gave two cameras one id, one phase)
+    # each id is one camera's 20 frames (a per-process counter would give two cameras one id and one phase)
     assert all(sum(f["stream"] == stream for f in frames) == 20 for stream in first_due)
 
 
@@ -131,8 +147,27 @@ def test_short_soak_reports_memory_of_the_server_and_every_stub(served_repo, tmp
     # the served repository runs two detector instances: each stub is a row of its own
     assert {"tritonserver", "preprocess", "detector", "detector #2", "postprocess", "total"} <= set(result["memory"])
     assert all(m["start_mb"] > 1 for m in result["memory"].values())
-    assert result["samples"] >= 10
-    assert (out / "rss_over_time.png").stat().st_size > 0 and "memory growth" in (out / "soak.md").read_text()
+    assert result["samples"] == len(result["rss_mb"]) >= 10
+
+    # growth: median total RSS of the first and of the last tenth of the samples after the warm-up
+    # (a sample within 0.1 s of the warm-up's end may fall either side: its time is rounded)
+    def first_and_last(warmup_s):
+        totals = [sum(v for k, v in sample.items() if k != "t") for sample in result["rss_mb"]
+                  if sample["t"] >= warmup_s]
+        tenth = max(1, len(totals) // 10)
+        return round(float(np.median(totals[:tenth])), 1), round(float(np.median(totals[-tenth:])), 1)
+
+    total = result["memory"]["total"]
+    assert (total["start_mb"], total["end_mb"]) in {first_and_last(result["warmup_s"] + d) for d in (-0.1, 0, 0.1)}
+    assert total["growth"] == pytest.approx(total["end_mb"] / total["start_mb"] - 1, abs=1e-3)
+    # the verdict follows the goal: growth under it, and nothing failed or lost
+    from loadtest.soak import GROWTH_GOAL
+
+    frames = result["frames"]
+    assert result["goal_met"] == (total["growth"] < GROWTH_GOAL and frames["errors"] == 0 and frames["lost"] == 0)
+    markdown = (out / "soak.md").read_text()
+    assert f"**{total['growth']:+.1%}** (goal < {GROWTH_GOAL:.0%}: {'met' if result['goal_met'] else 'missed'})" in markdown
+    assert (out / "rss_over_time.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

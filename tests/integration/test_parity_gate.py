@@ -133,18 +133,32 @@ def test_mixed_precision_keeps_the_most_sensitive_convs_in_float(tiny_artifacts,
     from compress.quantize import qdq_summary
     from tools.parity import conv_sensitivity, mixed_precision
 
+    from compress.evaluate import evaluate_onnx
+
     manifest = Manifest(tiny_artifacts)
     fp32, int8, base_float = a_candidate(tiny_artifacts)
     data = manifest.output("dataset", "data_yaml")
     ranking = conv_sensitivity(fp32, int8, data, (128, 128), count=8)
     assert not {r["conv"] for r in ranking} & set(base_float)  # only quantized convs are ranked
-    lenient = Gate(detection_conf=0.1, max_class_flips=0.1, min_box_recall=0.5, max_map_drop_vs_baseline=100.0)
-    best, tried = mixed_precision(fp32, data, ranking, base_float, lenient, manifest.output("finetune", "onnx"),
+    # The candidate's FP32 twin may itself trail the reference (a pruned student, distilled briefly):
+    # its INT8 may lose one more point against the reference, no more, as against its twin.
+    reference = manifest.output("finetune", "onnx")
+    twin_gap = round((evaluate_onnx(reference, data)["map50_95"] - evaluate_onnx(fp32, data)["map50_95"]) * 100, 2)
+    gate = Gate(detection_conf=0.1, max_class_flips=0.1, min_box_recall=0.5,
+                max_map_drop_vs_baseline=max(twin_gap, 0.0) + 1.0)
+    best, tried = mixed_precision(fp32, data, ranking, base_float, gate, reference,
                                   tmp_path, {"method": "minmax", "calibration_count": 8}, max_layers=2)
     assert best is not None and tried[-1]["passed"]
     kept = tried[-1]["float_convs"]
-    assert kept == [r["conv"] for r in ranking[:len(kept)]]
+    assert_most_sensitive(kept, ranking)
     assert set(kept) <= set(qdq_summary(best)["float_convs"])
+
+
+def assert_most_sensitive(kept: list[str], ranking: list[dict]) -> None:
+    """The convs kept in float have the lowest SQNR (most quantization error) of all ranked convs."""
+    sqnr = {r["conv"]: r["sqnr_db"] for r in ranking}
+    others = [db for conv, db in sqnr.items() if conv not in kept]
+    assert kept and max(sqnr[conv] for conv in kept) <= min(others), (kept, sorted(sqnr.items(), key=lambda i: i[1]))
 
 
 def test_mixed_precision_escalates_while_the_gate_fails(tiny_artifacts, tmp_path):
@@ -163,7 +177,7 @@ def test_mixed_precision_escalates_while_the_gate_fails(tiny_artifacts, tmp_path
     assert best is None
     assert [len(t["float_convs"]) for t in tried] == [1, 2, 4]
     for attempt in tried:
-        assert attempt["float_convs"] == [r["conv"] for r in ranking[:len(attempt["float_convs"])]]
+        assert_most_sensitive(attempt["float_convs"], ranking)
         assert set(attempt["float_convs"]) <= set(qdq_summary(attempt["onnx"])["float_convs"])
         assert not attempt["passed"]
 

@@ -72,14 +72,21 @@ def test_serving_deployment_has_what_operations_need(rendered):
     drain = next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
     assert pod["terminationGracePeriodSeconds"] > int(drain.split("=")[1])  # the drain finishes before SIGKILL
     hpa = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
-    from tools.capacity_plan import HPA_METRIC
+    assert_adapter_serves_frames_per_pod(hpa["metrics"][0]["pods"]["metric"]["name"])
 
-    assert hpa["metrics"][0]["pods"]["metric"]["name"] == HPA_METRIC == "triton_frames_per_second"
+
+def assert_adapter_serves_frames_per_pod(metric: str) -> None:
+    """prometheus-adapter's rules (deploy/k8s/monitoring) expose `metric` per pod, and it counts the
+    frames the ensemble answers (nv_inference_count of model yolo), not requests or another step."""
     monitoring = {d["metadata"]["name"]: d for d in yaml.safe_load_all(k8s.render(k8s.K8S_DIR / "monitoring"))}
     rules = yaml.safe_load(monitoring["prometheus-adapter-yolo-triton"]["data"]["config.yaml"])["rules"]
-    served = {rule["name"]["as"]: rule["metricsQuery"] for rule in rules}
-    assert HPA_METRIC in served  # the adapter serves what the HPA reads
-    assert 'model="yolo"' in served[HPA_METRIC] and "nv_inference_count" in served[HPA_METRIC]  # frames, not requests
+    exposed = {rule["name"]["as"]: rule for rule in rules}
+    assert metric in exposed, f"the HPA reads {metric!r}; the adapter exposes {sorted(exposed)}"
+    rule = exposed[metric]
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    for query in (rule["seriesQuery"], rule["metricsQuery"]):
+        assert query.split("{")[0].split("(")[-1].strip() == "nv_inference_count", query
+        assert 'model="yolo"' in query, query
 
 
 def test_pods_stop_in_order_within_their_grace_period(rendered):
@@ -157,6 +164,7 @@ def test_capacity_plan_reaches_the_manifests(tmp_path):
     assert shm["emptyDir"]["sizeLimit"] == f"{plan['resources']['shm_mb']}Mi"
     autoscaler = docs[("HorizontalPodAutoscaler", "triton")]["spec"]
     assert autoscaler["maxReplicas"] == 155
+    assert_adapter_serves_frames_per_pod(autoscaler["metrics"][0]["pods"]["metric"]["name"])
     assert autoscaler["metrics"][0]["pods"]["target"]["averageValue"] == "49"
     args = docs[("Job", "locust-master")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--streams") + 1] == "500" and args[args.index("--remote-workers") + 1] == "5"

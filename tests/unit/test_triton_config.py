@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tools import triton_config as tc
@@ -13,10 +14,26 @@ def settings(**kwargs) -> tc.RepositorySettings:
 
 @pytest.mark.parametrize("target", tc.TARGETS)
 @pytest.mark.parametrize("layout", tc.HEAD_LAYOUTS)
-def test_configs_round_trip(tmp_path, target, layout):
-    for config in tc.all_configs(settings(target=target, head_layout=layout)):
-        path = tc.write_config(config, tmp_path / config.name)
-        assert tc.read_config(path) == config
+def test_written_configs_carry_the_settings(tmp_path, target, layout):
+    """What config.pbtxt holds on disk, read back: the settings' values, per model."""
+    s = settings(target=target, head_layout=layout, max_batch_size=8, queue_delay_us=1500, detector_instances=3,
+                 max_queue_size=12, queue_timeout_us=40_000)
+    on_disk = {c.name: tc.read_config(tc.write_config(c, tmp_path / c.name)) for c in tc.all_configs(s)}
+    assert set(on_disk) == {"preprocess", "detector", "postprocess", "yolo"}
+    assert {c.max_batch_size for c in on_disk.values()} == {8}
+    detector = on_disk["detector"]
+    assert detector.instance_group[0].count == 3
+    assert detector.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert list(detector.dynamic_batching.preferred_batch_size) == [4, 8]
+    policy = detector.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (12, 40_000)
+    # 256x256, strides 8/16/32: 1344 anchors; raw: 4 x 16 DFL bins and 4 class logits, decoded: 4 + 4 rows
+    heads = {"raw": {"box_logits": [64, 1344], "class_logits": [4, 1344]}, "decoded": {"output0": [8, 1344]}}[layout]
+    assert {o.name: list(o.dims) for o in detector.output} == heads
+    assert {i.name: list(i.dims) for i in on_disk["postprocess"].input} == {**heads, "LETTERBOX": [5]}
+    assert list(detector.input[0].dims) == [3, 256, 256]
+    assert [step.model_name for step in on_disk["yolo"].ensemble_scheduling.step] == ["preprocess", "detector",
+                                                                                      "postprocess"]
 
 
 def test_detector_config_per_target():
@@ -52,10 +69,42 @@ def test_ensemble_wiring_is_consistent():
         assert {o.name for o in ensemble.output} <= available
 
 
-def test_postprocess_thresholds_in_parameters():
-    config = tc.postprocess_config(settings(conf_threshold=0.4, iou_threshold=0.6))
-    assert config.parameters["conf_threshold"].string_value == "0.4"
-    assert config.parameters["iou_threshold"].string_value == "0.6"
+def load_python_model(monkeypatch, name: str):
+    """model_repository/<name>/1/model.py imported as Triton's Python backend imports it, with the
+    shared maths (yolo_ops, copied beside it by the builder) taken from compress.detection."""
+    import importlib.util
+    import sys
+    import types
+
+    from compress import detection
+
+    stub = types.ModuleType("triton_python_backend_utils")  # initialize() uses none of it
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    monkeypatch.setitem(sys.modules, "yolo_ops", detection)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # model.py prepends its own folder
+    path = tc_root() / "model_repository" / name / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location(f"served_{name}_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_args(config, tmp_path) -> dict:
+    """initialize()'s args as Triton hands them over: the config as written to disk, in JSON."""
+    from google.protobuf import json_format
+
+    on_disk = tc.read_config(tc.write_config(config, tmp_path / config.name))
+    return {"model_config": json_format.MessageToJson(on_disk, preserving_proto_field_name=True)}
+
+
+@pytest.mark.parametrize("layout", tc.HEAD_LAYOUTS)
+def test_postprocess_model_runs_with_the_configured_thresholds(monkeypatch, tmp_path, layout):
+    s = settings(conf_threshold=0.4, iou_threshold=0.6, max_det=50, head_layout=layout)
+    model = load_python_model(monkeypatch, "postprocess").TritonPythonModel()
+    model.initialize(model_args(tc.postprocess_config(s), tmp_path))
+    assert (model.conf, model.iou, model.max_det) == (0.4, 0.6, 50)
+    assert model.size == (256, 256) and model.strides == (8, 16, 32)
+    assert model.head_names == [name for name, _ in s.head_outputs()]
 
 
 @pytest.mark.parametrize("bad", [
@@ -120,9 +169,8 @@ def test_warmup_covers_every_step(tmp_path, pixel_type):
     from tools.build_repo import write_warmup_files
 
     s = settings(head_layout="raw", max_batch_size=8, pixel_type=pixel_type)
-    # preprocess warms itself in initialize(): Triton 2.51 misreads BYTES warmup files
+    # preprocess warms itself in initialize() (test below): Triton 2.51 misreads BYTES warmup files
     assert not tc.preprocess_config(s).model_warmup
-    assert "_warm_up()" in (tc_root() / "model_repository" / "preprocess" / "1" / "model.py").read_text()
     for config in (tc.detector_config(s), tc.postprocess_config(s)):
         assert config.model_warmup, config.name
         declared = {i.name: (i.data_type, list(i.dims)) for i in config.input}
@@ -136,6 +184,25 @@ def test_warmup_covers_every_step(tmp_path, pixel_type):
             for item in warmup.inputs.values():
                 if item.input_data_file:
                     assert (tmp_path / config.name / tc.WARMUP_DIR / item.input_data_file).stat().st_size > 0
+
+
+def test_preprocess_decodes_a_frame_while_it_loads(monkeypatch, tmp_path):
+    """The first real request is not a cold start: initialize() decodes and letterboxes a JPEG
+    at the configured size and pixel type before Triton routes any request to the model."""
+    module = load_python_model(monkeypatch, "preprocess")
+    prepared = []
+
+    def recording(*args, **kwargs):
+        prepared.append(module_prepare(*args, **kwargs))
+        return prepared[-1]
+
+    module_prepare = module.prepare_image
+    monkeypatch.setattr(module, "prepare_image", recording)
+    model = module.TritonPythonModel()
+    model.initialize(model_args(tc.preprocess_config(settings(pixel_type="uint8", decode_threads=1)), tmp_path))
+    assert len(prepared) == 1
+    pixels, letterbox = prepared[0]
+    assert pixels.shape == (3, 256, 256) and pixels.dtype == np.uint8 and len(letterbox) == 5
 
 
 def test_naive_repository_has_no_dynamic_batching(tmp_path):
