@@ -100,8 +100,8 @@ def verdict(ratio: dict[str, float], target: float) -> str:
 
 
 # Other processes using this many cores during a measurement make it a different machine: the
-# fastest decile needs some undisturbed rounds, and a busy run had none (seen: 4.6x where a quiet
-# run measured 3.3x, with training running beside it).
+# fastest decile needs some undisturbed rounds, and a busy run may have none (training beside a
+# measurement inflates the FP32/INT8 ratio).
 BUSY_MACHINE_CORES = 0.25
 
 

@@ -8,7 +8,7 @@ Loss = Ultralytics' detection loss (box + cls + DFL)
        off by default (`Profile.kd_feature_weight`): it cost the ReLU student about a point. At
        weight 0 no adapters are made and the term is not computed.
 
-Trainer trap (see the platform notes): `YOLO(pruned).train()` rebuilds the model from its yaml
+Trainer trap: `YOLO(pruned).train()` rebuilds the model from its yaml
 and silently trains an unpruned network. `DistillationTrainer.get_model` returns the pruned
 module itself, and the stage checks the trained result still has the pruned parameter count.
 """
@@ -158,6 +158,11 @@ def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out
 
     torch_utils.NUM_THREADS = env.cpu_threads()
     student = yolo.load(student_weights).model
+    # Checkpoints are saved frozen; the trainer would unfreeze each tensor itself, with a warning
+    # line per tensor (hundreds per training) drowning the stage lines.
+    for param in student.parameters():
+        if param.dtype.is_floating_point:
+            param.requires_grad_(True)
     teacher = yolo.load(teacher_weights).model.float() if teacher_weights else None
     pruned_params = sum(p.numel() for p in student.parameters())
     if teacher is not None and settings.feature_weight > 0:

@@ -30,9 +30,8 @@ class Profile:
     """Sizes of the default run; `tiny` keeps CI and tests within minutes."""
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    # 20 epochs with Ultralytics' "auto" optimizer (AdamW at lr 0.00125 for 4 classes) left the
-    # baseline at mAP50-95 0.65, still learning: 30 more epochs added 25 points, and the teacher
-    # the students learn from was that weak model. 60 epochs at lr0 0.002: 0.92 in about as long.
+    # Long enough that the baseline has stopped learning: the students learn from it, and a
+    # teacher still improving makes every student look worse than compression makes it.
     epochs: int = 60
     imgsz: int = 256
     model: str = "yolov8n.yaml"
@@ -56,7 +55,7 @@ class Profile:
     # lands within one step of the deepest that fits.
     search_activations: tuple[str, ...] = ("relu", "silu")
     search_depths: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5)
-    # Training time the search may spend (the default `make` stays within ~50 min on 2 cores).
+    # Training time the search may spend: bounds the default `make` on a 2-core machine.
     search_minutes: float = 22.0
     # The served default is the fastest measured candidate within this many points of mAP50-95 of
     # the fair reference; never one outside it unless `allow_over_budget` (then: the most accurate
@@ -480,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="an Ultralytics detect .pt (default: trained here)")
     parser.add_argument("--epochs", type=int, help="override the profile's training epochs")
     parser.add_argument("--importance", choices=["magnitude", "bn_scale", "lamp"], help="pruning importance criterion")
-    parser.add_argument("--prune-steps", type=int, help="iterative pruning steps")
+    parser.add_argument("--prune-steps", type=int, help="torch-pruning steps, run back to back with no training between them")
     parser.add_argument("--distill-epochs", type=int)
     parser.add_argument("--kd-feature-weight", type=float,
                         help="weight of the neck-feature distillation term (default 0: logit terms only)")

@@ -5,8 +5,9 @@
   the two halves of the original weights (outputs unchanged).
 - C2PSA / PSABlock attention (YOLO11) reshapes channels into heads: kept whole (ignored).
 - The Detect head's final box/class convs and DFL keep their widths (the output layout).
-- Channels are rounded to multiples of 8; pruning proceeds in iterative steps until the MACs
-  reduction reaches the target.
+- Channels are rounded to multiples of 8; the channel ratio that reaches the MACs reduction is
+  found by bisection and applied in one shot (no training between steps: `--prune-steps` splits
+  it along torch-pruning's schedule, but nothing recovers accuracy in between).
 
 The pruned module is saved whole in an Ultralytics-style checkpoint (tp.state_dict cannot
 handle Detect), so `YOLO("pruned.pt")` loads it while this module is importable.
@@ -159,7 +160,8 @@ def prune(model: nn.Module, imgsz: int, target_macs_reduction: float, importance
 
     The smallest channel ratio that meets the target is found by bisection on copies (MACs fall roughly
     with the square of the kept channels, and rounding to 8 makes the curve steppy); the model
-    is then pruned to that ratio in `steps` iterative steps of torch-pruning's linear schedule.
+    is then pruned to that ratio in `steps` steps of torch-pruning's linear schedule, back to back
+    with no training between them (one-shot pruning; distillation recovers accuracy afterwards).
     """
     if target_macs_reduction <= 1.0:
         raise UnsupportedModelError(f"target MACs reduction must be > 1, got {target_macs_reduction}")

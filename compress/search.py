@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-# mAP50-95 points two trainings of the same candidate differ by with another seed (measured 0.3-0.7
-# on the default data): a depth over the budget by less than this does not rule out deeper ones.
+# mAP50-95 points two trainings of the same candidate may differ by with another seed: a depth
+# over the budget by less than this does not rule out deeper ones.
 NOISE_POINTS = 0.5
 
 OPEN, FITS, OVER = "open", "fits", "over budget"

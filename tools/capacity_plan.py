@@ -120,9 +120,9 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
         "replica_fps": replica_fps,
         "replicas": replicas,
         # Scale on the frames each pod answers, the quantity the capacity was measured in: at the
-        # target a replica runs at TARGET_UTILISATION of it. (The detector's queue time was the
-        # first choice, but with two instances it moved only 2.1 -> 2.9 ms from 1 stream to
-        # capacity: a target in that band scales on noise.)
+        # target a replica runs at TARGET_UTILISATION of it. (With two detector instances the
+        # detector's queue time barely moves between one stream and capacity: a target on it
+        # would scale on noise.)
         "hpa": {"min": replicas, "max": math.ceil(replicas * BURST_FACTOR),
                 "frames_per_second_target": round(replica_fps * TARGET_UTILISATION, 1)},
         "resources": {"cpu": str(cpus), "memory_request_mb": math.ceil(memory * MEMORY_HEADROOM / 256) * 256,

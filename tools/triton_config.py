@@ -50,12 +50,12 @@ class RepositorySettings:
     max_batch_size: int = 16
     dynamic_batching: bool = True  # False: every request runs alone (the naive baseline of make bench-serving)
     # None: 4, 8 and max_batch_size. The largest preferred size caps batches formed from a long
-    # queue, so it includes the max: [4, 8] kept 16 queued frames in two runs of 8.
+    # queue, so it includes the max (without it 16 queued frames ran as two batches of 8).
     preferred_batch_sizes: list[int] | None = None
     queue_delay_us: int = 2000  # the detector's wait to fill a batch
     step_queue_delay_us: int = 0  # preprocess/postprocess: no wait, they take what is queued
     # Two detector instances overlap one batch's run with the next batch's hand-over; with
-    # ort_threads 0 each local instance takes its share of the cores (1.39x frames/s on 2 cores).
+    # ort_threads 0 each local instance takes its share of the cores (`make tune` measures it).
     detector_instances: int = 2
     preprocess_instances: int = 1
     # Threads decoding the frames of one preprocess execute() (OpenCV releases the GIL); 0: the
@@ -78,7 +78,7 @@ class RepositorySettings:
     ort_threads: int = 0
     # Idle ONNX Runtime threads spin-waiting for work (local target only; Triton's onnxruntime
     # backend has no per-model switch). Off: the spinning threads took the cores the Python
-    # pre/post steps needed (perf_analyzer, 2 cores: 197 vs 160 frames/s with it off).
+    # pre/post steps needed.
     ort_spinning: bool = False
     # Overload: a step's queue holds at most this many requests, each for at most this long;
     # beyond either the request is rejected at once (UNAVAILABLE / HTTP 503) instead of every
