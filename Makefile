@@ -177,8 +177,8 @@ rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy
 
-test: venv haproxy ## Run all tests (unit + integration against the real Triton server; installs HAProxy if missing)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+test: venv haproxy ## Run all tests (unit + integration against the real Triton server; installs HAProxy if missing); the full run's JUnit record -> $(ARTIFACTS)/tests/
+	$(PY) -m pytest tests $(PYTEST_ARGS) $(if $(PYTEST_ARGS),,--junitxml=$(ARTIFACTS)/tests/junit.xml)
 
 test-unit: venv ## Fast tests only (no server, no training)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -48,9 +48,8 @@ def usable_cores(cgroup: str = "/sys/fs/cgroup") -> int:
 def share_of_cores(instances: int) -> int:
     """Intra-op threads for one of `instances` ONNX Runtime sessions sharing this process's cores.
 
-    On 2 cores two detector instances of one thread each served more frames than one instance of
-    two threads: a single multi-threaded run waits at every operator for its slowest thread while
-    the Python steps hold a core.
+    Several single-threaded instances rather than one multi-threaded one: a multi-threaded run
+    waits at every operator for its slowest thread while the Python steps hold a core.
     """
     return max(1, usable_cores() // max(1, instances))
 

@@ -5,7 +5,7 @@ Loss = Ultralytics' detection loss (box + cls + DFL)
        distributions (KL over the DFL bins, weighted by the teacher's confidence)
      + feature distillation on the three neck outputs through learned 1x1 projections, so it
        works when the pruned student is narrower than the teacher. The pipeline turns this term
-       off by default (`Profile.kd_feature_weight`): it cost the ReLU student about a point. At
+       off by default (`Profile.kd_feature_weight`): it cost the ReLU students accuracy. At
        weight 0 no adapters are made and the term is not computed.
 
 Trainer trap: `YOLO(pruned).train()` rebuilds the model from its yaml

@@ -10,7 +10,7 @@
   writes that one for the served model, with the same calibration settings).
 - Float-kept layers are chosen deliberately: by default the head's final convs (their outputs
   are the logits the box/score decode is most sensitive to); `float_nodes` adds more
-  (the parity issue's sensitivity analysis picks them by measurement).
+  (the parity gate's sensitivity analysis picks them by measurement).
 """
 
 from __future__ import annotations

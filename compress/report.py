@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, measure_in_subprocess, speedup, verdict
-from compress.env import cpu_threads, describe_machine
+from compress.env import cpu_threads, describe_machine, machine_line
 from compress.plotting import saved_figure
 from compress.profile import plot as profile_plot
 from compress.profile import profile_in_subprocess
@@ -229,7 +229,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Compression report ({report['image_size']}x{report['image_size']}, ONNX Runtime {m['onnxruntime']} CPU, "
         f"{report['threads']} threads)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {', '.join(m['vector_extensions']) or 'no AVX2'}. Speed-ups depend "
+        f"{machine_line(m)} Speed-ups depend "
         "on the CPU: compare them only with figures from the same machine.", "",
         f"**Served: {served['model']}**, {served['drop_points']:+.2f} points of mAP50-95 against the reference "
         f"(budget {served['budget_points']:g}), {t['measured']['speedup_bs1']}x / {t['measured']['speedup_bs8']}x "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.env import machine_line
 from compress.errors import InputFileError, ServerError, cli_entry
 from compress.plotting import saved_figure
 from tools.frame_sets import FrameSet, resolve_frames
@@ -104,7 +105,7 @@ def run_bursts(url: str, frame_set: FrameSet, size: int, rounds: int, rest_s: fl
 def to_markdown(result: dict) -> str:
     b, fs = result["burst"], result["frame_set"]
     lines = [f"# Bursts of {b['size']} frames at once ({fs['name']}, {fs['width']}x{fs['height']})", "",
-             f"Machine: {result['machine'].get('cpu')}, {result['machine'].get('cores')} cores; repository queue policy: "
+             machine_line(result["machine"]), "", "Repository queue policy: "
              f"max {result['queue']['max_queue_size']} queued, timeout {result['queue']['queue_timeout_us'] / 1e3:.0f} ms.", "",
              f"- {b['rounds']} bursts, {b['frames']} frames: **{b['answered']} answered, {b['shed']} shed** "
              f"(queue full {b['shed_by_cause']['queue_full']}, timeout {b['shed_by_cause']['timeout']}, "

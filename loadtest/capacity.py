@@ -22,7 +22,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from compress.env import cpu_threads
+from compress.env import cpu_threads, machine_line
 from compress.errors import InputFileError, cli_entry
 from compress.plotting import saved_figure
 from tools.frame_sets import FrameSet, as_frame_set, resolve_frames
@@ -107,7 +107,7 @@ def capacity_markdown(result: dict) -> str:
     by_frames, machine = result["by_frames"], result["machine"]
     base = by_frames.get("dataset", {}).get("capacity_streams")
     lines = [f"# Capacity at {result['fps']:g} FPS per stream, p99 <= {result['slo_ms']:.0f} ms", "",
-             f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores.", "",
+             machine_line(machine), "",
              "| frames | size | KiB/frame | streams held | vs dataset | bottleneck | preprocess ms/frame | "
              "detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]

@@ -63,9 +63,9 @@ def _grpc_with_gevent(environment, **_kwargs):
 
 
 _SHRUNK: dict[str, list[bytes]] = {}
-# One stream shrinks the frames while the others wait: without it every stream spawned during the
-# first one's network call shrank them again, blocking the event loop for seconds while earlier
-# streams' frames fell due (a burst of late frames the server was then blamed for).
+# One stream shrinks the frames while the others wait: streams spawned during the first one's
+# network call would each shrink them again, blocking the event loop while earlier streams' frames
+# fall due (late frames that are the load generator's, not the server's).
 _SHRINKING = gevent.lock.BoundedSemaphore()
 
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from compress.env import machine_line
 from compress.errors import ToolkitError, cli_entry
 from compress.plotting import saved_figure
 from tools.frame_sets import FrameSet, resolve_frames
@@ -246,7 +247,7 @@ def kill_analysis(frames: list[dict], requests, kill: dict) -> dict:
 
 
 def goals(result: dict) -> dict:
-    """The issue's goals, as measured here."""
+    """The rollout's goals, as measured here."""
     rows = {row["window"]: row for row in result["windows"]}
     verdict = {}
     if "rolling" in result["record"]:
@@ -282,7 +283,7 @@ def to_markdown(result: dict) -> str:
     lines = [f"# Rollout under load: {s['streams']} streams x {s['fps']:g} FPS of {result['frame_set']['name']} "
              f"({result['frame_set']['width']}x{result['frame_set']['height']}) through HAProxy", ""]
     if m:
-        lines.append(f"- machine: {m.get('cpu')}, {m.get('cores')} cores; replicas, HAProxy and Locust share it")
+        lines.append(f"- {machine_line(m)} Replicas, HAProxy and Locust share it.")
     if result.get("load_note"):
         lines.append(f"- load: {result['load_note']}")
     c, d = result["check"], result["drain"]

@@ -103,11 +103,15 @@ def serving_overhead(repo: Path, images: list[Path], pipeline: InProcessPipeline
             round_dir.mkdir(exist_ok=True)
             served = run_perf_analyzer(server, best, data, round_dir, interval_ms=window_ms)["throughput_fps"]
             rounds.append({"in_process_fps": in_process, "served_fps": served, "ratio": round(served / in_process, 3)})
-    ratio = spread([r["ratio"] for r in rounds])  # per round, judged like make bench's speed-ups
+    ratios = [r["ratio"] for r in rounds]
+    ratio = spread(ratios)
+    # Met when every round reached the goal, missed when none did, else within noise: with a few
+    # rounds, interpolated percentiles would judge on values no round measured.
     return {"sweep": {str(c): v for c, v in sweep.items()}, "best_concurrency": best, "rounds": rounds,
             "in_process_fps": statistics.median(r["in_process_fps"] for r in rounds),
             "served_fps": statistics.median(r["served_fps"] for r in rounds),
-            "ratio": ratio["median"], "ratio_spread": ratio, "verdict": verdict(ratio, OVERHEAD_GOAL)}
+            "ratio": ratio["median"], "ratio_spread": ratio,
+            "verdict": verdict({"p10": min(ratios), "p90": max(ratios)}, OVERHEAD_GOAL)}
 
 
 def naive_repository(onnx: Path, stage: str, out: Path) -> Path:
@@ -146,7 +150,8 @@ def to_markdown(result: dict) -> str:
     steps = [f"| {name} | {v['avg_batch_size']} | {v['queue_ms_per_request']} | {v['compute_ms_per_request']} | "
              f"{v['busy_s']} |" for name, v in best.get("steps", {}).items()]
     return "\n".join([
-        "# Serving overhead and stream capacity (one run)", "", machine_line(result.get("machine")), "",
+        "# Serving overhead and stream capacity (one run)", "",
+        *([machine_line(result["machine"]), ""] if result.get("machine") else []),
         f"Frames: {result['frame_set']['name']} ({result['frame_set']['width']}x{result['frame_set']['height']}, "
         f"{result['frame_set']['mean_kib']} KiB each).", "",
         "| measurement | value | goal |", "|---|---:|---|",

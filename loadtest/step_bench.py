@@ -141,8 +141,8 @@ def to_markdown(result: dict) -> str:
                      f"{a['reduced_minus_full_points']:+.2f} | {'yes' if a['within_tolerance'] else 'no'} |")
     n = result["nms"]
     lines += ["", f"NMS, batch of {n['batch']} x {n['candidates_per_image']} crowded candidates ({n['kept']} kept), "
-                  f"median of {ROUNDS}: OpenCV's batched NMS (served) {n['opencv_ms']['median']:.1f} ms, the previous "
-                  f"NumPy loop {n['numpy_loop_ms']['median']:.1f} ms, torchvision {n['torchvision_ms']['median']:.1f} ms "
+                  f"median of {ROUNDS}: OpenCV's batched NMS (served) {n['opencv_ms']['median']:.1f} ms, a greedy "
+                  f"NumPy loop per image {n['numpy_loop_ms']['median']:.1f} ms, torchvision {n['torchvision_ms']['median']:.1f} ms "
                   f"(not importable in Triton's Python models); same detections: {'yes' if n['same_detections'] else 'NO'}."]
     return "\n".join(lines) + "\n"
 

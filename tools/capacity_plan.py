@@ -115,6 +115,12 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
             "replica_memory_mb": {"value": memory, "kind": "measured (soak RSS)" if memory_mb else "assumed"},
             "target_utilisation": TARGET_UTILISATION, "burst_factor": BURST_FACTOR,
             "streams_per_locust_worker": {"value": STREAMS_PER_LOCUST_WORKER, "kind": "assumed"},
+            # how a replica spends its CPUs: the repository's instances, each with its share of the
+            # cores (decode threads, ONNX Runtime threads) unless the repository fixes them
+            "serving": {"preprocess_instances": settings.preprocess_instances,
+                        "decode_threads": settings.decode_threads or max(1, int(cpus) // settings.preprocess_instances),
+                        "detector_instances": settings.detector_instances,
+                        "ort_threads": settings.ort_threads or max(1, int(cpus) // settings.detector_instances)},
         },
         "demand_fps": demand_fps,
         "replica_fps": replica_fps,
@@ -187,6 +193,9 @@ def to_markdown(result: dict) -> str:
              f"- per replica: {result['resources']['cpu']} CPU, memory request {result['resources']['memory_request_mb']} Mi "
              f"(= {i['replica_memory_mb']['value']:.0f} MB RSS {i['replica_memory_mb']['kind']} x {MEMORY_HEADROOM}), "
              f"limit {result['resources']['memory_limit_mb']} Mi, /dev/shm {result['resources']['shm_mb']} Mi",
+             f"- each replica as measured: {i['serving']['preprocess_instances']} preprocess instance(s) x "
+             f"{i['serving']['decode_threads']} decode threads, {i['serving']['detector_instances']} detector instance(s) x "
+             f"{i['serving']['ort_threads']} ONNX Runtime threads on its {result['resources']['cpu']} CPUs",
              f"- load test: {result['loadtest']['streams']} streams on {result['loadtest']['workers']} Locust workers "
              f"({i['streams_per_locust_worker']['value']} streams per worker, assumed)",
              f"- cluster CPU for serving: {result['replicas']} x {result['resources']['cpu']} = "

@@ -87,12 +87,32 @@ def stage_times(artifacts: Path) -> str | None:
         f"Pipeline stages in all: **{total:.1f} minutes**."])
 
 
+def test_run(artifacts: Path) -> str | None:
+    """The last full `make test`, from the JUnit record pytest wrote."""
+    import xml.etree.ElementTree as ElementTree
+
+    path = artifacts / "tests" / "junit.xml"
+    if not path.exists():
+        return None
+    root = ElementTree.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return None
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    return (f"`make test`: {counts['tests']} tests, {counts['failures']} failed, {counts['errors']} errors, "
+            f"{counts['skipped']} skipped, in **{float(suite.get('time', 0)) / 60:.1f} minutes** "
+            f"(started {suite.get('timestamp', 'unknown')[:16]}).")
+
+
 def sections(artifacts: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str]]]:
     """([(title, command, where and when written, text)], [(title, command) not measured])."""
     found, missing = [], []
     times = stage_times(artifacts)
     if times:
         found.append(("Pipeline stage times", "make", f"`{artifacts / 'manifest.json'}`", times))
+    tests = test_run(artifacts)
+    if tests:
+        found.append(("Test suite", "make test", f"`{artifacts / 'tests' / 'junit.xml'}`", tests))
     for title, relative, command in SECTIONS:
         path = artifacts / relative
         if not path.exists():
@@ -116,11 +136,18 @@ def headline(results_markdown: str) -> str:
     if "### Capacity at" in results_markdown:
         block = results_markdown.split("### Capacity at", 1)[1].split("\n## ", 1)[0].splitlines()
         capacity = [line for line in block if line.startswith("|")]
-    total = [line for line in lines if line.startswith("Pipeline stages in all:")]
+    total = [line for line in lines if line.startswith(("Pipeline stages in all:", "`make test`:"))]
+    plan = []
+    if "### Capacity plan:" in results_markdown:
+        block = results_markdown.split("### Capacity plan:", 1)[1].split("\n## ", 1)[0].splitlines()
+        plan = [f"Capacity plan:{block[0]}:", "",
+                *[line for line in block[1:] if line.startswith(("- frames this plan assumes", "- replicas ="))]]
     parts = [machine, *served[:1]]
     if capacity:
         parts += ["Camera streams one server holds at 10 FPS within the latency SLO, per frame size:", "",
                   "\n".join(capacity)]
+    if len(plan) > 2:
+        parts.append("\n".join(plan))
     parts += total
     return "\n\n".join(part for part in parts if part)
 

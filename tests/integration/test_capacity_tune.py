@@ -95,9 +95,8 @@ def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, t
         ratios.append(served / measured["in_process_fps"])
     assert result["ratio"] == pytest.approx(statistics.median(ratios), abs=1e-3)
     # the verdict against the >= 90% goal: met when every round reached it, missed when none did
-    # (rounds on both sides: the spread decides, tests/unit/test_serving_measurements.py)
-    if min(ratios) >= OVERHEAD_GOAL or max(ratios) < OVERHEAD_GOAL:
-        assert result["verdict"] == ("met" if min(ratios) >= OVERHEAD_GOAL else "missed"), (ratios, result["verdict"])
+    expected = "met" if min(ratios) >= OVERHEAD_GOAL else "missed" if max(ratios) < OVERHEAD_GOAL else "within noise"
+    assert result["verdict"] == expected, (ratios, result["verdict"])
     steps = result["sweep"][str(result["best_concurrency"])]["steps"]
     assert {"preprocess", "detector", "postprocess"} <= set(steps) and "yolo" not in steps
     assert steps["detector"]["requests"] > 0 and steps["detector"]["busy_s"] > 0

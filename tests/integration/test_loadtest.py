@@ -213,7 +213,7 @@ def test_streams_survive_a_replica_killed_mid_run(served_repo, tmp_path, val_ima
 
 def locust_master_heartbeat_timeout_s() -> int:
     """Locust's MASTER_HEARTBEAT_TIMEOUT, read from its source: importing locust here would
-    monkey-patch this process with gevent (a deadlock was seen with the master running in a thread)."""
+    monkey-patch this process with gevent, which can deadlock against the master running in a thread)."""
     import importlib.util
     import re
     from pathlib import Path
@@ -247,7 +247,7 @@ def test_remote_workers_take_their_options_from_the_master(triton, tmp_path, val
     finally:
         try:
             # A worker quits on its master's quit message, or, when that message is lost as the
-            # master exits (seen on a loaded 2-core CI machine), once the master's heartbeat has been
+            # master exits (a loaded machine can lose it), once the master's heartbeat has been
             # missing for Locust's MASTER_HEARTBEAT_TIMEOUT: either way it must not outlive it.
             worker.wait(timeout=locust_master_heartbeat_timeout_s() + 20)
         except subprocess.TimeoutExpired:

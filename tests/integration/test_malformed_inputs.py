@@ -146,7 +146,7 @@ def test_unknown_model_beside_good_requests(triton, good, val_images, protocol):
 
 
 def test_one_bad_frame_among_sixty_fails_only_itself(triton, good):
-    """The issue's reproduction: 60 concurrent single-image gRPC requests, 6 of them a 1x600 PNG."""
+    """A burst as cameras send it: 60 concurrent single-image gRPC requests, 6 of them a 1x600 PNG."""
     thin = thin_png(1, 600)
     payloads = [thin if i % 10 == 0 else good[i % len(good)][0] for i in range(60)]
     local_client = threading.local()

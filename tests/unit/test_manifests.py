@@ -155,6 +155,10 @@ def test_capacity_plan_reaches_the_manifests(tmp_path):
     assert plan["replicas"] == 103  # ceil(5000 / (7 * 10 * 0.7))
     assert plan["hpa"] == {"min": 103, "max": 155, "frames_per_second_target": 49.0}  # 0.7 x 7 streams x 10 FPS
     assert plan["resources"]["shm_mb"] >= 2 * 16 * 3 * 640 * 640 * 4 // 2**20  # two 16 x 640 px float batches
+    # the replica's 2 CPUs as the repository spends them: one preprocess instance decoding on both
+    # cores, two detector instances of one ONNX Runtime thread each
+    assert plan["inputs"]["serving"] == {"preprocess_instances": 1, "decode_threads": 2, "detector_instances": 2,
+                                         "ort_threads": 1}
     docs = {(d["kind"], d["metadata"]["name"]): d
             for d in yaml.safe_load_all((tmp_path / "k8s" / "plan-cpu.yaml").read_text())}
     deployment = docs[("Deployment", "triton")]["spec"]

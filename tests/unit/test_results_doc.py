@@ -25,6 +25,15 @@ def fake_artifacts(root):
     (root / "capacity").mkdir()
     (root / "capacity" / "capacity.md").write_text(
         "# Capacity at 10 FPS per stream\n\n| frames | streams held |\n|---|---:|\n| 1080p | 14 |\n\nPer-step note.\n")
+    (root / "plan").mkdir()
+    (root / "plan" / "plan.md").write_text(
+        "# Capacity plan: 500 cameras x 10 FPS on cpu nodes\n\n- demand: 500 x 10 = **5000 frames/s**\n"
+        "- frames this plan assumes: **1080p (1920x1080)**\n- replicas = max(2, ceil(5000 / (90 x 0.7))) = **80**\n"
+        "- HPA: min 80\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "junit.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="1" '
+        'skipped="2" tests="454" time="1290.0" timestamp="2026-01-01T11:00:00.000000"></testsuite></testsuites>')
     (root / "manifest.json").write_text(json.dumps({"stages": {
         "baseline": {"seconds": 720.0, "finished": "2026-01-01T10:00:00"},
         "search": {"seconds": 1320.0, "finished": "2026-01-01T10:30:00"}}}))
@@ -38,6 +47,7 @@ def test_results_gather_each_report_under_its_section_and_name_what_was_not_meas
     assert "**Served: ReLU student**" in text and "| 1 | relu_1x |" in text
     assert "Conv 61%" not in text  # only the named parts of the compression report
     assert "| baseline | 12.0 |" in text and "**34.0 minutes**" in text  # stage times from the manifest
+    assert "`make test`: 454 tests, 1 failed, 0 errors, 2 skipped, in **21.5 minutes**" in text
     missing = text.split("## Not measured in these artifacts", 1)[1]
     assert "`make bench-burst`" in missing and "`make capacity`" not in missing
 
@@ -47,8 +57,10 @@ def test_headline_is_cut_verbatim_from_the_results_and_fills_only_the_marked_blo
     text = render(tmp_path)
     block = headline(text)
     assert "**Served: ReLU student**, +0.30 points, 2.07x" in block and "| 1080p | 14 |" in block
-    assert "**34.0 minutes**" in block and "Each section below" not in block
-    assert all(line in text for line in block.splitlines() if line and not line.startswith("Camera streams"))
+    assert "**34.0 minutes**" in block and "**21.5 minutes**" in block and "Each section below" not in block
+    assert "Capacity plan: 500 cameras x 10 FPS on cpu nodes:" in block and "**1080p (1920x1080)**" in block
+    assert "= **80**" in block and "HPA" not in block
+    assert all(line in text for line in block.splitlines() if line and not line.startswith(("Camera streams", "Capacity plan")))
     readme = f"# Title\n\nintro\n\n{README_BEGIN}\nold 9.9x\n{README_END}\n\n## After\n"
     updated = update_readme(readme, block)
     assert "old 9.9x" not in updated and updated.startswith("# Title\n\nintro\n\n") and updated.endswith("\n\n## After\n")

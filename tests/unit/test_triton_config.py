@@ -98,7 +98,7 @@ def model_args(config, tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("layout", tc.HEAD_LAYOUTS)
-def test_postprocess_model_runs_with_the_configured_thresholds(monkeypatch, tmp_path, layout):
+def test_postprocess_model_reads_the_configured_thresholds(monkeypatch, tmp_path, layout):
     s = settings(conf_threshold=0.4, iou_threshold=0.6, max_det=50, head_layout=layout)
     model = load_python_model(monkeypatch, "postprocess").TritonPythonModel()
     model.initialize(model_args(tc.postprocess_config(s), tmp_path))
