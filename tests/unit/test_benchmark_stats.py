@@ -14,7 +14,7 @@ from compress.benchmark import competing_load, spread, speedup, verdict
 
 
 def test_speedup_ignores_a_slow_phase_that_hits_the_models_unequally():
-    # seen on these machines: a disturbed phase slows the memory-bound FP32 graph 1.8x and the INT8
+    # a disturbed phase slowing the memory-bound FP32 graph 1.8x and the INT8
     # one 1.4x; the per-round median follows whichever phase covered more rounds, the fastest
     # deciles stay at the undisturbed 3.0x however many rounds the phase covers
     rng = np.random.default_rng(1)
