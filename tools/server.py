@@ -43,10 +43,20 @@ def restricted_api_args(key: str) -> list[str]:
     return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}", f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    """A free loopback port, never one this process was given before: the kernel may hand the same
+    free port to two calls in a row, and a server given it twice for HTTP and metrics exits."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT.add(port)
+    return port
 
 
 def pytriton_paths() -> dict[str, Path]:

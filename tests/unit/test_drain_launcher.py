@@ -55,3 +55,9 @@ def test_a_taken_readiness_port_fails_before_triton_starts(tmp_path):
 def test_negative_drain_times_are_refused(flag, tmp_path):
     done = launcher(flag, "-1", tmp_path=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == f"error: {flag} must be 0 or more, not -1.0"
+
+
+def test_free_ports_are_never_handed_out_twice():
+    """Servers take three or four ports from back-to-back calls; the kernel alone repeats them."""
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == len(ports)
