@@ -48,6 +48,8 @@ def test_own_dataset_runs_every_stage(user_data, tmp_path_factory):
     forced = make("pipeline", *common, "MIN_BASELINE_MAP=1.0", "ALLOW_WEAK_BASELINE=1")
     assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
     assert "--- baseline: up to date" in forced.stdout and "WARNING" in forced.stdout
+    # a quiet console: the trainer is handed unfrozen students (else one warning line per tensor)
+    assert "requires_grad" not in forced.stdout + forced.stderr
     manifest = Manifest(artifacts)
     dataset = manifest.get("dataset").metrics
     assert (dataset["train_images"], dataset["val_images"], dataset["classes"]) == (37, 11, 1)
