@@ -6,6 +6,7 @@ import threading
 import time
 import urllib.request
 
+from tools import triton_metrics
 from tools.triton_config import ENSEMBLE_NAME
 
 COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
@@ -14,20 +15,8 @@ COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_
 
 
 def parse(text: str) -> dict[str, dict[str, float]]:
-    """{model: {counter: value}} summed over versions, read with Prometheus' own text parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    models: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in COUNTERS:
-            continue
-        for sample in family.samples:
-            # the parser names a counter's value sample <family>_total, as OpenMetrics does
-            if sample.name not in (family.name, f"{family.name}_total") or "model" not in sample.labels:
-                continue
-            entry = models.setdefault(sample.labels["model"], {})
-            entry[family.name] = entry.get(family.name, 0.0) + float(sample.value)
-    return models
+    """{model: {counter: value}} summed over versions."""
+    return triton_metrics.parse(text, COUNTERS)
 
 
 def scrape(url: str) -> dict[str, dict[str, float]]:

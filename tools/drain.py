@@ -154,15 +154,11 @@ class ReadinessFront:
 
 def triton_activity(metrics_text: str) -> tuple[int, float]:
     """(requests pending in any model, sum of the request and execution counters) from one scrape."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from tools.triton_metrics import parse
 
-    pending, activity = 0.0, 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name == PENDING_GAUGE:
-            pending += sum(s.value for s in family.samples)
-        elif family.name in ACTIVITY_COUNTERS:
-            # the parser names a counter's value sample <family>_total, as OpenMetrics does
-            activity += sum(s.value for s in family.samples if s.name in (family.name, f"{family.name}_total"))
+    models = parse(metrics_text, (PENDING_GAUGE, *ACTIVITY_COUNTERS)).values()
+    pending = sum(m.get(PENDING_GAUGE, 0.0) for m in models)
+    activity = sum(m.get(name, 0.0) for m in models for name in ACTIVITY_COUNTERS)
     return int(pending), activity
 
 

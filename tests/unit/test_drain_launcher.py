@@ -61,3 +61,26 @@ def test_free_ports_are_never_handed_out_twice():
     """Servers take three or four ports from back-to-back calls; the kernel alone repeats them."""
     ports = [free_port() for _ in range(1000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_activity_is_read_from_triton_metrics_text():
+    """Pending summed over models and versions; activity sums the request and execution counters only."""
+    from tools.drain import triton_activity
+
+    text = "\n".join([
+        "# HELP nv_inference_pending_request_count Instantaneous number of pending requests",
+        "# TYPE nv_inference_pending_request_count gauge",
+        'nv_inference_pending_request_count{model="detector",version="1"} 3',
+        'nv_inference_pending_request_count{model="preprocess",version="1"} 2',
+        "# HELP nv_inference_request_success Number of successful inference requests",
+        "# TYPE nv_inference_request_success counter",
+        'nv_inference_request_success{model="yolo",version="1"} 40',
+        'nv_inference_request_success{model="detector",version="1"} 40',
+        "# HELP nv_inference_exec_count Number of model executions",
+        "# TYPE nv_inference_exec_count counter",
+        'nv_inference_exec_count{model="detector",version="1"} 7',
+        "# HELP nv_inference_queue_duration_us Cumulative queue time",
+        "# TYPE nv_inference_queue_duration_us counter",
+        'nv_inference_queue_duration_us{model="detector",version="1"} 123456',
+        ""])
+    assert triton_activity(text) == (5, 87.0)
