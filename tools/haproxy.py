@@ -25,7 +25,7 @@ from pathlib import Path
 from compress.errors import MissingDependencyError, ServerError, ToolkitError
 from tools.server import LOOPBACK, die_with_parent, free_port
 
-INSTALL_HINT = "install the Debian package: apt-get install -y haproxy (.ci/run does so on CI)"
+INSTALL_HINT = "install the Debian package: apt-get install -y haproxy (`make test` does so through .ci/install-haproxy)"
 GRPC_BACKEND, HTTP_BACKEND = "grpc_replicas", "http_replicas"
 # one line per request: end time (s and µs), active time ms, backend, server, HTTP status,
 # termination state, retries ("+n" when redispatched to another server)

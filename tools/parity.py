@@ -199,15 +199,16 @@ MAX_REDUCED_DECODE_DELTA = 0.3
 def verify_deployed(repo: Path, artifacts: Path, max_delta_points: float, frames: str | None = None) -> dict:
     """The served-vs-offline check on the deployed repository; writes <artifacts>/parity/deployed.json
     (deployed_<frames>.json/.md for another frame set, with the full-decode comparison)."""
-    from tools.frame_sets import resolve_frames
+    from tools.frame_sets import DATASET_ALIASES, resolve_frames
 
     frame_set = resolve_frames(frames, artifacts)
+    other_frames = frames not in (None, "") and str(frames) not in DATASET_ALIASES  # a folder may be named "dataset"
     if frame_set.data_yaml is None:
         raise InputFileError(f"frame set {frame_set.name!r} has no labels: mAP cannot be measured on it",
                              hint="use FRAMES=dataset, 480p, 720p or 1080p, or a folder with a data.yaml")
     out_dir = Path(artifacts) / "parity"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = deployed_map(repo, frame_set.data_yaml, out_dir, full_decode_reference=frame_set.name != "dataset")
+    result = deployed_map(repo, frame_set.data_yaml, out_dir, full_decode_reference=other_frames)
     result["frame_set"] = frame_set.record()
     if "skipped" not in result:
         delta = round(abs(result["served"]["map50_95"] - result["offline"]["map50_95"]) * 100, 2)
@@ -216,7 +217,7 @@ def verify_deployed(repo: Path, artifacts: Path, max_delta_points: float, frames
             full_delta = round((result["served"]["map50_95"] - result["offline_full_decode"]["map50_95"]) * 100, 2)
             result.update(full_decode_delta_points=full_delta, max_full_decode_delta_points=MAX_REDUCED_DECODE_DELTA,
                           full_decode_within=abs(full_delta) <= MAX_REDUCED_DECODE_DELTA)
-    stem = "deployed" if frame_set.name == "dataset" else f"deployed_{frame_set.name}"
+    stem = f"deployed_{frame_set.name}" if other_frames else "deployed"
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out_dir / f"{stem}.md").write_text(deployed_markdown(result))
     return result

@@ -8,7 +8,7 @@ The launcher fronts readiness (`--ready-port`, default 8003: GET /ready, GET /li
 tools.drain): point load balancers' health checks there. Ctrl-C or SIGTERM drains in stages
 (not ready, grace, wait until Triton is idle, stop) and a second signal does not cut it short.
 The grace is skipped when nothing ever checked /ready (no balancer routes by it), `--grace 0`
-always skips it, `--no-drain` stops Triton at once as before.
+always skips it, `--no-drain` stops Triton at once.
 
 The local binary carries only the Python backend, so it runs with explicit model control and
 loads the ensemble (which loads its steps) through the repository API: one model that fails

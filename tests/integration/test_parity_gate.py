@@ -198,6 +198,19 @@ def test_repo_refuses_ungated_and_verify_checks_the_deployed_repository(tiny_art
     deployed = json.loads((tiny_artifacts / "parity" / "deployed.json").read_text())
     assert deployed["conf_threshold"] == 0.05 and deployed["passed"] and deployed["delta_points"] <= 0.2
     assert deployed["served"]["map50"] > 0  # a comparison of two zeros would prove nothing
+    # `make verify FRAMES=<folder>`: a labelled folder of the user's own (data.yaml + images/val), here
+    # the tiny val split under another name, is served and also compared with every pixel decoded
+    own = tmp_path / "dataset"
+    (own / "images").mkdir(parents=True)
+    (own / "data.yaml").write_text((tiny_artifacts / "dataset" / "data.yaml").read_text())
+    (own / "images" / "val").symlink_to(tiny_artifacts / "dataset" / "images" / "val")
+    framed = cli("tools.parity", "--artifacts", str(tiny_artifacts), "--deployed", str(repo), "--frames", str(own))
+    assert framed.returncode == 0, framed.stderr
+    on_own = json.loads((tiny_artifacts / "parity" / "deployed_dataset.json").read_text())
+    assert on_own["frame_set"]["name"] == "dataset" and on_own["passed"] and on_own["served"]["map50"] > 0
+    assert on_own["served"]["map50_95"] == pytest.approx(deployed["served"]["map50_95"], abs=1e-4)  # same images
+    assert abs(on_own["full_decode_delta_points"]) <= 0.3 and on_own["full_decode_within"]
+    assert "every pixel decoded" in (tiny_artifacts / "parity" / "deployed_dataset.md").read_text()
     (tiny_artifacts / "served.json").unlink()
     try:
         refused = cli("tools.build_repo", "--artifacts", str(tiny_artifacts), "--repo", str(tmp_path / "r2"))
