@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.budget import Reference, fits, keep_float, points_below, status
 from compress.errors import ToolkitError
-from compress.manifest import file_hash
+from compress.manifest import file_hash, relative_to
+from compress.records import read_json, write_json
 
 REFERENCE_INT8 = "int8_reference"
 # Bumped when what a candidate's files hold changes, so older ones are not reused.
@@ -29,8 +31,6 @@ CANDIDATE_VERSION = 1
 # Calibration images for the untrained architecture's INT8: only its latency is used, which does
 # not depend on the calibrated ranges.
 ARCHITECTURE_CALIBRATION_IMAGES = 4
-# Mixed-precision rescue: how many of the most quantization-sensitive convs to keep float, in turn.
-MIXED_PRECISION_COUNTS = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,66 @@ def export_onnx(ctx, weights: Path, out_path: Path, stage: str, pruning_ratio: f
         "baseline_sha256": file_hash(ctx.manifest.output("baseline", "weights"))})
 
 
+@dataclass(frozen=True)
+class CandidateRecord:
+    """`<artifacts>/search/<name>/candidate.json`: what a candidate was made from and how (its
+    cache key), its files (relative to the artifacts folder) and its metrics."""
+
+    name: str
+    key: dict
+    outputs: dict[str, str]
+    metrics: dict
+    seconds: float
+    finished: str
+    artifacts: Path
+
+    def path(self, output: str) -> Path:
+        return self.artifacts / self.outputs[output]
+
+    def files(self) -> dict[str, Path]:
+        return {kind: self.path(kind) for kind in self.outputs}
+
+    @classmethod
+    def load(cls, path: Path, artifacts: Path, name: str, key: dict | None = None) -> "CandidateRecord | None":
+        """The record of candidate `name` at `path`, or None if there is none, its key differs from
+        `key` or one of its files is gone."""
+        if not path.exists():
+            return None
+        data = read_json(path, "candidate record", "delete the candidate's folder: the search makes it again")
+        if key is not None and data.get("key") != json.loads(json.dumps(key)):
+            return None
+        record = cls(name, data["key"], data["outputs"], data["metrics"], data.get("seconds", 0.0),
+                     data.get("finished", ""), Path(artifacts))
+        return record if all(p.exists() for p in record.files().values()) else None
+
+    @classmethod
+    def write(cls, path: Path, artifacts: Path, name: str, key: dict, outputs: dict[str, Path], metrics: dict,
+              seconds: float) -> "CandidateRecord":
+        record = cls(name, json.loads(json.dumps(key)), {k: relative_to(artifacts, v) for k, v in outputs.items()},
+                     json.loads(json.dumps(metrics, default=str)), round(seconds, 1), time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     Path(artifacts))
+        write_json(path, {"key": record.key, "outputs": record.outputs, "metrics": record.metrics,
+                          "seconds": record.seconds, "finished": record.finished})
+        return record
+
+
+def float_variant_name(base: str, kept: list[str]) -> str:
+    return f"{base}_float{len(kept)}"
+
+
 class CandidateStore:
     """`<artifacts>/search/<name>/candidate.json` per candidate: cache key, outputs, metrics."""
 
-    def __init__(self, ctx, reference_stage: str = "finetune"):
+    def __init__(self, ctx, reference: Reference):
         self.ctx = ctx
-        self.root = Path(ctx.artifacts) / "search"
-        # the unpruned model accuracy is measured against: "finetune" (equal budget) or "export"
-        self.reference_stage = reference_stage
+        self.artifacts = Path(ctx.artifacts)
+        self.root = self.artifacts / "search"
+        self.reference = reference  # the unpruned model accuracy is measured against, chosen by the search
 
     def reference_files(self) -> tuple[Path, Path]:
         """(weights, ONNX) of the unpruned reference."""
-        weights = ("finetune", "weights") if self.reference_stage == "finetune" else ("baseline", "weights")
-        return self.ctx.manifest.output(*weights), self.ctx.manifest.output(self.reference_stage, "onnx")
+        return (self.ctx.manifest.output(self.reference.weights_stage, "weights"),
+                self.ctx.manifest.output(self.reference.stage, "onnx"))
 
     def folder(self, spec: CandidateSpec) -> Path:
         return self.root / spec.name
@@ -127,39 +174,22 @@ class CandidateStore:
 
     # -- records ---------------------------------------------------------------------------------
 
-    def _read(self, path: Path, key: dict) -> dict | None:
-        if not path.exists():
-            return None
-        record = json.loads(path.read_text())
-        if record.get("key") != json.loads(json.dumps(key)):
-            return None
-        if not all((self.root.parent / rel).exists() for rel in record["outputs"].values()):
-            return None
-        return record
+    def cached(self, spec: CandidateSpec) -> CandidateRecord | None:
+        return CandidateRecord.load(self.folder(spec) / "candidate.json", self.artifacts, spec.name, self.key(spec))
 
-    def _write(self, path: Path, key: dict, outputs: dict[str, Path], metrics: dict, seconds: float) -> dict:
-        root = self.root.parent.resolve()
-        record = {"key": key, "outputs": {k: str(Path(v).resolve().relative_to(root)) for k, v in outputs.items()},
-                  "metrics": metrics, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str))
-        return record
-
-    def path(self, record: dict, output: str) -> Path:
-        return self.root.parent / record["outputs"][output]
-
-    def cached(self, spec: CandidateSpec) -> dict | None:
-        return self._read(self.folder(spec) / "candidate.json", self.key(spec))
+    def variant(self, name: str) -> CandidateRecord | None:
+        """A float-kept variant by name, whatever its key (the parity gate's, listed in its verdicts)."""
+        return CandidateRecord.load(self.root / name / "candidate.json", self.artifacts, name)
 
     # -- making them -----------------------------------------------------------------------------
 
-    def architecture(self, spec: CandidateSpec) -> dict:
+    def architecture(self, spec: CandidateSpec) -> CandidateRecord:
         """The untrained student (pruned, activation swapped) and its INT8 graph, for timing."""
         ctx, folder = self.ctx, self.folder(spec) / "arch"
         if not spec.trained:
             return self.make(spec)  # no training needed: the real thing is as cheap
         key = self.architecture_key(spec)
-        record = self._read(folder / "architecture.json", key)
+        record = CandidateRecord.load(folder / "architecture.json", self.artifacts, spec.name, key)
         if record:
             return record
         from compress import yolo
@@ -185,10 +215,11 @@ class CandidateStore:
         metrics = {"ratio": round(ratio, 4), "macs_reduction": round(base_macs / macs, 3), "params": params,
                    "gmacs": round(macs / 1e9, 4), "params_kept": round(params / base_params, 3),
                    "swapped_activations": swapped}
-        return self._write(folder / "architecture.json", key, {"student": student, "int8": folder / "int8.onnx"},
-                           metrics, time.perf_counter() - start)
+        return CandidateRecord.write(folder / "architecture.json", self.artifacts, spec.name, key,
+                                     {"student": student, "int8": folder / "int8.onnx"}, metrics,
+                                     time.perf_counter() - start)
 
-    def make(self, spec: CandidateSpec) -> dict:
+    def make(self, spec: CandidateSpec) -> CandidateRecord:
         """The trained candidate (reused when its key is unchanged): weights, FP32 and INT8 ONNX,
         their mAP50-95 with the served evaluator, how it was quantized."""
         record = self.cached(spec)
@@ -208,12 +239,13 @@ class CandidateStore:
             arch = self.architecture(spec)
             settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz(),
                                        feature_weight=ctx.profile.kd_feature_weight)
-            weights = distill(self.path(arch, "student"), ctx.manifest.output("baseline", "weights"), ctx.data_yaml(),
-                              folder, settings)
-            fp32 = export_onnx(ctx, weights, folder / "fp32.onnx", f"search:{spec.name}", arch["metrics"]["ratio"])
-            metrics.update({k: arch["metrics"][k] for k in ("ratio", "macs_reduction", "params_kept",
-                                                            "swapped_activations")},
-                           distill_epochs=settings.epochs, train_seconds=round(time.perf_counter() - start, 1))
+            weights = distill(arch.path("student"), ctx.manifest.output("baseline", "weights"), ctx.data_yaml(),
+                              folder, settings, device=ctx.training_device())
+            fp32 = export_onnx(ctx, weights, folder / "fp32.onnx", f"search:{spec.name}", arch.metrics["ratio"])
+            metrics.update({k: arch.metrics[k] for k in ("ratio", "macs_reduction", "params_kept",
+                                                         "swapped_activations")},
+                           distill_epochs=settings.epochs, train_seconds=round(time.perf_counter() - start, 1),
+                           device=ctx.training_device())
         else:
             weights, fp32 = self.reference_files()
             metrics.update(ratio=0.0, macs_reduction=1.0, params_kept=1.0, swapped_activations=0)
@@ -225,42 +257,59 @@ class CandidateStore:
         metrics.update(yolo.describe(yolo.load(weights), ctx.imgsz()))
         metrics["fp32_map"] = evaluate_onnx(fp32, ctx.data_yaml())
         metrics["int8_map"] = evaluate_onnx(int8, ctx.data_yaml())
-        return self._write(folder / "candidate.json", self.key(spec),
-                           {"weights": weights, "fp32": fp32, "int8": int8}, metrics, time.perf_counter() - start)
+        return CandidateRecord.write(folder / "candidate.json", self.artifacts, spec.name, self.key(spec),
+                                     {"weights": weights, "fp32": fp32, "int8": int8}, metrics,
+                                     time.perf_counter() - start)
 
-    def rescue(self, spec: CandidateSpec, reference_map: float, budget_points: float,
-               counts: tuple[int, ...] = MIXED_PRECISION_COUNTS) -> dict | None:
-        """Mixed precision for a candidate whose INT8 alone broke the budget: keep its most
-        quantization-sensitive convs in float, 1, 2, 4, 8 at a time, until it fits. Returns the
-        first record that fits (`<name>_float<k>`), or None."""
-        from compress.evaluate import evaluate_onnx
-        from compress.quantize import conv_sensitivity, quantize
+    def rescue(self, spec: CandidateSpec, budget_points: float) -> tuple[CandidateRecord | None, list]:
+        """Mixed precision for a candidate whose INT8 alone broke the budget: the keep-float loop
+        (compress.budget) judged on the budget. Returns (the first variant that fits or None,
+        the trials)."""
+        base = self.make(spec)
+        made: dict[tuple, tuple[CandidateRecord, bool]] = {}
 
-        ctx, base = self.ctx, self.make(spec)
-        fp32, int8 = self.path(base, "fp32"), self.path(base, "int8")
-        size = (ctx.imgsz(), ctx.imgsz())
-        ranking = [r["conv"] for r in conv_sensitivity(fp32, int8, ctx.data_yaml(), size)]
-        for count in (c for c in counts if c <= len(ranking)):
-            kept = ranking[:count]
-            name = f"{spec.name}_float{count}"
-            folder, key = self.root / name, {**self.key(spec), "float_convs": kept}
-            record = self._read(folder / "candidate.json", key)
-            created = record is None
-            if created:
-                start = time.perf_counter()
-                quantization = quantize(fp32, folder / "int8.onnx", ctx.data_yaml(), size,
-                                        method=ctx.profile.calibration, calibration_count=ctx.profile.calibration_images,
-                                        activation="uint8", keep_stem_float=not ctx.profile.quantize_stem,
-                                        float_nodes=kept)
-                metrics = {**base["metrics"], "label": f"{spec.label}, {count} sensitive conv(s) in float",
-                           "quantization": quantization, "mixed_precision": kept,
-                           "int8_map": evaluate_onnx(folder / "int8.onnx", ctx.data_yaml())}
-                record = self._write(folder / "candidate.json", key,
-                                     {"weights": self.path(base, "weights"), "fp32": fp32, "int8": folder / "int8.onnx"},
-                                     metrics, time.perf_counter() - start)
-            drop = round((reference_map - record["metrics"]["int8_map"]["map50_95"]) * 100, 2)
-            print(f"    search: {name}: mAP50-95 {record['metrics']['int8_map']['map50_95']:.4f}, {drop:+.2f} points "
-                  f"(budget {budget_points:g}): {'fits' if drop <= budget_points else 'over budget'}", flush=True)
-            if drop <= budget_points:
-                return {**record, "name": name, "created": created}
-        return None
+        def judge(kept: list[str]) -> tuple[bool, dict]:
+            variant, created = float_variant(base, kept, self.ctx.data_yaml())
+            made[tuple(kept)] = (variant, created)
+            drop = points_below(self.reference.map50_95, variant.metrics["int8_map"]["map50_95"])
+            print(f"    search: {variant.name}: mAP50-95 {variant.metrics['int8_map']['map50_95']:.4f}, {drop:+.2f} "
+                  f"points (budget {budget_points:g}): {status(drop, budget_points)}", flush=True)
+            return fits(drop, budget_points), {"name": variant.name, "drop_points": drop, "created": created}
+
+        kept, trials = keep_float(sensitivity_ranking(base, self.ctx.data_yaml()), judge)
+        return (made[tuple(kept)][0] if kept else None), trials
+
+
+def sensitivity_ranking(base: CandidateRecord, data_yaml: Path) -> list[str]:
+    """The candidate's quantized convs, most quantization-sensitive (lowest SQNR) first."""
+    from compress.export import read_info
+    from compress.quantize import conv_sensitivity
+
+    fp32, int8 = base.path("fp32"), base.path("int8")
+    return [r["conv"] for r in conv_sensitivity(fp32, int8, data_yaml, read_info(int8).image_size)]
+
+
+def float_variant(base: CandidateRecord, kept: list[str], data_yaml: Path) -> tuple[CandidateRecord, bool]:
+    """`base` quantized again as it was (same calibration, same float layers) with the convs in
+    `kept` also in float: a candidate of its own, `<base>_float<k>`, reused while its key holds.
+    Returns (the record, whether it was made now)."""
+    from compress.evaluate import evaluate_onnx
+    from compress.export import read_info
+    from compress.quantize import quantize
+
+    name = float_variant_name(base.name, kept)
+    folder, key = base.artifacts / "search" / name, {**base.key, "float_convs": list(kept)}
+    record = CandidateRecord.load(folder / "candidate.json", base.artifacts, name, key)
+    if record is not None:
+        return record, False
+    start = time.perf_counter()
+    q, fp32 = base.metrics["quantization"], base.path("fp32")
+    quantization = quantize(fp32, folder / "int8.onnx", data_yaml, read_info(fp32).image_size, method=q["calibration"],
+                            calibration_count=q["calibration_images"], activation=q["activation"],
+                            keep_stem_float=q["stem_float"], float_nodes=list(kept))
+    label = f"{base.metrics['label']}, {len(kept)} sensitive conv(s) in float"
+    metrics = {**base.metrics, "label": label, "quantization": quantization, "mixed_precision": list(kept),
+               "base": base.name, "int8_map": evaluate_onnx(folder / "int8.onnx", data_yaml)}
+    return CandidateRecord.write(folder / "candidate.json", base.artifacts, name, key,
+                                 {"weights": base.path("weights"), "fp32": fp32, "int8": folder / "int8.onnx"},
+                                 metrics, time.perf_counter() - start), True

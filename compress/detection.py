@@ -18,6 +18,8 @@ import numpy as np
 PAD_VALUE = 114
 LETTERBOX_FIELDS = ("gain", "pad_x", "pad_y", "orig_w", "orig_h")
 PIXEL_TYPES = ("float32", "uint8")  # what a detector takes: 0..1 floats (as trained) or 0..255 bytes
+# The deployed detection thresholds (the repository's defaults, the gate's comparison threshold)
+SERVED_CONF, SERVED_IOU, SERVED_MAX_DET = 0.25, 0.45, 300
 
 
 def usable_cores(cgroup: str = "/sys/fs/cgroup") -> int:
@@ -343,8 +345,8 @@ def _image_detections(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     return Detections(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32))
 
 
-def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_threshold: float = 0.25,
-                iou_threshold: float = 0.45, max_det: int = 300) -> list[Detections]:
+def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_threshold: float = SERVED_CONF,
+                iou_threshold: float = SERVED_IOU, max_det: int = SERVED_MAX_DET) -> list[Detections]:
     """Decoded head output [B, 4+nc, A] plus letterbox params [B, 5] to per-image detections.
 
     Best class per anchor, confidence filter, class-aware NMS, then boxes mapped back to
@@ -361,8 +363,8 @@ def postprocess(prediction: np.ndarray, letterbox_params: np.ndarray, conf_thres
 
 
 def postprocess_raw(box_logits: np.ndarray, class_logits: np.ndarray, letterbox_params: np.ndarray,
-                    image_size: tuple[int, int], strides: tuple[int, ...], conf_threshold: float = 0.25,
-                    iou_threshold: float = 0.45, max_det: int = 300) -> list[Detections]:
+                    image_size: tuple[int, int], strides: tuple[int, ...], conf_threshold: float = SERVED_CONF,
+                    iou_threshold: float = SERVED_IOU, max_det: int = SERVED_MAX_DET) -> list[Detections]:
     """`postprocess(decode_raw_head(...))` with the same result, decoding boxes only where a class
     passes the confidence threshold: the DFL softmax over every anchor is most of the
     post-processing time when few anchors are confident."""
@@ -378,14 +380,31 @@ def postprocess_raw(box_logits: np.ndarray, class_logits: np.ndarray, letterbox_
 
 
 def head_detections(outputs: dict[str, np.ndarray], letterbox_params: np.ndarray, image_size: tuple[int, int],
-                    strides: tuple[int, ...], conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                    max_det: int = 300) -> list[Detections]:
+                    strides: tuple[int, ...], conf_threshold: float = SERVED_CONF, iou_threshold: float = SERVED_IOU,
+                    max_det: int = SERVED_MAX_DET) -> list[Detections]:
     """Per-image detections from a detector's outputs by name: the raw head (`box_logits`,
     `class_logits`) or Ultralytics' decoded `output0`."""
     if "box_logits" in outputs:
         return postprocess_raw(outputs["box_logits"], outputs["class_logits"], letterbox_params, image_size, strides,
                                conf_threshold, iou_threshold, max_det)
     return postprocess(outputs["output0"], letterbox_params, conf_threshold, iou_threshold, max_det)
+
+
+def model_parameters(config: dict, required: tuple[str, ...]) -> dict[str, str]:
+    """A Triton model config's string parameters; every one in `required` must be there. The
+    repository builder writes them all: the models keep no fallback defaults of their own, which
+    could drift from the builder's."""
+    params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    missing = [key for key in required if key not in params]
+    if missing:
+        raise ValueError(f"model {config.get('name')!r}: config parameter(s) {', '.join(missing)} missing "
+                         "(rebuild the repository with `make repo`)")
+    return params
+
+
+def instance_count(config: dict) -> int:
+    """Instances of a Triton model config (every instance group's count)."""
+    return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
 
 def run_isolated(requests: list, run_batch, on_error) -> list:
@@ -439,3 +458,36 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
     area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+# IoU at which a candidate's box counts as the reference's box again (the parity gate, shadow parity)
+AGREEMENT_IOU = 0.5
+
+
+def detection_agreement(reference: list[Detections], candidate: list[Detections]) -> dict:
+    """How far a candidate detector agrees with a reference on the same frames: recall of the
+    reference's boxes (IoU >= AGREEMENT_IOU, same class), the mean |score change| of the boxes
+    found, and the share of overlapping boxes whose class changed."""
+    total = found = flips = matched = 0
+    drift = []
+    for ref, cand in zip(reference, candidate):
+        total += len(ref)
+        if not len(ref) or not len(cand):
+            continue
+        iou = box_iou(ref.boxes, cand.boxes)
+        same_class = ref.classes[:, None] == cand.classes[None, :]
+        for i in range(len(ref)):
+            overlapping = iou[i] >= AGREEMENT_IOU
+            if not overlapping.any():
+                continue
+            matched += 1
+            hits = overlapping & same_class[i]
+            if hits.any():
+                found += 1
+                j = int(np.argmax(np.where(hits, iou[i], -1)))
+                drift.append(abs(float(ref.scores[i]) - float(cand.scores[j])))
+            else:
+                flips += 1
+    return {"reference_boxes": total, "box_recall": round(found / max(total, 1), 4),
+            "score_drift": round(float(np.mean(drift)) if drift else 0.0, 4),
+            "class_flips": round(flips / max(matched, 1), 4)}

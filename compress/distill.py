@@ -145,8 +145,9 @@ def _trainer_class():
 
 
 def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out_dir: Path,
-            settings: DistillSettings) -> Path:
-    """Fine-tune the pruned student with KD; returns a normal checkpoint (adapters removed).
+            settings: DistillSettings, device: str = "cpu") -> Path:
+    """Fine-tune the pruned student with KD on `device` (compress.env.training_device); returns a
+    normal checkpoint (adapters removed).
 
     With no teacher it is a plain fine-tune on the same trainer and schedule: the
     equal-budget baseline that distillation is measured against.
@@ -170,7 +171,7 @@ def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out
     trainer_cls = _trainer_class()
     trainer = trainer_cls(overrides=dict(
         model=str(student_weights), data=str(yolo.check_data(data)), epochs=settings.epochs, imgsz=settings.imgsz,
-        batch=settings.batch, workers=settings.workers, device="cpu", seed=settings.seed, deterministic=True,
+        batch=settings.batch, workers=settings.workers, device=device, seed=settings.seed, deterministic=True,
         plots=False, amp=False, val=False, close_mosaic=settings.close_mosaic, optimizer="AdamW",
         lr0=settings.lr0, warmup_epochs=0.5, project=str(Path(out_dir).resolve()), name="train", exist_ok=True,
         verbose=False,
@@ -178,7 +179,7 @@ def distill(student_weights: Path, teacher_weights: Path | None, data: Path, out
     trainer.student = student
 
     def on_train_start(trainer):
-        attach_distillation(trainer.model, teacher, settings)
+        attach_distillation(trainer.model, teacher.to(trainer.device), settings)
 
     if teacher is not None:
         trainer.add_callback("on_train_start", on_train_start)

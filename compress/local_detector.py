@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import Detections, head_detections, letterbox, prepare_image
+from compress.detection import SERVED_CONF, SERVED_IOU, SERVED_MAX_DET, Detections, head_detections, letterbox, prepare_image
 from compress.errors import BadImageError
 
 
 class LocalDetector:
     """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
 
-    def __init__(self, onnx_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_det: int = 300, threads: int = 0, reduced_decode: bool = True):
+    def __init__(self, onnx_path: Path, conf_threshold: float = SERVED_CONF, iou_threshold: float = SERVED_IOU,
+                 max_det: int = SERVED_MAX_DET, threads: int = 0, reduced_decode: bool = True):
         from compress.export import read_info
         from compress.onnx_session import create_session
 

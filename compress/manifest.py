@@ -83,7 +83,7 @@ class Manifest:
         return entry
 
     def _relative(self, path: Path) -> str:
-        return _under(self.root, path)
+        return relative_to(self.root, path)
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,49 +97,10 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-# -- the served-model record ---------------------------------------------------------------------
-# Written by the parity gate alone, tied to the exact bytes it gated; the repository builder
-# refuses anything else unless explicitly overridden.
-
-SERVED_FILE = "served.json"
-
-
-def record_served(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None, mixed_precision: bool = False) -> Path:
-    """`stage`: the report's choice the gate passed (`mixed_precision`: with some convs kept float)."""
-    path = Path(artifacts) / SERVED_FILE
-    record = {"stage": stage, "onnx": _under(artifacts, onnx), "sha256": file_hash(onnx),
-              "mixed_precision": mixed_precision, "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if trt_onnx is not None:
-        record.update(trt_onnx=_under(artifacts, trt_onnx), trt_onnx_sha256=file_hash(trt_onnx))
-    path.write_text(json.dumps(record, indent=2))
-    return path
-
-
-def _under(artifacts: Path, path: Path) -> str:
+def relative_to(artifacts: Path, path: Path) -> str:
     """Relative to the artifacts folder when inside it (the folder can move), else absolute."""
     path, root = Path(path).resolve(), Path(artifacts).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-def clear_served(artifacts: Path) -> None:
-    (Path(artifacts) / SERVED_FILE).unlink(missing_ok=True)
-
-
-def gated_model(artifacts: Path) -> dict:
-    """The record of the model the parity gate passed, checked against the file's current bytes."""
-    from compress.errors import GateFailedError
-
-    path = Path(artifacts) / SERVED_FILE
-    if not path.exists():
-        raise GateFailedError(f"no model in {artifacts} has passed the parity gate",
-                              hint="run `make parity` (or override with ALLOW_UNGATED=1, which serves it unchecked)")
-    record = json.loads(path.read_text())
-    onnx = Path(artifacts) / record["onnx"]  # relative to the artifacts folder (or absolute)
-    record["onnx"] = str(onnx)
-    if not onnx.exists() or file_hash(onnx) != record["sha256"]:
-        raise GateFailedError(f"{onnx} changed since the parity gate passed it (or is gone)",
-                              hint="run `make parity` again on the current artifacts")
-    return record
 
 
 def val_image_list(artifacts: Path) -> Path:

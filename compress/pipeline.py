@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from compress.budget import FITS, OVER, REFERENCE_STAGES, Reference, choose_reference
 from compress.dataset import DatasetSpec
-from compress.defaults import DEFAULT_KD_FEATURE_WEIGHT
+from compress.defaults import DEFAULT_KD_FEATURE_WEIGHT, DEFAULT_MAX_BATCH_SIZE
 from compress.errors import ToolkitError, UnsupportedModelError, WeakBaselineError, cli_entry
 from compress.manifest import Manifest, file_hash
+from compress.records import Report, SearchRecord
 from compress.progress import stage as stage_banner
 
 
@@ -80,11 +82,27 @@ class Context:
     weights: Path | None = None  # user .pt; None -> trained
     imgsz_override: int | None = None  # IMGSZ=
     allow_weak_baseline: bool = False
+    # The target: where training runs (DEVICE=, default the GPU when torch sees one), the largest
+    # batch the server forms (TensorRT profiles) and the threads latency is measured at (default:
+    # what one served detector instance gets on this machine).
+    device: str | None = None
+    max_batch: int = DEFAULT_MAX_BATCH_SIZE
+    threads: int | None = None
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.artifacts)
         self.manifest = Manifest(self.artifacts)
+
+    def training_device(self) -> str:
+        from compress.env import training_device
+
+        return training_device(self.device)
+
+    def latency_threads(self) -> int:
+        from compress.env import serving_threads
+
+        return self.threads or serving_threads()
 
     def data_yaml(self) -> Path:
         """The dataset stage's resolved yaml (absolute paths): what every later stage reads."""
@@ -175,12 +193,14 @@ def _baseline_run(ctx: Context, out: Path):
     else:
         source = yolo.train(ctx.data_yaml(), out / "runs",
                             yolo.TrainSettings(model=ctx.profile.model, epochs=ctx.profile.epochs, imgsz=imgsz,
-                                               optimizer=ctx.profile.optimizer, lr0=ctx.profile.lr0))
+                                               optimizer=ctx.profile.optimizer, lr0=ctx.profile.lr0,
+                                               device=ctx.training_device()))
     weights = out / "model.pt"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, weights)
     model = yolo.load(weights)
-    metrics = {**yolo.evaluate(model, ctx.data_yaml(), imgsz), **yolo.describe(model, imgsz)}
+    metrics = {**yolo.evaluate(model, ctx.data_yaml(), imgsz, device=ctx.training_device()),
+               **yolo.describe(model, imgsz), "device": ctx.training_device()}
     return {"weights": weights}, metrics
 
 
@@ -226,9 +246,9 @@ def _finetune_run(ctx: Context, out: Path):
 
     settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz())
     baseline = ctx.manifest.output("baseline", "weights")
-    weights = distill(baseline, None, ctx.data_yaml(), out, settings)
+    weights = distill(baseline, None, ctx.data_yaml(), out, settings, device=ctx.training_device())
     onnx_path = export_onnx(ctx, weights, out / "finetuned.onnx", "finetune")
-    return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs}
+    return {"weights": weights, "onnx": onnx_path}, {"epochs": settings.epochs, "device": ctx.training_device()}
 
 
 FINETUNE = Stage(
@@ -241,25 +261,22 @@ FINETUNE = Stage(
 
 # search: the fastest candidate within the accuracy budget ----------------------------------------
 
-def _reference(ctx: Context) -> dict:
-    """The fair reference: the equal-budget baseline, unless the extra epochs made the unpruned
-    model worse (it can on a tiny dataset): then the original baseline."""
+def _reference(ctx: Context) -> Reference:
+    """The fair reference, chosen once here and recorded: everyone after reads it from the search record."""
     from compress.evaluate import evaluate_onnx
 
-    scores = {stage: evaluate_onnx(ctx.manifest.output(stage, "onnx"), ctx.data_yaml()) for stage in ("finetune", "export")}
-    stage = max(scores, key=lambda s: scores[s]["map50_95"])
-    return {"stage": stage, **scores[stage], "scores": scores}
+    return choose_reference({stage: evaluate_onnx(ctx.manifest.output(stage, "onnx"), ctx.data_yaml())
+                             for stage in REFERENCE_STAGES})
 
 
 def _search_run(ctx: Context, out: Path):
     from compress.benchmark import measure_in_subprocess
     from compress.candidates import CandidateStore, search_space
-    from compress.env import cpu_threads
     from compress.progress import progress
-    from compress.search import FITS, OVER, Probe, run_search
+    from compress.search import Probe, run_search
 
     reference = _reference(ctx)
-    store = CandidateStore(ctx, reference["stage"])
+    store = CandidateStore(ctx, reference)
     specs = {spec.name: spec for spec in search_space(ctx.profile.search_activations, ctx.profile.search_depths)}
     print(f"    search: {len(specs)} candidates; timing their INT8 architectures before training any", flush=True)
     architectures, impossible = {}, {}
@@ -269,18 +286,19 @@ def _search_run(ctx: Context, out: Path):
         except UnsupportedModelError as error:  # e.g. channel rounding cannot reach this depth on a small model
             impossible[name] = str(error)
             print(f"    search: {name}: not possible: {error}", flush=True)
-    latency = measure_in_subprocess({name: store.path(arch, "int8") for name, arch in architectures.items()},
-                                    (ctx.imgsz(), ctx.imgsz()), threads=min(2, cpu_threads()), rounds=ARCHITECTURE_ROUNDS)
+    latency = measure_in_subprocess({name: arch.path("int8") for name, arch in architectures.items()},
+                                    (ctx.imgsz(), ctx.imgsz()), threads=ctx.latency_threads(),
+                                    rounds=ARCHITECTURE_ROUNDS)
     probes = [Probe(name, spec.activation, spec.depth, spec.trained, latency[name]["bs1_ms"], latency[name]["bs8_ms"])
               for name, spec in specs.items() if name in architectures]
     finetune_seconds = ctx.manifest.get("finetune").seconds
-    base_gmacs = architectures[next(n for n, s in specs.items() if not s.trained)]["metrics"]["gmacs"]
+    base_gmacs = architectures[next(n for n, s in specs.items() if not s.trained)].metrics["gmacs"]
     observed: list[float] = []  # actual / first-guess training time of the candidates trained so far
 
     def first_guess(probe: Probe) -> float:
         # Training time grows with the student's MACs but not to zero (data loading, the teacher's
         # forward pass): the equal-budget fine-tune's time scaled.
-        share = architectures[probe.name]["metrics"]["gmacs"] / base_gmacs
+        share = architectures[probe.name].metrics["gmacs"] / base_gmacs
         return finetune_seconds * TEACHER_OVERHEAD * max(share, MIN_TRAINING_SHARE)
 
     def estimate_seconds(probe: Probe) -> float:
@@ -289,7 +307,7 @@ def _search_run(ctx: Context, out: Path):
             return 0.0
         return first_guess(probe) * (sum(observed) / len(observed) if observed else 1.0)  # corrected by what training took
 
-    made: dict[str, dict] = {}
+    made: dict = {}
     fresh: set[str] = set()  # trained (or quantized) in this run rather than reused
 
     def train_and_evaluate(probe: Probe) -> float:
@@ -299,23 +317,23 @@ def _search_run(ctx: Context, out: Path):
         if trained:
             fresh.add(probe.name)
         if trained and spec.trained:
-            observed.append(made[probe.name]["metrics"]["train_seconds"] / first_guess(probe))
-        return made[probe.name]["metrics"]["int8_map"]["map50_95"]
+            observed.append(made[probe.name].metrics["train_seconds"] / first_guess(probe))
+        return made[probe.name].metrics["int8_map"]["map50_95"]
 
-    result = run_search(probes, train_and_evaluate, reference["map50_95"], ctx.profile.max_map_drop,
+    result = run_search(probes, train_and_evaluate, reference.map50_95, ctx.profile.max_map_drop,
                         ctx.profile.search_minutes * 60, estimate_seconds)
     # Nothing fits and INT8 alone broke the unpruned reference's budget (its FP32 model is the
     # reference itself): keep its most sensitive convs in float before falling back to FP32.
     unpruned = next(p for p in probes if not p.trained)
     if not result.fitting() and unpruned.status == OVER:
-        rescued = store.rescue(specs[unpruned.name], reference["map50_95"], ctx.profile.max_map_drop)
+        rescued, trials = store.rescue(specs[unpruned.name], ctx.profile.max_map_drop)
         if rescued:
-            made[rescued["name"]] = rescued
-            if rescued["created"]:
-                fresh.add(rescued["name"])
-            drop = round((reference["map50_95"] - rescued["metrics"]["int8_map"]["map50_95"]) * 100, 2)
-            probes.append(Probe(rescued["name"], unpruned.activation, 1.0, False, unpruned.bs1_ms, unpruned.bs8_ms,
-                                status=FITS, map50_95=rescued["metrics"]["int8_map"]["map50_95"],
+            made[rescued.name] = rescued
+            if trials[-1].detail["created"]:
+                fresh.add(rescued.name)
+            drop = trials[-1].detail["drop_points"]
+            probes.append(Probe(rescued.name, unpruned.activation, 1.0, False, unpruned.bs1_ms, unpruned.bs8_ms,
+                                status=FITS, map50_95=rescued.metrics["int8_map"]["map50_95"],
                                 drop_points=drop, order=len([p for p in probes if p.order is not None]),
                                 note="mixed precision"))
     # Candidates measured for this teacher and data under earlier budgets join the report too (no
@@ -325,15 +343,14 @@ def _search_run(ctx: Context, out: Path):
             record = store.cached(spec)
             if record:
                 made[name] = record
-    outputs = {}
-    for name, record in made.items():
-        outputs.update({f"{name}_{key}": store.path(record, key) for key in ("weights", "fp32", "int8")})
-    metrics = {"reference": reference, "budget_points": ctx.profile.max_map_drop,
+    outputs = {f"{name}_{kind}": path for name, record in made.items() for kind, path in record.files().items()}
+    metrics = {"reference": reference.as_dict(), "budget_points": ctx.profile.max_map_drop,
                "seconds_limit": result.seconds_limit, "seconds_spent": result.seconds_spent,
                "probes": [p.as_dict() for p in probes], "log": result.log, "not_possible": impossible,
-               "candidates": {name: {**record["metrics"], "reused": name not in fresh}
+               "candidates": {name: SearchRecord.candidate_entry({**record.metrics, "reused": name not in fresh},
+                                                                 record.files(), ctx.artifacts)
                               for name, record in made.items()},
-               "architectures": {name: arch["metrics"] for name, arch in architectures.items()}}
+               "architectures": {name: arch.metrics for name, arch in architectures.items()}}
     return outputs, metrics
 
 
@@ -347,7 +364,8 @@ MIN_TRAINING_SHARE = 0.5
 def _search_settings(ctx: Context) -> dict:
     p = ctx.profile
     # "version": bumped when the search's decisions or records change, so older ones are not reused
-    return {"version": 4, "max_map_drop": p.max_map_drop, "activations": list(p.search_activations),
+    return {"version": 5, "threads": ctx.latency_threads(), "max_map_drop": p.max_map_drop,
+            "activations": list(p.search_activations),
             "depths": list(p.search_depths), "minutes": p.search_minutes, "epochs": p.distill_epochs,
             "feature_weight": p.kd_feature_weight, "imgsz": ctx.imgsz(), "importance": p.importance,
             "calibration": p.calibration, "images": p.calibration_images, "quantize_stem": p.quantize_stem}
@@ -367,22 +385,23 @@ SEARCH = Stage(
 def _plan_run(ctx: Context, out: Path):
     from compress.plan import NO_TENSORRT, build_plan, tensorrt_version
     from compress.quantize import quantize
-    from compress.report import served_choice
 
     if tensorrt_version() is None:
         print(f"    plan: skipped: {NO_TENSORRT}")
         return {}, {"skipped": NO_TENSORRT}
-    served, size, cache = served_choice(ctx.artifacts), (ctx.imgsz(), ctx.imgsz()), out / "timing.cache"
-    outputs, metrics = {"timing_cache": cache}, {"served": served["name"]}
-    if served["precision"] == "int8":
-        q = served["quantization"]
+    served, size, cache = Report.load(ctx.artifacts).served, (ctx.imgsz(), ctx.imgsz()), out / "timing.cache"
+    outputs, metrics = {"timing_cache": cache}, {"served": served.name}
+    if served.precision == "int8":
+        q = served.quantization
         trt_onnx = out / "int8_trt.onnx"
-        quantize(served["fp32_onnx"], trt_onnx, ctx.data_yaml(), size, method=q["calibration"],
+        quantize(served.fp32_onnx, trt_onnx, ctx.data_yaml(), size, method=q["calibration"],
                  calibration_count=q["calibration_images"], float_nodes=q["float_nodes"],
                  keep_stem_float=q["stem_float"], activation="int8")
-        metrics["int8"] = build_plan(trt_onnx, out / "int8.plan", "int8", size, timing_cache=cache)
+        metrics["int8"] = build_plan(trt_onnx, out / "int8.plan", "int8", size, max_batch=ctx.max_batch,
+                                     timing_cache=cache)
         outputs.update(trt_onnx=trt_onnx, int8_plan=out / "int8.plan")
-    metrics["fp16"] = build_plan(served["fp32_onnx"], out / "fp16.plan", "fp16", size, timing_cache=cache)
+    metrics["fp16"] = build_plan(served.fp32_onnx, out / "fp16.plan", "fp16", size, max_batch=ctx.max_batch,
+                                 timing_cache=cache, work_dir=out)
     outputs["fp16_plan"] = out / "fp16.plan"
     return outputs, metrics
 
@@ -390,14 +409,12 @@ def _plan_run(ctx: Context, out: Path):
 def _plan_settings(ctx: Context) -> dict:
     from compress.plan import tensorrt_version
 
-    return {"tensorrt": tensorrt_version(), "imgsz": ctx.imgsz()}
+    return {"tensorrt": tensorrt_version(), "imgsz": ctx.imgsz(), "max_batch": ctx.max_batch}
 
 
 def _plan_inputs(ctx: Context) -> dict:
-    from compress.report import served_choice
-
-    served = served_choice(ctx.artifacts)
-    return {"served": file_hash(served["onnx"]), "fp32": file_hash(served["fp32_onnx"])}
+    served = Report.load(ctx.artifacts).served
+    return {"served": file_hash(served.onnx), "fp32": file_hash(served.fp32_onnx)}
 
 
 PLAN = Stage("plan", inputs=_plan_inputs, settings=_plan_settings, run=_plan_run)
@@ -413,25 +430,37 @@ def _report_run(ctx: Context, out: Path):
 
 
 def _report_inputs(ctx: Context) -> dict[str, str]:
-    inputs = {s: file_hash(ctx.manifest.output(s, "onnx")) for s in ("export", "finetune")}
-    search = ctx.manifest.get("search")
-    for key in sorted(search.outputs if search else []):
-        if key.endswith(("_int8", "_fp32")):
-            inputs[f"search:{key}"] = file_hash(ctx.manifest.output("search", key))
+    from compress.records import GateVerdicts
+
+    inputs = {s: file_hash(ctx.manifest.output(s, "onnx")) for s in REFERENCE_STAGES}
+    if ctx.manifest.get("search"):
+        for name, candidate in sorted(SearchRecord.load(ctx.manifest).candidates.items()):
+            inputs.update({f"search:{name}:{kind}": file_hash(candidate.files[kind]) for kind in ("fp32", "int8")})
+    verdicts = GateVerdicts.path(ctx.artifacts)
+    if verdicts.exists():  # candidates the gate refused are not served; its variants are measured
+        inputs["gate_verdicts"] = file_hash(verdicts)
     return inputs
 
 
-REPORT = Stage(
-    "report",
-    inputs=_report_inputs,
-    settings=lambda ctx: {"version": 2, "max_map_drop": ctx.profile.max_map_drop,
-                          "allow_over_budget": ctx.profile.allow_over_budget},
-    run=_report_run,
-)
+def _report_settings(ctx: Context) -> dict:
+    return {"version": 3, "max_map_drop": ctx.profile.max_map_drop, "allow_over_budget": ctx.profile.allow_over_budget,
+            "threads": ctx.latency_threads()}
+
+
+REPORT = Stage("report", inputs=_report_inputs, settings=_report_settings, run=_report_run)
 
 
 STAGES = [DATASET, BASELINE, EXPORT, FINETUNE, SEARCH, REPORT, PLAN]
 STAGE_NAMES = [s.name for s in STAGES]
+
+
+def remeasure_report(artifacts: Path, report: dict) -> dict:
+    """The report stage again, under the budget and threads `report` (the current report.json) was
+    measured with: after the parity gate refused a candidate or made a float-kept variant."""
+    served = report["served"]
+    profile = replace(PROFILES["default"], max_map_drop=served["budget_points"],
+                      allow_over_budget=served["allow_over_budget"])
+    return run_stages(Context(artifacts, profile, threads=report["threads"]), ["report"], force=True)
 
 
 def check_baseline(ctx: Context, metrics: dict) -> None:
@@ -500,6 +529,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="when no INT8 candidate fits the budget, serve the most accurate one instead of FP32")
     parser.add_argument("--min-baseline-map", type=float, help="stop when the baseline's mAP50-95 is below this")
     parser.add_argument("--allow-weak-baseline", action="store_true", help="go on (with a warning) below the floor")
+    parser.add_argument("--device", help="where training and validation run: cpu, gpu or a CUDA index "
+                                         "(default: the GPU when torch sees one, else the CPU)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="the largest batch the server forms: the TensorRT plans' profile (default %(default)s, "
+                             "as `make repo`)")
+    parser.add_argument("--latency-threads", type=int,
+                        help="threads every latency is measured at (default: what one served detector instance gets "
+                             "here, the cores shared by the repository's detector instances)")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages")
     parser.add_argument("--force", action="store_true", help="re-run even if up to date")
     args = parser.parse_args(argv)
@@ -524,8 +561,12 @@ def main(argv: list[str] | None = None) -> None:
         raise ToolkitError(f"KD_FEATURE_WEIGHT={profile.kd_feature_weight} is negative (0 turns the feature term off)")
     if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
         raise ToolkitError(f"IMGSZ={args.imgsz} is not a positive multiple of 32 (the detector's largest stride)")
+    if args.max_batch < 1 or (args.latency_threads is not None and args.latency_threads < 1):
+        raise ToolkitError("MAX_BATCH and LATENCY_THREADS must be >= 1")
     ctx = Context(args.artifacts, profile, data=args.data, weights=args.weights, imgsz_override=args.imgsz,
-                  allow_weak_baseline=args.allow_weak_baseline)
+                  allow_weak_baseline=args.allow_weak_baseline, device=args.device, max_batch=args.max_batch,
+                  threads=args.latency_threads)
+    ctx.training_device()  # a GPU asked for where there is none: said now, not after the dataset
     run_stages(ctx, args.stages, force=args.force)
 
 

@@ -6,8 +6,10 @@ against the FP32 baseline; accuracy against the fair reference (the equal-budget
 unpruned model fine-tuned for as many extra epochs as the students got, unless those epochs made
 it worse), so that extra training is not counted as a compression gain.
 
-The serving decision is made here once (`choose_served`) and written into report.json's
-`served`; the parity gate, the plan stage and `make repo` read it from there (`served_choice`).
+The serving decision is made here once (`compress.budget.choose_served`) and written into
+report.json's `served`; the parity gate, the plan stage and `make repo` read it from there
+(`compress.records.Report`). Candidates the parity gate refused are not served; the float-kept
+variants it made instead are measured here like every other row (compress.records.GateVerdicts).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import time
 from pathlib import Path
 
 from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, measure_in_subprocess, speedup, verdict
-from compress.env import cpu_threads, describe_machine, machine_line
+from compress.budget import choose_served, fits, points_below
+from compress.env import describe_machine, machine_line
+from compress.records import GateVerdicts, SearchRecord
 from compress.plotting import saved_figure
 from compress.profile import plot as profile_plot
 from compress.profile import profile_in_subprocess
@@ -36,23 +40,8 @@ CONVERGED_BASELINE_POINTS = 2.0
 WEAK_REFERENCE_MAP = 0.25
 
 
-def served_choice(artifacts: Path) -> dict:
-    """The report's serving decision with absolute paths: what the gate judges, the plan stage
-    builds and `make repo` serves (through the gate's record)."""
-    from compress.errors import InputFileError
-
-    path = Path(artifacts) / "report" / "report.json"
-    if not path.exists():
-        raise InputFileError(f"no report in {artifacts}: nothing has been chosen to serve yet",
-                             hint="run `make pipeline` (or `make bench`) first")
-    served = dict(json.loads(path.read_text())["served"])
-    for key in ("onnx", "fp32_onnx", "weights"):
-        served[key] = Path(artifacts) / served[key]
-    return served
-
-
 def drop_points(reference: dict, row: dict) -> float:
-    return round((reference["map50_95"] - row["map50_95"]) * 100, 2)
+    return points_below(reference["map50_95"], row["map50_95"])
 
 
 def pareto_front(rows: list[dict], latency_key: str = "bs1_ms") -> list[dict]:
@@ -62,70 +51,54 @@ def pareto_front(rows: list[dict], latency_key: str = "bs1_ms") -> list[dict]:
                                        for o in rows)]
 
 
-def _broken_step(row: dict, twin: dict | None, reference: dict) -> str:
-    """Which step of a candidate broke the budget: training (pruning + distillation) or INT8."""
-    total = drop_points(reference, row)
-    if twin is None:
-        return f"{row['model']} is {total} points below"
-    trained = drop_points(reference, twin)
-    return (f"{row['model']} is {total} points below: {trained} from training (its FP32 model: pruning and "
-            f"distillation) and {round(total - trained, 2)} from INT8")
-
-
-def choose_served(rows: list[dict], reference: dict, max_map_drop: float, allow_over_budget: bool = False,
-                  twins: dict | None = None) -> tuple[dict, str]:
-    """The served default and the rule that picked it. `rows` are the servable rows (every INT8
-    candidate and the FP32 baselines, `precision` int8 / fp32). The fastest measured row within
-    `max_map_drop` points of the reference; the reference itself is always within, so a budget
-    no INT8 candidate fits serves FP32 and says which step broke it. `allow_over_budget`: the
-    most accurate INT8 row instead of FP32."""
-    twins = twins or {}
-    within = [r for r in rows if drop_points(reference, r) <= max_map_drop]
-    int8 = [r for r in rows if r["precision"] == "int8"]
-    if any(r["precision"] == "int8" for r in within):
-        served = min(within, key=lambda r: r["bs1_ms"])
-        return served, f"the fastest measured candidate within {max_map_drop:g} points of the reference"
-    closest = max(int8, key=lambda r: r["map50_95"]) if int8 else None
-    why = (f"no INT8 candidate fits {max_map_drop:g} points: the closest, "
-           + _broken_step(closest, twins.get(id(closest)), reference)) if closest else "no INT8 candidate was made"
-    if allow_over_budget and closest:
-        return closest, f"{why}; ALLOW_OVER_BUDGET=1: the most accurate INT8 candidate, over budget"
-    served = min(within, key=lambda r: r["bs1_ms"])
-    return served, f"{why}; serving {served['model']} (within budget)"
-
-
 def _speed_goal(budget: float) -> tuple[float, float] | None:
     fitting = [b for b in SPEED_GOALS if b <= budget]
     return SPEED_GOALS[max(fitting)] if fitting else None
 
 
+def _candidates(ctx, search: SearchRecord, verdicts: GateVerdicts) -> dict[str, tuple[dict, dict[str, Path]]]:
+    """{name: (metrics, files)} of the search's candidates and of the float-kept variants the
+    parity gate made."""
+    from compress.candidates import CandidateStore
+
+    found = {name: (c.metrics, c.files) for name, c in search.candidates.items()}
+    store = CandidateStore(ctx, search.reference)
+    for name in verdicts.variants:
+        record = store.variant(name)
+        if record is not None:
+            found[name] = (record.metrics, record.files())
+    return found
+
+
 def collect(ctx) -> dict:
     manifest = ctx.manifest
     imgsz = ctx.imgsz()
-    search = manifest.get("search")
-    reference_info = search.metrics["reference"]
+    search = SearchRecord.load(manifest)
+    reference_info = search.reference
+    verdicts = GateVerdicts.load(ctx.artifacts)
+    candidates = _candidates(ctx, search, verdicts)
     # rows: (label, onnx, weights, precision, candidate name or None, twin key)
     wanted = {"baseline": ("baseline FP32", manifest.output("export", "onnx"), manifest.output("baseline", "weights"),
                            "fp32", None, None),
               "equal_budget": ("baseline FP32, +extra epochs (equal budget)", manifest.output("finetune", "onnx"),
                                manifest.output("finetune", "weights"), "fp32", None, None)}
-    for name, info in search.metrics["candidates"].items():
-        weights = manifest.output("search", f"{name}_weights")
-        if info["trained"]:
-            wanted[f"{name}:fp32"] = (f"{info['label']}, FP32", manifest.output("search", f"{name}_fp32"), weights,
-                                      "fp32", name, None)
-        twin = f"{name}:fp32" if info["trained"] else ("equal_budget" if reference_info["stage"] == "finetune" else "baseline")
+    reference_key = "equal_budget" if reference_info.stage == "finetune" else "baseline"
+    for name, (info, files) in candidates.items():
+        if info["trained"] and "mixed_precision" not in info:
+            wanted[f"{name}:fp32"] = (f"{info['label']}, FP32", files["fp32"], files["weights"], "fp32", name, None)
+        base = info.get("base", name)  # a float-kept variant shares its base's FP32 twin
+        twin = f"{base}:fp32" if info["trained"] else reference_key
         label = f"{info['label']}, INT8" if info["trained"] else info["label"]  # already says INT8
-        wanted[f"{name}:int8"] = (label, manifest.output("search", f"{name}_int8"), weights, "int8", name, twin)
-    threads = min(2, cpu_threads())
+        wanted[f"{name}:int8"] = (label, files["int8"], files["weights"], "int8", name, twin)
+    threads = ctx.latency_threads()
     print(f"    measuring latency of {len(wanted)} models side by side ({threads} threads)", flush=True)
     with competing_load() as load:
         latency = measure_in_subprocess({key: row[1] for key, row in wanted.items()}, (imgsz, imgsz), threads=threads)
-    scores = reference_info["scores"]
+    scores = reference_info.scores
     rows, by_key = [], {}
     spread_keys = {f"bs{b}" for b in BATCH_SIZES} | {f"bs{b}_rounds" for b in BATCH_SIZES}
     for key, (label, path, weights, precision, name, twin) in wanted.items():
-        info = search.metrics["candidates"].get(name, {})
+        info = candidates[name][0] if name is not None else {}
         if name is None:
             accuracy = scores["export" if key == "baseline" else "finetune"]
             size = _torch_numbers(weights, imgsz)
@@ -141,28 +114,34 @@ def collect(ctx) -> dict:
                "map50": accuracy["map50"], "map50_95": accuracy["map50_95"]}
         if name is not None:
             row["quantization"] = info["quantization"] if precision == "int8" else None
+            row["mixed_precision"] = info.get("mixed_precision") if precision == "int8" else None
         rows.append(row)
         by_key[key] = row
     base = by_key["baseline"]
-    reference = by_key["equal_budget"] if reference_info["stage"] == "finetune" else base
+    reference = by_key[reference_key]
     servable = [r for r in rows if r["precision"] == "int8" or r["candidate"] is None]
-    twins = {id(r): by_key[r["twin"]] for r in rows if r["twin"]}
+    twins = {r["key"]: by_key[r["twin"]] for r in rows if r["twin"]}
+    refused = verdicts.refused_keys({name: files["int8"] for name, (_, files) in candidates.items()})
+    excluded = frozenset(f"{name}:int8" for name in refused)
     budget, allow = ctx.profile.max_map_drop, ctx.profile.allow_over_budget
-    served, rule = choose_served(servable, reference, budget, allow, twins)
+    served, rule = choose_served(servable, reference["map50_95"], budget, allow, twins, excluded)
+    if refused:
+        rule += f" (the parity gate refused {', '.join(sorted(refused))})"
     front = pareto_front(rows)
     for row in rows:
         row["pareto"] = row in front
         row["served"] = row is served
         row["drop_points"] = drop_points(reference, row)
+        row["refused_by_gate"] = row["key"] in excluded
     ratios = {f"speedup_bs{b}": speedup(latency, "baseline", served["key"], b) for b in BATCH_SIZES}
-    gain = round((scores["finetune"]["map50_95"] - scores["export"]["map50_95"]) * 100, 2)
+    gain = reference_info.extra_epochs_gain_points()
     weak = _weak_reference(reference, gain, budget)
     goal = _speed_goal(budget)
     measured = {"speedup_bs1": ratios["speedup_bs1"]["estimate"], "speedup_bs8": ratios["speedup_bs8"]["estimate"],
                 "map_drop_points": drop_points(reference, served),
                 "size_ratio": round(served["file_mb"] / base["file_mb"], 3),
                 "macs_reduction": round(base["gmacs"] / served["gmacs"], 3)}
-    met = {"map_drop_points": measured["map_drop_points"] <= budget}
+    met = {"map_drop_points": fits(measured["map_drop_points"], budget)}
     wanted_targets = {"map_drop_points": budget}
     if goal:
         wanted_targets.update(speedup_bs1=goal[0], speedup_bs8=goal[1])
@@ -171,11 +150,12 @@ def collect(ctx) -> dict:
     twin = by_key.get(served["twin"]) if served["twin"] else served
     return {
         "image_size": imgsz, "threads": threads, "rows": rows, "machine": describe_machine(), "machine_during_latency": load,
-        "served": {"name": served["candidate"] or served["key"], "model": served["model"], "precision": served["precision"],
-                   "onnx": served["onnx"], "fp32_onnx": twin["onnx"], "weights": served["weights"],
-                   "quantization": served.get("quantization"), "rule": rule, "budget_points": budget,
-                   "allow_over_budget": allow, "drop_points": measured["map_drop_points"],
-                   "within_budget": measured["map_drop_points"] <= budget},
+        "served": {"name": served["candidate"] or served["key"], "key": served["key"], "model": served["model"],
+                   "precision": served["precision"], "onnx": served["onnx"], "fp32_onnx": twin["onnx"],
+                   "weights": served["weights"], "quantization": served.get("quantization"),
+                   "mixed_precision": served.get("mixed_precision"), "rule": rule,
+                   "budget_points": budget, "allow_over_budget": allow, "drop_points": measured["map_drop_points"],
+                   "within_budget": fits(measured["map_drop_points"], budget)},
         "targets": {"wanted": wanted_targets, "measured": measured, "met": met, "all_met": all(met.values()),
                     "speedup_spread": {key: {**ratio, **({"verdict": verdict(ratio, wanted_targets[key])}
                                                          if key in wanted_targets else {})}
@@ -185,7 +165,7 @@ def collect(ctx) -> dict:
                     "map_drop_vs_unfair_baseline_points": drop_points(base, served),
                     "baseline_gain_from_extra_epochs_points": gain},
         "weak_reference": weak,
-        "budget_table": budget_table(rows, servable, reference, twins, latency, weak),
+        "budget_table": budget_table(servable, reference, twins, latency, weak, excluded),
         "search": {k: search.metrics[k] for k in ("budget_points", "seconds_limit", "seconds_spent", "probes", "log")},
         "baseline_ultralytics_val": {k: manifest.get("baseline").metrics.get(k) for k in ("map50", "map50_95")},
         "plan": {"note": "TensorRT plans are built from the served model by the plan stage (`make plan`)"},
@@ -205,12 +185,12 @@ def _weak_reference(reference: dict, gain_points: float, budget: float) -> str |
     return None
 
 
-def budget_table(rows: list[dict], servable: list[dict], reference: dict, twins: dict, latency: dict,
-                 weak: str | None) -> list[dict]:
+def budget_table(servable: list[dict], reference: dict, twins: dict, latency: dict, weak: str | None,
+                 excluded: frozenset[str] = frozenset()) -> list[dict]:
     """For each budget in TABLE_BUDGETS: what the rule would serve among the measured candidates."""
     table = []
     for budget in TABLE_BUDGETS:
-        served, _ = choose_served(servable, reference, budget, False, twins)
+        served, _ = choose_served(servable, reference["map50_95"], budget, False, twins, excluded)
         table.append({"budget_points": budget, "model": served["model"], "drop_points": drop_points(reference, served),
                       **{f"speedup_bs{b}": speedup(latency, "baseline", served["key"], b)["estimate"]
                          for b in BATCH_SIZES},
@@ -224,6 +204,14 @@ def _torch_numbers(weights: Path, imgsz: int) -> dict:
     return yolo.describe(yolo.load(weights), imgsz)
 
 
+def served_line(report: dict) -> str:
+    """The report's headline: what is served, its accuracy against the budget, its speed-ups."""
+    served, measured = report["served"], report["targets"]["measured"]
+    return (f"**Served: {served['model']}**, {served['drop_points']:+.2f} points of mAP50-95 against the reference "
+            f"(budget {served['budget_points']:g}), {measured['speedup_bs1']}x / {measured['speedup_bs8']}x "
+            f"faster than the FP32 baseline at batch 1 / 8. Why: {served['rule']}.")
+
+
 def to_markdown(report: dict) -> str:
     m, served, t = report["machine"], report["served"], report["targets"]
     lines = [
@@ -231,9 +219,7 @@ def to_markdown(report: dict) -> str:
         f"{report['threads']} threads)", "",
         f"{machine_line(m)} Speed-ups depend "
         "on the CPU: compare them only with figures from the same machine.", "",
-        f"**Served: {served['model']}**, {served['drop_points']:+.2f} points of mAP50-95 against the reference "
-        f"(budget {served['budget_points']:g}), {t['measured']['speedup_bs1']}x / {t['measured']['speedup_bs8']}x "
-        f"faster than the FP32 baseline at batch 1 / 8. Why: {served['rule']}.",
+        served_line(report),
     ]
     if report.get("weak_reference"):
         lines += ["", f"**Weak reference**: {report['weak_reference']}."]
@@ -253,7 +239,8 @@ def to_markdown(report: dict) -> str:
               "| model | params | GMACs | file MB | bs1 ms (median) | bs8 ms (median) | mAP50 | mAP50-95 | drop | front |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
-        mark = "**served**" if r.get("served") else ("yes" if r.get("pareto") else "")
+        mark = "**served**" if r.get("served") else ("refused by the parity gate" if r.get("refused_by_gate")
+                                                     else ("yes" if r.get("pareto") else ""))
         lines.append(f"| {r['model']} | {r['params']:,} | {r['gmacs']:.3f} | {r['file_mb']:.2f} | "
                      f"{r['bs1_ms']:.2f} ({r['bs1_median_ms']:.2f}) | {r['bs8_ms']:.2f} ({r['bs8_median_ms']:.2f}) | "
                      f"{r['map50']:.4f} | {r['map50_95']:.4f} | {r['drop_points']:+.2f} | {mark} |")

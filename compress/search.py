@@ -18,11 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from compress.budget import FITS, OVER, fits, points_below
+
 # mAP50-95 points two trainings of the same candidate may differ by with another seed: a depth
 # over the budget by less than this does not rule out deeper ones.
 NOISE_POINTS = 0.5
 
-OPEN, FITS, OVER = "open", "fits", "over budget"
+OPEN = "open"
 INFERRED_OVER = "not tried: a shallower depth is over budget beyond the noise"
 CANNOT_WIN = "not tried: no faster than a candidate that fits"
 NO_TIME = "not tried (time)"
@@ -117,11 +119,11 @@ def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
     measured = [p for p in probes if p.drop_points is not None and p.trained and p.activation == activation]
     if not measured and depths[0].depth == 1.0:
         return depths[0]  # the unpruned student: the safe end of this activation, cheapest to fit
-    fits = [p for p in measured if p.status == FITS]
+    fitting = [p for p in measured if p.status == FITS]
     misses = [p for p in measured if p.status == OVER]
-    if not fits and any(p.status == FITS and p.trained for p in probes):
+    if not fitting and any(p.status == FITS and p.trained for p in probes):
         return depths[0]
-    anchor = max(fits, key=lambda p: p.depth) if fits else next(
+    anchor = max(fitting, key=lambda p: p.depth) if fitting else next(
         (p for p in probes if not p.trained and p.status == FITS), None)
     if anchor is None or not misses:
         return depths[(len(depths) - 1) // 2]
@@ -156,11 +158,11 @@ def run_search(probes: list[Probe], train_and_evaluate: Callable[[Probe], float]
         probe.map50_95 = train_and_evaluate(probe)
         probe.seconds = round(clock() - begun, 1)
         probe.order, order = order, order + 1
-        probe.drop_points = round((reference_map - probe.map50_95) * 100, 2)
-        over = probe.drop_points - budget_points
-        if over <= 0:
+        probe.drop_points = points_below(reference_map, probe.map50_95)
+        if fits(probe.drop_points, budget_points):
             probe.status = FITS
         else:
+            over = probe.drop_points - budget_points
             probe.status, probe.note = OVER, ("beyond noise" if over > NOISE_POINTS else "within noise")
         line = (f"{probe.name}: mAP50-95 {probe.map50_95:.4f}, {probe.drop_points:+.2f} points vs the reference "
                 f"(budget {budget_points:g}): {probe.status}" + (f" ({probe.note})" if probe.note else ""))

@@ -22,6 +22,7 @@ class TrainSettings:
     close_mosaic: int = 5
     optimizer: str = "AdamW"  # "auto": Ultralytics picks AdamW(lr 0.002 x 5 / (4 + classes)) for short runs
     lr0: float = 0.002  # ignored with "auto"
+    device: str = "cpu"  # Ultralytics' device: "cpu" or CUDA indices (compress.env.training_device)
 
 
 def load(weights: Path):
@@ -56,9 +57,9 @@ def check_data(data: Path) -> Path:
     return data
 
 
-def evaluate(model, data: Path, imgsz: int, batch: int = 16) -> dict:
-    """mAP50 and mAP50-95 on the dataset's val split with Ultralytics' validator."""
-    metrics = model.val(data=str(check_data(data)), imgsz=imgsz, batch=batch, device="cpu", plots=False,
+def evaluate(model, data: Path, imgsz: int, batch: int = 16, device: str = "cpu") -> dict:
+    """mAP50 and mAP50-95 on the dataset's val split with Ultralytics' validator, on `device`."""
+    metrics = model.val(data=str(check_data(data)), imgsz=imgsz, batch=batch, device=device, plots=False,
                         verbose=False, workers=0)
     return {"map50": round(float(metrics.box.map50), 4), "map50_95": round(float(metrics.box.map), 4)}
 
@@ -71,7 +72,7 @@ def train(data: Path, out_dir: Path, settings: TrainSettings) -> Path:
     model = load(Path(settings.model))
     model.train(
         data=str(check_data(data)), imgsz=settings.imgsz, epochs=settings.epochs, batch=settings.batch,
-        workers=settings.workers, device="cpu", seed=settings.seed, deterministic=True, plots=False,
+        workers=settings.workers, device=settings.device, seed=settings.seed, deterministic=True, plots=False,
         amp=False, val=False, close_mosaic=settings.close_mosaic, optimizer=settings.optimizer, lr0=settings.lr0, project=str(Path(out_dir).resolve()),
         name="train", exist_ok=True, verbose=False,
     )

@@ -136,47 +136,47 @@ def plot(result: dict, path: Path) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     from compress.env import describe_machine
-    from loadtest.capacity import repository_settings
-    from loadtest.run import LoadSpec, load_test
+    from loadtest.run import load_test
+    from loadtest.spec import add_spec_arguments, default_out, spec_from_args
+    from tools.repository import RepositoryRecord
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", default="480p", help="frame set: dataset, 480p, 720p, 1080p or a folder")
     parser.add_argument("--burst", type=int, default=60, help="frames sent at once")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rest-s", type=float, default=2.0, help="pause before each burst")
-    parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--sync-streams", type=int, default=12, help="streams on one phase afterwards (0: skip)")
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds of the synchronised-phase run")
+    # --duration: of the synchronised-phase run
+    add_spec_arguments(parser, only=("fps", "slo_ms", "duration_s"), duration_s=15.0)
     parser.add_argument("--url", help="a running server's gRPC host:port (default: start the local one)")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/burst"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/burst")
     args = parser.parse_args(argv)
     if args.burst < 1 or args.rounds < 1:
         raise InputFileError("--burst and --rounds must be >= 1")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = default_out(args, "burst")
+    out.mkdir(parents=True, exist_ok=True)
     frame_set = resolve_frames(args.frames, args.artifacts)
-    settings = repository_settings(args.repo)
+    settings = RepositoryRecord.load(args.repo).settings
     with ExitStack() as stack:
         url, metrics_url = args.url, None
         if url is None:
-            server = stack.enter_context(TritonServer(args.repo, log_path=args.out / "server.log"))
+            server = stack.enter_context(TritonServer(args.repo, log_path=out / "server.log"))
             url, metrics_url = server.grpc_url, server.metrics_url
         print(f"==> {args.rounds} bursts of {args.burst} frames of {frame_set.label()} to {url}", flush=True)
         result = {"frame_set": frame_set.record(), "machine": describe_machine(),
                   "queue": {"max_queue_size": settings.max_queue_size, "queue_timeout_us": settings.queue_timeout_us},
                   "burst": run_bursts(url, frame_set, args.burst, args.rounds, args.rest_s, args.slo_ms)}
         if args.sync_streams > 0:
-            spec = LoadSpec(streams=args.sync_streams, fps=args.fps, duration_s=args.duration, slo_ms=args.slo_ms,
-                            phase="sync")
-            result["sync"] = load_test(spec, args.out / "sync", url=url, metrics_url=metrics_url, images=frame_set,
+            spec = spec_from_args(args, streams=args.sync_streams, phase="sync")
+            result["sync"] = load_test(spec, out / "sync", url=url, metrics_url=metrics_url, images=frame_set,
                                        artifacts=args.artifacts)
-    (args.out / "burst.json").write_text(json.dumps(result, indent=2))
-    (args.out / "burst.md").write_text(to_markdown(result))
-    plot(result, args.out / "burst.png")
+    (out / "burst.json").write_text(json.dumps(result, indent=2))
+    (out / "burst.md").write_text(to_markdown(result))
+    plot(result, out / "burst.png")
     print(to_markdown(result))
-    print(f"report: {args.out}/burst.md, burst.json, burst.png")
+    print(f"report: {out}/burst.md, burst.json, burst.png")
 
 
 if __name__ == "__main__":

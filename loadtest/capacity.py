@@ -23,12 +23,19 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from compress.env import cpu_threads, machine_line
-from compress.errors import InputFileError, cli_entry
+from compress.errors import cli_entry
 from compress.plotting import saved_figure
-from tools.frame_sets import FrameSet, as_frame_set, resolve_frames
-from loadtest.run import LoadSpec, add_spec_arguments, load_test, spec_from_args
+from loadtest.run import load_test
+from loadtest.spec import LoadSpec, add_spec_arguments, spec_from_args
 from tools import triton_config as tc
+from tools.capacity_plan import capacity_table
+from tools.frame_sets import FrameSet, as_frame_set, resolve_frames
+from tools.repository import RepositoryRecord
 from tools.server import TritonServer
+from tools.triton_config import TUNED_KEYS
+
+# Seconds each capacity probe (and each tuning config) runs: DURATION= sets it
+PROBE_S = 15.0
 
 
 # `make capacity` measures these side by side unless FRAMES= names others
@@ -104,20 +111,8 @@ def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], o
 
 
 def capacity_markdown(result: dict) -> str:
-    by_frames, machine = result["by_frames"], result["machine"]
-    base = by_frames.get("dataset", {}).get("capacity_streams")
     lines = [f"# Capacity at {result['fps']:g} FPS per stream, p99 <= {result['slo_ms']:.0f} ms", "",
-             machine_line(machine), "",
-             "| frames | size | KiB/frame | streams held | vs dataset | bottleneck | preprocess ms/frame | "
-             "detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for name, r in by_frames.items():
-        held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
-        compute, fs = held["compute_ms_per_frame"], r["frame_set"]
-        ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
-        lines.append(f"| {name} | {fs['width']}x{fs['height']} | {fs['mean_kib']} | {r['capacity_streams']} | {ratio} | "
-                     f"{held['bottleneck']} | {compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
-                     f"{held['client_cpu_ms_per_frame']} |")
+             machine_line(result["machine"]), "", *capacity_table(result)]
     lines += ["", "Per-step compute is Triton's compute time per frame at the largest stream count held "
                   "(the batch's run divided by its frames); client CPU is Locust's processes per frame sent."]
     return "\n".join(lines) + "\n"
@@ -165,17 +160,11 @@ def apply(server: TritonServer, settings: tc.RepositorySettings) -> None:
     server.load(tc.ENSEMBLE_NAME)
 
 
-def repository_settings(repo: Path) -> tc.RepositorySettings:
-    record = repo / "repository.json"
-    if not record.exists():
-        raise InputFileError(f"{repo} has not been built", hint="run `make repo` first")
-    return tc.RepositorySettings(**json.loads(record.read_text())["settings"])
-
-
 def tune(repo: Path, spec: LoadSpec, images: FrameSet | Path | str, out: Path, late_budget: float,
          measure_capacity: bool = True, small_grid: bool = False) -> dict:
     images = as_frame_set(images)
-    base = repository_settings(repo)
+    record = RepositoryRecord.load(repo)
+    base = record.settings
     rows = []
     with TritonServer(repo, log_path=out / "server.log") as server:
         url = server.grpc_url if spec.protocol == "grpc" else server.http_url
@@ -183,9 +172,7 @@ def tune(repo: Path, spec: LoadSpec, images: FrameSet | Path | str, out: Path, l
             apply(server, settings)
             summary = load_test(spec, out / f"config_{index}", url=url, metrics_url=server.metrics_url, images=images)
             frames = summary["frames"]
-            rows.append({"config": label, "settings": {k: getattr(settings, k) for k in (
-                "queue_delay_us", "preferred_batch_sizes", "detector_instances", "preprocess_instances",
-                "postprocess_instances")}, "p99_ms": frames["latency_ms"]["p99"], "p50_ms": frames["latency_ms"]["p50"],
+            rows.append({"config": label, "settings": {k: getattr(settings, k) for k in TUNED_KEYS}, "p99_ms": frames["latency_ms"]["p99"], "p50_ms": frames["latency_ms"]["p50"],
                 "dropped": frames["dropped"], "throughput_fps": frames["throughput_fps"],
                 "detector_avg_batch": summary["triton"]["models"].get("detector", {}).get("avg_batch_size"),
                 "within_slo": within_slo(summary, late_budget)})
@@ -202,10 +189,7 @@ def tune(repo: Path, spec: LoadSpec, images: FrameSet | Path | str, out: Path, l
     for config in (tc.preprocess_config(best_settings), tc.detector_config(best_settings),
                    tc.postprocess_config(best_settings)):
         tc.write_config(config, repo / config.name)
-    record = json.loads((repo / "repository.json").read_text())
-    record["settings"] = json.loads(json.dumps(vars(best_settings), default=list))
-    record["tuned"] = {"streams": spec.streams, "fps": spec.fps, "p99_ms": best["p99_ms"]}
-    (repo / "repository.json").write_text(json.dumps(record, indent=2))
+    record.with_settings(best_settings, {"streams": spec.streams, "fps": spec.fps, "p99_ms": best["p99_ms"]}).save()
     return result
 
 
@@ -226,7 +210,7 @@ def tune_markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["capacity", "tune"])
-    add_spec_arguments(parser)
+    add_spec_arguments(parser, duration_s=PROBE_S)  # --duration: seconds per probe
     parser.add_argument("--late-budget", type=float, default=0.01, help="share of frames allowed over the SLO")
     parser.add_argument("--max-streams", type=int, default=64)
     parser.add_argument("--no-capacity", action="store_true", help="tune: skip the capacity comparison")
@@ -242,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.artifacts / args.mode
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "capacity":
-        repository_settings(args.repo)
+        RepositoryRecord.load(args.repo)  # built, or one error saying how
         frame_sets = [resolve_frames(name, args.artifacts) for name in names or CAPACITY_FRAME_SETS]
         result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams)
         (out / "capacity.json").write_text(json.dumps(result, indent=2))

@@ -21,7 +21,8 @@ from pathlib import Path
 from compress.env import CACHE_DIR
 from compress.errors import MissingDependencyError, ToolkitError, cli_entry
 from compress.manifest import val_image_list
-from loadtest.run import LoadSpec, load_test
+from loadtest.run import load_test
+from loadtest.spec import LoadSpec
 from tools.client import collect_images, encoded_batch
 from tools.server import TritonServer, pytriton_paths
 

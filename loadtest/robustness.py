@@ -23,10 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from compress.env import describe_machine, machine_line
-from compress.errors import InputFileError, ServerBusyError, cli_entry
+from compress.errors import ServerBusyError, cli_entry
 from compress.manifest import val_image_list
 from loadtest.bad_frames import decompression_bomb, png_claiming, thin_png
+from loadtest.spec import default_out
 from tools.client import TritonDetectorClient, collect_images
+from tools.repository import RepositoryRecord
 from tools.server import TritonServer
 
 POISON_KINDS = {"png_1x600": lambda: thin_png(1, 600), "png_600x1": lambda: thin_png(600, 1),
@@ -95,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--images", type=Path, help="folder of good frames (default: the dataset's val split)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/robustness"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/robustness")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    if not (args.repo / "yolo" / "config.pbtxt").exists():
-        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` (or `make`) first")
+    RepositoryRecord.load(args.repo)  # built, or one error saying how
+    args.out = default_out(args, "robustness")
     good = collect_images([args.images or val_image_list(args.artifacts)])[0].read_bytes()
     print("==> building bad frames (the 400 MP bomb takes a few seconds)", flush=True)
     refusal_payloads = {"good frame": good, "png_header_claims_40000x40000": png_claiming(40000, 40000),

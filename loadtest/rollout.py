@@ -25,12 +25,12 @@ from pathlib import Path
 from compress.env import machine_line
 from compress.errors import ToolkitError, cli_entry
 from compress.plotting import saved_figure
+from loadtest.run import run_locust
+from loadtest.spec import LoadSpec, add_spec_arguments, default_out, spec_from_args, streams_for
 from tools.frame_sets import FrameSet, resolve_frames
-from loadtest.run import LoadSpec, run_locust
 
 PHASES = ("rolling", "sigkill", "scale-down")
-LOAD_SHARE = 0.8  # of the capacity `make capacity` measured
-FALLBACK_STREAMS = 4
+LOAD_SHARE = 0.8  # of the capacity `make capacity` measured, when no stream count is given
 P99_GOAL = 2.0  # p99 during the rolling restart within this many times the steady p99
 CHECK_MARGIN_S = 0.5  # over the check window: stats polling and scheduling on a busy machine
 NOTICE_CAP_S = 0.25  # after a replica's death, the most its balancer may take to see the connection drop
@@ -141,11 +141,12 @@ def run_rollout(cluster, spec: LoadSpec, frame_set: FrameSet, out: Path, phases=
     estimates = phase_estimates(cluster, phases, settle_s, margin)
     spec = replace(spec, duration_s=math.ceil(steady_s + sum(estimates.values()) + 2))
     timeline, record = Timeline(), {}
-    print(f"==> {spec.streams} streams x {spec.fps:g} FPS of {frame_set.label()} through HAProxy "
-          f"{cluster.haproxy.grpc_url} for {spec.duration_s:.0f} s; phases: {', '.join(phases)}", flush=True)
+    url = cluster.haproxy.grpc_url if spec.protocol == "grpc" else cluster.haproxy.http_url
+    print(f"==> {spec.streams} streams x {spec.fps:g} FPS of {frame_set.label()} over {spec.protocol} through HAProxy "
+          f"{url} for {spec.duration_s:.0f} s; phases: {', '.join(phases)}", flush=True)
     launched = time.time()  # the balancer may have served earlier runs: only what follows counts
     with ThreadPoolExecutor(1) as pool:
-        load = pool.submit(run_locust, spec, [cluster.haproxy.grpc_url], frame_set.images, out)
+        load = pool.submit(run_locust, spec, [url], frame_set.images, out)
         first = wait_for_first_request(cluster, load, launched)
         timeline.windows.append(Window("steady", first, first))
         time.sleep(max(0.0, first + steady_s - time.time()))
@@ -327,20 +328,6 @@ def plot(frames: list[dict], result: dict, path: Path) -> None:
         ax.legend(fontsize=7, loc="upper left")
 
 
-def streams_for(streams: int, artifacts: Path, frames: str) -> tuple[int, str]:
-    if streams > 0:
-        return streams, f"{streams} streams as asked"
-    from loadtest.capacity import capacity_for
-
-    measured = capacity_for(artifacts, frames)
-    if measured is None:
-        return FALLBACK_STREAMS, (f"{FALLBACK_STREAMS} streams: no capacity measured with {frames} frames "
-                                  f"(`make capacity FRAMES={frames}` first for {LOAD_SHARE:.0%} of it, or STREAMS=)")
-    capacity = measured["capacity_streams"]
-    chosen = max(1, math.floor(LOAD_SHARE * capacity))
-    return chosen, f"{chosen} streams = {LOAD_SHARE:.0%} of the capacity of {capacity} measured with {frames} frames"
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     from compress.env import describe_machine
@@ -350,37 +337,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--frames", default="720p", help="dataset, 480p, 720p (default), 1080p or a folder")
-    parser.add_argument("--streams", type=int, default=0,
-                        help=f"camera streams (0: {LOAD_SHARE:.0%} of the capacity `make capacity` measured)")
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--max-in-flight", type=int, default=2)
-    parser.add_argument("--slo-ms", type=float, default=100.0)
+    # the load lasts as long as the phases take (estimated from the replicas' start times): no --duration
+    add_spec_arguments(parser, only=("streams", "fps", "protocol", "workers", "max_in_flight", "slo_ms"), streams=0)
+    parser.add_argument("--load", type=float, default=LOAD_SHARE, help="share of the measured capacity (with --streams 0)")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, in order: " + ", ".join(PHASES))
     parser.add_argument("--steady", type=float, default=15.0, help="seconds of load before the first phase")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of load after each phase")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/rollout"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/rollout")
     args = parser.parse_args(argv)
+    out = default_out(args, "rollout")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise ToolkitError(f"unknown rollout phase(s) {', '.join(unknown)}", hint=f"use {', '.join(PHASES)}")
-    cluster = Cluster(args.repo, args.out, count=2, check=HealthCheck())  # checks haproxy and the repository
-    streams, note = streams_for(args.streams, args.artifacts, args.frames)
+    cluster = Cluster(args.repo, out, count=2, check=HealthCheck())  # checks haproxy and the repository
+    streams, note = streams_for(args.streams, args.artifacts, args.frames, args.load)
     frame_set = resolve_frames(args.frames, args.artifacts)
-    spec = LoadSpec(streams=streams, fps=args.fps, protocol="grpc", slo_ms=args.slo_ms,
-                    max_in_flight=args.max_in_flight)
+    spec = spec_from_args(args, streams=streams)
     with cluster:
         print(f"==> two replicas behind HAProxy: gRPC {cluster.haproxy.grpc_url}, HTTP {cluster.haproxy.http_url} "
               f"(replicas ready in {', '.join(f'{r.starts[-1]:.1f} s' for r in cluster.replicas)})", flush=True)
-        result = run_rollout(cluster, spec, frame_set, args.out, phases, args.steady, args.settle)
+        result = run_rollout(cluster, spec, frame_set, out, phases, args.steady, args.settle)
     result.update(machine=describe_machine(), load_note=note)
-    (args.out / "rollout.json").write_text(json.dumps(result, indent=2))
+    (out / "rollout.json").write_text(json.dumps(result, indent=2))
     markdown = to_markdown(result)
-    (args.out / "rollout.md").write_text(markdown)
-    plot(json.loads((args.out / "frames.json").read_text()), result, args.out / "rollout.png")
+    (out / "rollout.md").write_text(markdown)
+    plot(json.loads((out / "frames.json").read_text()), result, out / "rollout.png")
     print(markdown)
-    print(f"report: {args.out}/rollout.md, rollout.json, rollout.png (Locust's: locust.html)")
+    print(f"report: {out}/rollout.md, rollout.json, rollout.png (Locust's: locust.html)")
 
 
 if __name__ == "__main__":

@@ -16,43 +16,19 @@ import json
 import subprocess
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 from compress.env import describe_machine, machine_line
-from compress.errors import InputFileError, ToolkitError, cli_entry
+from compress.errors import ToolkitError, cli_entry
 from compress.plotting import saved_figure
-from tools.frame_sets import FrameSet, as_frame_set
 from loadtest.frames import summarize
 from loadtest.metrics import MetricsRecorder, combined_summary
+from loadtest.spec import LoadSpec, add_spec_arguments, default_out, spec_from_args
+from tools.frame_sets import FrameSet, as_frame_set
+from tools.repository import RepositoryRecord
 from tools.server import LOOPBACK, TritonServer, free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-
-
-@dataclass
-class LoadSpec:
-    streams: int = 4
-    fps: float = 10.0
-    duration_s: float = 30.0
-    protocol: str = "grpc"
-    slo_ms: float = 100.0
-    workers: int = 0
-    max_in_flight: int = 2
-    phase: str = "staggered"
-    model: str = "yolo"
-    remote_workers: int = 0  # workers started elsewhere (Kubernetes) connect to this master
-    master_port: int = 5557
-    resize_to_model: bool = False  # frames shrunk to the model input on the camera side
-
-
-def parse_duration(text: str) -> float:
-    text = str(text).strip()
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise ToolkitError(f"cannot read duration {text!r}", hint="use e.g. 30s, 2m or 45") from None
 
 
 def locust_commands(spec: LoadSpec, urls: list[str], images: Path, out: Path) -> list[list[str]]:
@@ -181,8 +157,7 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
     frame_set = as_frame_set(images, artifacts)
     with ExitStack() as stack:
         if url is None:
-            if not (repo / "yolo" / "config.pbtxt").exists():
-                raise InputFileError(f"{repo} has not been built", hint="run `make repo` (or `make`) first")
+            RepositoryRecord.load(repo)  # built, or one error saying how
             server = stack.enter_context(TritonServer(repo, log_path=out / "server.log"))
             url = server.grpc_url if spec.protocol == "grpc" else server.http_url
             metrics_url = server.metrics_url
@@ -211,33 +186,11 @@ def split_urls(text: str) -> list[str]:
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--streams", type=int, default=4)
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--duration", default="30s")
-    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    parser.add_argument("--slo-ms", type=float, default=100.0)
-    parser.add_argument("--workers", type=int, default=0, help="distributed Locust: worker processes")
-    parser.add_argument("--max-in-flight", type=int, default=2)
-    parser.add_argument("--phase", choices=["staggered", "sync"], default="staggered")
-    parser.add_argument("--model", default="yolo")
-    parser.add_argument("--remote-workers", type=int, default=0,
-                        help="run only the master and wait for this many workers started elsewhere (Kubernetes)")
-    parser.add_argument("--master-port", type=int, default=5557, help="with --remote-workers: the port workers reach")
-    parser.add_argument("--resize-to-model", action="store_true",
-                        help="cameras shrink frames to the model input before sending (bandwidth-bound links)")
-
-
-def add_frames_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", "--images", dest="frames", default=None,
-                        help="frames to send: dataset (alias 256: the dataset's val split, the default), 720p, 1080p "
-                             "(labelled camera-sized frames, generated once), or a folder / .txt list of your own")
-
-
-def spec_from_args(args) -> LoadSpec:
-    return LoadSpec(args.streams, args.fps, parse_duration(args.duration), args.protocol, args.slo_ms, args.workers,
-                    args.max_in_flight, args.phase, args.model, args.remote_workers, args.master_port,
-                    args.resize_to_model)
+def add_frames_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--frames", "--images", dest="frames", default=default,
+                        help="frames to send: dataset (alias 256: the dataset's val split), 480p, 720p, 1080p "
+                             "(labelled camera-sized frames, generated once), or a folder / .txt list of your own "
+                             f"(default: {default or 'dataset'})")
 
 
 @cli_entry
@@ -248,14 +201,14 @@ def main(argv: list[str] | None = None) -> None:
                                       "(streams spread over them and fail over); default: start the local one")
     parser.add_argument("--metrics-url", help="their metrics endpoints, comma-separated (optional)")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
-    add_frames_argument(parser)
+    add_frames_argument(parser, default="1080p")  # what cameras send
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/loadtest"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/loadtest (loadtest-resized with --resize-to-model)")
     args = parser.parse_args(argv)
-    summary = load_test(spec_from_args(args), args.out, args.url, args.metrics_url, args.repo, args.frames,
-                        args.artifacts)
+    out = default_out(args, "loadtest-resized" if args.resize_to_model else "loadtest")
+    summary = load_test(spec_from_args(args), out, args.url, args.metrics_url, args.repo, args.frames, args.artifacts)
     print(to_markdown(summary))
-    print(f"report: {args.out}/summary.md, locust.html, latency_over_time.png")
+    print(f"report: {out}/summary.md, locust.html, latency_over_time.png")
 
 
 if __name__ == "__main__":

@@ -25,18 +25,18 @@ from pathlib import Path
 
 from compress.benchmark import spread, verdict
 from compress.env import cpu_threads, describe_machine, machine_line
-from compress.errors import InputFileError, ToolkitError, cli_entry
-from compress.local_detector import LocalDetector
+from compress.errors import ToolkitError, cli_entry
 from compress.manifest import Manifest
 from compress.plotting import saved_figure
 from compress.progress import progress
-from loadtest.capacity import apply, find_capacity, repository_settings
+from loadtest.capacity import PROBE_S, apply, find_capacity
 from tools.frame_sets import FrameSet, resolve_frames
 from loadtest.metrics import MetricsRecorder, combined_summary
 from loadtest.peer import input_data, run_perf_analyzer
-from loadtest.run import LoadSpec
+from loadtest.spec import LoadSpec, add_spec_arguments, default_out, spec_from_args
 from tools import build_repo
 from tools.client import collect_images
+from tools.repository import RepositoryRecord
 from tools.server import TritonServer
 from tools.triton_config import ENSEMBLE_NAME
 
@@ -53,11 +53,12 @@ OVERHEAD_GOAL = 0.9
 
 
 class InProcessPipeline:
-    """Decode + letterbox + ONNX Runtime + NMS in this process, batches of IN_PROCESS_BATCH."""
+    """Decode + letterbox + ONNX Runtime + NMS in this process, batches of IN_PROCESS_BATCH: the
+    deployed model with the deployed configuration (thresholds, max detections, decode), one
+    session on every core."""
 
-    def __init__(self, onnx: Path, payloads: list[bytes], settings):
-        self.detector = LocalDetector(onnx, conf_threshold=settings.conf_threshold,
-                                      iou_threshold=settings.iou_threshold, threads=cpu_threads())
+    def __init__(self, record: RepositoryRecord, payloads: list[bytes]):
+        self.detector = record.in_process_detector(threads=cpu_threads())
         self.batches = [payloads[i:i + IN_PROCESS_BATCH] for i in range(0, len(payloads), IN_PROCESS_BATCH)]
         self.detector.detect(self.batches[0])  # warm-up
 
@@ -81,7 +82,7 @@ def serving_overhead(repo: Path, images: list[Path], pipeline: InProcessPipeline
         # perf_analyzer stops at the first rejected request, and in a closed loop at saturation a
         # request now and then waits past the shipped queue timeout. Saturation throughput is measured with the timeout off: same batching
         # and instances; shedding only drops work.
-        apply(server, replace(repository_settings(repo), queue_timeout_us=0))
+        apply(server, replace(RepositoryRecord.load(repo).settings, queue_timeout_us=0))
         for concurrency in concurrencies:
             print(f"    perf_analyzer, concurrency {concurrency}", flush=True)
             try:
@@ -122,18 +123,6 @@ def naive_repository(onnx: Path, stage: str, out: Path) -> Path:
     settings = build_repo.settings_for(read_info(onnx), dynamic_batching=False, detector_instances=1,
                                        preprocess_instances=1, postprocess_instances=1)
     return build_repo.build(repo, onnx, settings, {"stage": stage, "target": "local", "naive": True})
-
-
-def served_onnx(repo: Path) -> tuple[str, Path]:
-    """The stage and the file REPO was built from (its detector adds a uint8 prefix to it)."""
-    from compress.manifest import file_hash
-
-    record = json.loads((repo / "repository.json").read_text())
-    source = Path(record.get("source", ""))
-    if not source.is_file() or file_hash(source) != record.get("model_sha256"):
-        raise InputFileError(f"{repo}'s model file {source} is missing or changed since the repository was built",
-                             hint="run `make repo` again")
-    return record.get("stage", "served"), source
 
 
 def stream_capacity(repo: Path, images: FrameSet, out: Path, spec: LoadSpec) -> dict:
@@ -203,46 +192,43 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/bench-serving"))
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--slo-ms", type=float, default=100.0)
-    parser.add_argument("--probe", type=float, default=15.0, help="seconds per capacity probe")
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/bench-serving")
+    add_spec_arguments(parser, only=("fps", "slo_ms", "duration_s"), duration_s=PROBE_S)  # --duration: per probe
     parser.add_argument("--frames", default="dataset", help="frame set: dataset (alias 256), 480p, 720p, 1080p or a folder")
     args = parser.parse_args(argv)
-    record = args.repo / "repository.json"
-    if not record.exists():
-        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` first")
-    settings = repository_settings(args.repo)
+    out = default_out(args, "bench-serving")
+    record = RepositoryRecord.load(args.repo)
     frames_list = resolve_frames(args.frames, args.artifacts)
     images = collect_images([frames_list.images])[:64]
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     print("==> (a) in-process pipeline and (b) served ensemble at saturation, alternating", flush=True)
-    pipeline = InProcessPipeline(args.repo / "detector" / "1" / "model.onnx", [p.read_bytes() for p in images], settings)
-    served = serving_overhead(args.repo, images[:16], pipeline, args.out)
+    pipeline = InProcessPipeline(record, [p.read_bytes() for p in images])
+    served = serving_overhead(args.repo, images[:16], pipeline, out)
     print(f"    (a) {served['in_process_fps']} frames/s, (b) {served['served_fps']} frames/s: "
           f"{served['ratio']:.0%} ({served['verdict']})", flush=True)
-    spec = LoadSpec(fps=args.fps, slo_ms=args.slo_ms, duration_s=args.probe)
+    spec = spec_from_args(args)
     print("==> (c) streams within the SLO: naive repository", flush=True)
     baseline_onnx = Manifest(args.artifacts).output("export", "onnx")
-    naive = stream_capacity(naive_repository(baseline_onnx, "export", args.out / "naive_repository"), frames_list,
-                            args.out / "naive", spec)
-    stage, onnx = served_onnx(args.repo)
+    naive = stream_capacity(naive_repository(baseline_onnx, "export", out / "naive_repository"), frames_list,
+                            out / "naive", spec)
+    stage, onnx = record.stage, record.source_unchanged()
     print(f"==> (c) streams within the SLO: naive repository serving {stage}", flush=True)
-    naive_same = stream_capacity(naive_repository(onnx, stage, args.out / "naive_same_model_repository"),
-                                 frames_list, args.out / "naive_same_model", spec)
+    naive_same = stream_capacity(naive_repository(onnx, stage, out / "naive_same_model_repository"),
+                                 frames_list, out / "naive_same_model", spec)
     print(f"==> (c) streams within the SLO: {args.repo}", flush=True)
-    tuned = stream_capacity(args.repo, frames_list, args.out / "tuned", spec)
-    result = {"repo": str(args.repo), "machine": describe_machine(), "frame_set": frames_list.record(), "settings": asdict(settings), "threads": cpu_threads(), "served": served,
+    tuned = stream_capacity(args.repo, frames_list, out / "tuned", spec)
+    result = {"repo": str(args.repo), "machine": describe_machine(), "frame_set": frames_list.record(),
+              "settings": asdict(record.settings), "threads": cpu_threads(), "served": served,
               "served_vs_in_process": served["ratio"],
-              "streams": {"fps": args.fps, "slo_ms": args.slo_ms, "served_stage": stage, "naive": naive["capacity_streams"],
+              "streams": {"fps": spec.fps, "slo_ms": spec.slo_ms, "served_stage": stage, "naive": naive["capacity_streams"],
                           "naive_same_model": naive_same["capacity_streams"], "tuned": tuned["capacity_streams"],
                           "naive_probes": naive["probes"], "naive_same_model_probes": naive_same["probes"],
                           "tuned_probes": tuned["probes"]},
               "tuned_vs_naive": round(tuned["capacity_streams"] / max(naive["capacity_streams"], 1), 2),
               "tuned_vs_naive_same_model": round(tuned["capacity_streams"] / max(naive_same["capacity_streams"], 1), 2)}
-    (args.out / "serving.json").write_text(json.dumps(result, indent=2))
-    (args.out / "serving.md").write_text(to_markdown(result))
-    plot(result, args.out / "serving.png")
+    (out / "serving.json").write_text(json.dumps(result, indent=2))
+    (out / "serving.md").write_text(to_markdown(result))
+    plot(result, out / "serving.png")
     print(to_markdown(result))
 
 

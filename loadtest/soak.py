@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
 from compress.env import describe_machine, machine_line
-from compress.errors import InputFileError, cli_entry
+from compress.errors import cli_entry
 from compress.plotting import saved_figure
-from tools.frame_sets import resolve_frames
 from loadtest.metrics import PeriodicSampler
-from loadtest.run import add_spec_arguments, load_test, spec_from_args
+from loadtest.run import load_test
+from loadtest.spec import add_spec_arguments, default_out, spec_from_args, streams_for
+from tools.frame_sets import resolve_frames
+from tools.repository import RepositoryRecord
 from tools.server import TritonServer
 
 GROWTH_GOAL = 0.10
+LOAD_SHARE = 0.7  # of the capacity `make capacity` measured, when no stream count is given
+SOAK_S = 600.0
 
 
 def process_label(process) -> str:
@@ -119,32 +122,13 @@ def soak_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def streams_for(args) -> tuple[int, str]:
-    """The explicit stream count, or `--load` (70%) of the capacity `make capacity` measured."""
-    if args.streams > 0:
-        return args.streams, f"{args.streams} streams as asked"
-    from tools.capacity_plan import capacity_for
-
-    measured = capacity_for(args.artifacts, args.frames)
-    if measured is None:
-        raise InputFileError(f"no capacity measured with {args.frames} frames in {args.artifacts / 'capacity'}",
-                             hint=f"run `make capacity FRAMES={args.frames}` first, or pass STREAMS=<n> "
-                                  "(e.g. `make soak STREAMS=6`)")
-    capacity = measured["capacity_streams"]
-    streams = max(1, math.floor(args.load * capacity))
-    return streams, (f"{streams} streams = {args.load:.0%} of the capacity of {capacity} streams measured with "
-                     f"{args.frames} frames")
-
-
 def soak(args) -> dict:
-    streams, note = streams_for(args)
-    args.streams = streams
-    spec = spec_from_args(args)
-    out = args.out
+    RepositoryRecord.load(args.repo)  # built, or one error saying how
+    streams, note = streams_for(args.streams, args.artifacts, args.frames, args.load)
+    spec = spec_from_args(args, streams=streams)
+    out = default_out(args, "soak")
     out.mkdir(parents=True, exist_ok=True)
     images = resolve_frames(args.frames, args.artifacts)
-    if not (args.repo / "yolo" / "config.pbtxt").exists():
-        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` (or `make`) first")
     with TritonServer(args.repo, log_path=out / "server.log") as server:
         url = server.grpc_url if spec.protocol == "grpc" else server.http_url
         print(f"==> soak: {note}, {spec.fps:g} FPS for {spec.duration_s:.0f} s; sampling server + stub RSS", flush=True)
@@ -166,20 +150,19 @@ def soak(args) -> dict:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_spec_arguments(parser)
-    parser.set_defaults(streams=0, duration="10m")
-    parser.add_argument("--load", type=float, default=0.7, help="share of the measured capacity (with --streams 0)")
+    add_spec_arguments(parser, streams=0, duration_s=SOAK_S)
+    parser.add_argument("--load", type=float, default=LOAD_SHARE, help="share of the measured capacity (with --streams 0)")
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="left out of the growth figure")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--frames", "--images", dest="frames", default="1080p",
                         help="frame set: dataset (alias 256), 480p, 720p, 1080p (default) or a folder")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/soak"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/soak")
     args = parser.parse_args(argv)
     result = soak(args)
     print(soak_markdown(result))
-    print(f"report: {args.out}/soak.md, rss_over_time.png (and the load test's summary.md)")
+    print(f"report: {default_out(args, 'soak')}/soak.md, rss_over_time.png (and the load test's summary.md)")
 
 
 if __name__ == "__main__":

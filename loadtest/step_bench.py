@@ -162,18 +162,21 @@ def plot(result: dict, path: Path) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     from compress.export import read_info
-    from loadtest.capacity import repository_settings
+    from loadtest.spec import default_out
+    from tools.repository import RepositoryRecord
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--frames", default=",".join(FRAME_SETS), help="comma-separated frame sets")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/bench-steps"))
+    parser.add_argument("--out", type=Path, help="default: <artifacts>/bench-steps")
     args = parser.parse_args(argv)
-    onnx = args.repo / "detector" / "1" / "model.onnx"
-    if not onnx.exists():
-        raise InputFileError(f"{args.repo} has no ONNX detector", hint="run `make repo` (an ONNX target) first")
-    settings, info = repository_settings(args.repo), read_info(onnx)
+    args.out = default_out(args, "bench-steps")
+    record = RepositoryRecord.load(args.repo)
+    onnx = record.detector_file
+    if record.target == "tensorrt":
+        raise InputFileError(f"{args.repo} serves a TensorRT plan", hint="build an ONNX target (`make repo`) to measure its steps")
+    settings, info = record.settings, read_info(onnx)
     args.out.mkdir(parents=True, exist_ok=True)
     frame_sets = {fs.name: fs for fs in (resolve_frames(n.strip(), args.artifacts) for n in args.frames.split(","))}
     result = {"machine": describe_machine(), "model_input": list(info.image_size),

@@ -25,6 +25,13 @@ class ImageCase:
     make: Callable[[np.ndarray], bytes]  # from a BGR photo to the payload
     outcome: str  # "served" | "refused"
     reason: str = ""  # regex the refusal message must match
+    # served: the BGR image a correct decoder shows for the payload (upright, in its colours)
+    shows: Callable[[np.ndarray], np.ndarray] = lambda photo: photo
+    colour: bool = True  # False: a grey image, whose channel order cannot be wrong
+
+
+def grey(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
 
 
 def encode(image: np.ndarray, ext: str = ".jpg", params: list[int] | None = None) -> bytes:
@@ -64,18 +71,21 @@ def small(bgr: np.ndarray, width: int = 320) -> np.ndarray:
 
 
 SERVED = [
-    ImageCase("jpeg_grayscale", lambda p: encode(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)), "served"),
+    ImageCase("jpeg_grayscale", lambda p: encode(cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)), "served", shows=grey,
+              colour=False),
     ImageCase("png_16bit", lambda p: encode(p.astype(np.uint16) * 257, ".png"), "served"),
     ImageCase("png_rgba", lambda p: encode(cv2.cvtColor(p, cv2.COLOR_BGR2BGRA), ".png"), "served"),
     ImageCase("jpeg_cmyk", lambda p: pil_bytes(to_pil(p).convert("CMYK"), "JPEG"), "served"),
     ImageCase("png_palette", lambda p: pil_bytes(to_pil(p).convert("P"), "PNG"), "served"),
     ImageCase("jpeg_exif_rotated", exif_rotated, "served"),
-    ImageCase("bmp", lambda p: encode(small(p), ".bmp"), "served"),
+    ImageCase("bmp", lambda p: encode(small(p), ".bmp"), "served", shows=small),
     ImageCase("webp", lambda p: encode(p, ".webp"), "served"),
-    ImageCase("tiff", lambda p: encode(small(p), ".tiff"), "served"),
+    ImageCase("tiff", lambda p: encode(small(p), ".tiff"), "served", shows=small),
     ImageCase("jpeg_trailing_garbage", lambda p: encode(p) + b"\x00garbage" * 100, "served"),
-    ImageCase("jpeg_4k", lambda p: encode(cv2.resize(p, (3840, 2160))), "served"),
-    ImageCase("thin_16x600", lambda p: encode(cv2.resize(p, (16, 600))), "served"),
+    ImageCase("jpeg_4k", lambda p: encode(cv2.resize(p, (3840, 2160))), "served",
+              shows=lambda p: cv2.resize(p, (3840, 2160))),
+    ImageCase("thin_16x600", lambda p: encode(cv2.resize(p, (16, 600))), "served",
+              shows=lambda p: cv2.resize(p, (16, 600)), colour=False),  # 16 px wide: too little colour to judge
 ]
 
 REFUSED = [

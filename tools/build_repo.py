@@ -18,10 +18,14 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from compress.defaults import DEFAULT_MAX_BATCH_SIZE
 from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 from compress.export import read_info, with_uint8_pixels
-from compress.manifest import Manifest, file_hash, gated_model
+from compress.manifest import Manifest, file_hash
+from compress.records import REPORT_FILE, GatedModel, Report, SearchRecord
 from tools import triton_config as tc
+from tools.repository import RepositoryRecord
+from tools.triton_config import TUNED_KEYS
 
 TOOLS_DIR = Path(__file__).resolve().parent
 SHARED_MATHS = TOOLS_DIR.parent / "compress" / "detection.py"
@@ -30,7 +34,8 @@ LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
 PYTHON_MODELS = (tc.PREPROCESS, tc.POSTPROCESS)
 
 
-def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated: bool = False) -> tuple[str, Path]:
+def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated: bool = False,
+                 max_batch: int | None = None) -> tuple[str, Path]:
     """(stage, file) the detector serves: an ONNX for local/onnxruntime, a plan for tensorrt.
 
     Only what the parity gate passed, byte for byte (`served.json`); `allow_ungated` (with a
@@ -40,29 +45,27 @@ def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated:
     if stage is not None or allow_ungated:
         warn_ungated(f"stage {stage!r} of {artifacts}" if stage else f"the report's choice in {artifacts}")
         if target == "tensorrt":
-            return "plan", _plan_file(manifest)
+            return "plan", _plan_file(manifest, max_batch=max_batch)
         if stage is None:
-            from compress.report import served_choice
-
-            served = served_choice(artifacts)
-            return served["name"], served["onnx"]
-        search = manifest.get("search")
-        if search and f"{stage}_int8" in search.outputs:  # a search candidate by name, e.g. STAGE=relu_1.5x
-            return stage, manifest.output("search", f"{stage}_int8")
+            served = Report.load(artifacts).served
+            return served.name, served.onnx
+        search = SearchRecord.load(manifest) if manifest.get("search") else None
+        if search and stage in search.candidates:  # a search candidate by name, e.g. STAGE=relu_1.5x
+            return stage, search.candidates[stage].files["int8"]
         return stage, manifest.output(stage, "onnx")
-    gated = gated_model(artifacts)
-    report = Path(artifacts) / "report" / "report.json"
-    chosen = json.loads(report.read_text())["served"]["name"] if report.exists() else gated["stage"]
-    if chosen != gated["stage"]:  # e.g. `make bench` re-measured and the report now chooses another model
-        raise GateFailedError(f"the report now serves {chosen}, but the parity gate passed {gated['stage']}",
+    gated = GatedModel.load(artifacts)
+    report = Report.load(artifacts) if (Path(artifacts) / REPORT_FILE).exists() else None
+    chosen = report.served.name if report else gated.stage
+    if chosen != gated.stage:  # e.g. `make bench` re-measured and the report now chooses another model
+        raise GateFailedError(f"the report now serves {chosen}, but the parity gate passed {gated.stage}",
                               hint="run `make parity` to gate the report's choice (or ALLOW_UNGATED=1)")
     if target != "tensorrt":
-        return gated["stage"], Path(gated["onnx"])
-    precision = json.loads(report.read_text())["served"]["precision"] if report.exists() else "int8"
-    plan = _plan_file(manifest, precision)
+        return gated.stage, gated.onnx
+    precision = report.served.precision if report else "int8"
+    plan = _plan_file(manifest, precision, max_batch)
     built_from = manifest.get("plan").inputs.get("served")
-    twin_missing = precision == "int8" and gated.get("trt_onnx_sha256") is None
-    if twin_missing or gated.get("mixed_precision") or built_from != gated["sha256"]:
+    twin_missing = precision == "int8" and gated.trt_onnx_sha256 is None
+    if twin_missing or gated.mixed_precision or built_from != gated.sha256:
         raise GateFailedError(
             "the TensorRT plan was not built from the model the parity gate passed",
             hint="the gate chose a mixed-precision model or the plan is stale: rebuild with `make plan` after "
@@ -70,13 +73,18 @@ def served_model(artifacts: Path, stage: str | None, target: str, allow_ungated:
     return "plan", plan
 
 
-def _plan_file(manifest: Manifest, precision: str = "int8") -> Path:
-    """The plan of the served model: INT8 for an INT8 model, FP16 for an FP32 one."""
+def _plan_file(manifest: Manifest, precision: str = "int8", max_batch: int | None = None) -> Path:
+    """The plan of the served model: INT8 for an INT8 model, FP16 for an FP32 one; its optimization
+    profile must cover the repository's max batch."""
     record, output = manifest.get("plan"), "int8_plan" if precision == "int8" else "fp16_plan"
     if record is None or output not in record.outputs:
         raise MissingDependencyError(
             "no TensorRT plan has been built",
             hint="run `make plan` where TensorRT is installed (an NGC TensorRT/Triton container)")
+    built_for = record.settings.get("max_batch", DEFAULT_MAX_BATCH_SIZE)
+    if max_batch is not None and max_batch > built_for:
+        raise tc.ConfigError(f"the TensorRT plan's profile stops at batch {built_for}, the repository's max batch is "
+                             f"{max_batch}", hint=f"rebuild the plan with `make plan MAX_BATCH={max_batch}`")
     return manifest.output("plan", output)
 
 
@@ -139,30 +147,33 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
     for config in tc.all_configs(settings):
         tc.write_config(config, repo / config.name)
-    # model_sha256: the gated file; served_sha256: what the detector loads (differs by the uint8 prefix)
-    record = {**provenance, "model_sha256": file_hash(model_file), "served_sha256": file_hash(served_file),
-              "settings": asdict(settings)}
-    (repo / "repository.json").write_text(json.dumps(record, indent=2))
+    provenance = dict(provenance)
+    record = RepositoryRecord(repo, provenance.pop("stage"), provenance.pop("target", settings.target),
+                              Path(provenance.pop("source", model_file)), bool(provenance.pop("gated", False)),
+                              file_hash(model_file), file_hash(served_file), settings, provenance.pop("tuned", None),
+                              provenance)
+    record.save()
     return repo
 
 
-TUNED_KEYS = ("queue_delay_us", "preferred_batch_sizes", "detector_instances", "preprocess_instances",
-              "postprocess_instances")
+def previous_record(repo: Path) -> RepositoryRecord | None:
+    """The record of what `repo` was built as before, if it was (and still parses)."""
+    try:
+        return RepositoryRecord.load(repo)
+    except InputFileError:
+        return None
 
 
-def settings_from_args(args, info) -> tc.RepositorySettings:
+def settings_from_args(args, info, previous: RepositoryRecord | None) -> tc.RepositorySettings:
     overrides = {f.name: getattr(args, f.name) for f in fields(tc.RepositorySettings)
-                 if getattr(args, f.name, None) is not None}
-    previous = args.repo / "repository.json"
-    if previous.exists():
-        record = json.loads(previous.read_text())
-        if "tuned" in record and record.get("target") == args.target:
-            # `make tune` measured these on this machine: keep them unless overridden here.
-            kept = {k: record["settings"][k] for k in TUNED_KEYS if k not in overrides}
-            if kept:
-                print(f"keeping tuned settings from {previous}: {kept}")
-                overrides = {**kept, **overrides}
-    return settings_for(info, **overrides)
+                 if f.name != "target" and getattr(args, f.name, None) is not None}
+    if previous and previous.tuned and previous.target == args.target:
+        # `make tune` measured these on this machine: keep them unless overridden here.
+        kept = {k: getattr(previous.settings, k) for k in TUNED_KEYS if k not in overrides}
+        if kept:
+            print(f"keeping tuned settings from {previous.repo / 'repository.json'}: {kept}")
+            overrides = {**kept, **overrides}
+    return settings_for(info, target=args.target, **overrides)
 
 
 def settings_for(info, **overrides) -> tc.RepositorySettings:
@@ -214,24 +225,22 @@ def main(argv: list[str] | None = None) -> None:
         warn_ungated(str(args.onnx))
         stage, model_file, onnx_file = "user", args.onnx, args.onnx
     else:
-        stage, model_file = served_model(args.artifacts, args.stage, args.target, args.allow_ungated)
-        if args.target == "tensorrt":
-            from compress.report import served_choice
-
-            onnx_file = served_choice(args.artifacts)["onnx"]  # what the plan was built from: its classes, size
-        else:
-            onnx_file = model_file
+        stage, model_file = served_model(args.artifacts, args.stage, args.target, args.allow_ungated,
+                                         args.max_batch_size or DEFAULT_MAX_BATCH_SIZE)
+        # a plan carries no ONNX metadata: its classes and size are those of the model it was built from
+        onnx_file = Report.load(args.artifacts).served.onnx if args.target == "tensorrt" else model_file
     info = read_info(onnx_file)
     if not all((args.repo / name / "1" / "model.py").exists() for name in PYTHON_MODELS):
         copy_python_models(args.repo)  # a new REPO= folder: start from the committed Python models
-    settings = settings_from_args(args, info)
-    previous = args.repo / "repository.json"
-    tuned = json.loads(previous.read_text()).get("tuned") if previous.exists() else None
+    previous = previous_record(args.repo)
+    settings = settings_from_args(args, info, previous)
+    tuned = previous.tuned if previous and previous.target == args.target else None
     gated = not (args.onnx or args.stage or args.allow_ungated)
     build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
                                             "gated": gated, **({"tuned": tuned} if tuned else {})})
     print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
-          f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout})")
+          f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout}, "
+          f"detector instances {settings.detector_instances} x {settings.device})")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from compress.defaults import DEFAULT_CAMERA_FPS, DEFAULT_SLO_MS
 from compress.env import cpu_threads
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from tools import k8s
 from tools import triton_config as tc
 from tools.container import shm_size_bytes
+from tools.repository import RepositoryRecord
 
 TARGET_UTILISATION = 0.7  # replicas run at <= 70% of measured capacity: room for spikes and a rollout
 BURST_FACTOR = 1.5  # HPA may grow to 1.5x the steady replica count (camera bursts, a slow node)
@@ -60,6 +62,24 @@ def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
     name = "dataset" if str(frames) in ("256", "dataset") else Path(str(frames)).name
     found = by_frames.get(name)
     return {**found, "source": str(path)} if found else None
+
+
+def capacity_table(result: dict) -> list[str]:
+    """The capacity per frame size (capacity.json) as markdown table lines: `make capacity`'s
+    report and the README's headline print the same lines."""
+    by_frames = result["by_frames"]
+    base = by_frames.get("dataset", {}).get("capacity_streams")
+    lines = ["| frames | size | KiB/frame | streams held | vs dataset | bottleneck | preprocess ms/frame | "
+             "detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for name, r in by_frames.items():
+        held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
+        compute, fs = held["compute_ms_per_frame"], r["frame_set"]
+        ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
+        lines.append(f"| {name} | {fs['width']}x{fs['height']} | {fs['mean_kib']} | {r['capacity_streams']} | {ratio} | "
+                     f"{held['bottleneck']} | {compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
+                     f"{held['client_cpu_ms_per_frame']} |")
+    return lines
 
 
 def measured_capacity(artifacts: Path, frames: str | None = None) -> dict:
@@ -176,17 +196,31 @@ def kustomization(result: dict, overlay_dir: Path, out_dir: Path) -> dict:
                         {"target": {"kind": "Job", "name": "locust-master"}, "patch": yaml.safe_dump(args)}]}
 
 
+def plan_title(result: dict) -> str:
+    i = result["inputs"]
+    return f"Capacity plan: {i['cameras']} cameras x {i['fps']:g} FPS on {i['overlay']} nodes"
+
+
+def frames_line(result: dict) -> str:
+    return f"- frames this plan assumes: **{result['inputs']['frames']}** (the size the capacity was measured with)"
+
+
+def replicas_line(result: dict) -> str:
+    i = result["inputs"]
+    return (f"- replicas = max(2, ceil({result['demand_fps']:g} / ({result['replica_fps']:g} x {i['target_utilisation']})))"
+            f" = **{result['replicas']}** (run at <= {i['target_utilisation']:.0%} of capacity; 2 so one can drain)")
+
+
 def to_markdown(result: dict) -> str:
     i = result["inputs"]
     cap = i["replica_capacity_streams"]
-    lines = [f"# Capacity plan: {i['cameras']} cameras x {i['fps']:g} FPS on {i['overlay']} nodes", "",
+    lines = [f"# {plan_title(result)}", "",
              f"- demand: {i['cameras']} x {i['fps']:g} = **{result['demand_fps']:g} frames/s**",
-             f"- frames this plan assumes: **{i['frames']}** (the size the capacity was measured with)",
+             frames_line(result),
              f"- one replica ({cap['kind']}, {cap['source']}): {cap['value']} streams x {cap['at_fps']:g} FPS within "
              f"p99 <= {i['slo_ms']} ms = **{result['replica_fps']:g} frames/s** on {i['replica_cpus']['value']} CPUs "
              f"({i['replica_cpus']['kind']})",
-             f"- replicas = max(2, ceil({result['demand_fps']:g} / ({result['replica_fps']:g} x {i['target_utilisation']})))"
-             f" = **{result['replicas']}** (run at <= {i['target_utilisation']:.0%} of capacity; 2 so one can drain)",
+             replicas_line(result),
              f"- HPA: min {result['hpa']['min']}, max ceil({result['hpa']['min']} x {i['burst_factor']}) = "
              f"{result['hpa']['max']}, target {result['hpa']['frames_per_second_target']:g} frames/s per pod "
              f"(`{HPA_METRIC}`) = {i['target_utilisation']} x {result['replica_fps']:g} frames/s at capacity",
@@ -207,8 +241,8 @@ def to_markdown(result: dict) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cameras", type=int, required=True)
-    parser.add_argument("--fps", type=float, required=True)
+    parser.add_argument("--cameras", type=int, default=500, help="cameras to serve (default %(default)s)")
+    parser.add_argument("--fps", type=float, default=DEFAULT_CAMERA_FPS, help="frames per second per camera (default %(default)s)")
     parser.add_argument("--overlay", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
@@ -222,16 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.per_replica_streams:
         capacity = {"capacity_streams": args.per_replica_streams, "fps": args.fps, "kind": "assumed",
-                    "source": "--per-replica-streams", "slo_ms": 100.0,
+                    "source": "--per-replica-streams", "slo_ms": DEFAULT_SLO_MS,
                     **({"machine": {"cpus": args.replica_cpus}} if args.replica_cpus else {})}
     elif args.capacity:
         capacity = {**json.loads(args.capacity.read_text()), "source": str(args.capacity)}
     else:
         capacity = measured_capacity(args.artifacts, args.frames)
-    record = args.repo / "repository.json"
-    if not record.exists():
-        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo` first (the plan sizes /dev/shm from it)")
-    settings = tc.RepositorySettings(**json.loads(record.read_text())["settings"])
+    settings = RepositoryRecord.load(args.repo).settings  # the plan sizes /dev/shm from it
     result = plan(args.cameras, args.fps, capacity, None if args.per_replica_streams else soak_memory_mb(args.artifacts),
                   settings, args.overlay)
     folder = args.out / f"plan-{args.overlay}"
@@ -246,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     # the measured side of the plan goes with the other results (`make docs` gathers them)
     (args.artifacts / "plan").mkdir(parents=True, exist_ok=True)
     (args.artifacts / "plan" / "plan.md").write_text(to_markdown(result))
+    (args.artifacts / "plan" / "plan.json").write_text(json.dumps(result, indent=2))
     print(to_markdown(result))
     print(f"manifests: {rendered} ({sum(r['result'] == 'valid' for r in rows)} resources valid for Kubernetes "
           f"{k8s.K8S_VERSION}); kustomization {folder}")

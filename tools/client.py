@@ -179,21 +179,18 @@ def annotate(image: np.ndarray, detections: Detections, names: dict[int, str] | 
     return out
 
 
-def run(images: list[Path], make_detector, batch: int, concurrency: int) -> list[list[Detections] | Exception]:
-    """Send images in batches, `concurrency` requests in flight; one result (or error) per batch.
+def run(images: list[Path], make_detector, batch: int, concurrency: int) -> list[Detections | Exception]:
+    """Send images in batches, `concurrency` requests in flight; one result (or error) per image.
 
-    Each worker thread gets its own detector from `make_detector()`: tritonclient's HTTP client
-    runs on gevent and must stay in the thread that made it (sharing one fails with
+    A batch the server refuses for a bad image is sent again image by image, so only the bad
+    file fails. Each worker thread gets its own detector from `make_detector()`: tritonclient's
+    HTTP client runs on gevent and must stay in the thread that made it (sharing one fails with
     "greenlet.error: Cannot switch to a different thread").
     """
     chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
     local, made, lock = threading.local(), [], threading.Lock()
 
-    def send(chunk):
-        if not hasattr(local, "detector"):
-            local.detector = make_detector()
-            with lock:
-                made.append(local.detector)
+    def detect(chunk):
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 return local.detector.detect([p.read_bytes() for p in chunk])
@@ -201,12 +198,24 @@ def run(images: list[Path], make_detector, batch: int, concurrency: int) -> list
                 if attempt == BUSY_RETRIES:
                     return error
                 time.sleep(0.2 * 2 ** attempt)
-            except (ToolkitError, OSError) as error:  # this batch's failure, reported beside the others
+            except (ToolkitError, OSError) as error:  # this request's failure, reported beside the others
                 return error
+
+    def send(chunk) -> list[Detections | Exception]:
+        if not hasattr(local, "detector"):
+            local.detector = make_detector()
+            with lock:
+                made.append(local.detector)
+        result = detect(chunk)
+        if not isinstance(result, Exception):
+            return list(result)
+        if len(chunk) > 1 and isinstance(result, (BadImageError, InputFileError)):
+            return [item for path in chunk for item in send([path])]  # find the bad file: the others are served
+        return [result] * len(chunk)
 
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(send, chunks))
+            return [item for items in pool.map(send, chunks) for item in items]
     finally:
         for detector in made:
             getattr(detector, "close", lambda: None)()
@@ -252,20 +261,17 @@ def main(argv: list[str] | None = None) -> None:
         names = read_info(args.names).names
     results = run(images, make_detector, max(1, args.batch), max(1, args.concurrency))
     report, failures = [], 0
-    batch = max(1, args.batch)
-    for index, result in enumerate(results):
-        chunk = images[index * batch:(index + 1) * batch]
+    for path, result in zip(images, results):
         if isinstance(result, Exception):
-            failures += len(chunk)
-            report.extend({"image": str(p), "error": str(result)} for p in chunk)
+            failures += 1
+            report.append({"image": str(path), "error": str(result)})
             continue
-        for path, detections in zip(chunk, result):
-            report.append({"image": str(path), "detections": detections.to_json(names)})
-            if args.annotate:
-                import cv2
+        report.append({"image": str(path), "detections": result.to_json(names)})
+        if args.annotate:
+            import cv2
 
-                args.annotate.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(args.annotate / path.name), annotate(cv2.imread(str(path)), detections, names))
+            args.annotate.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(args.annotate / path.name), annotate(cv2.imread(str(path)), result, names))
     json.dump(report, sys.stdout, indent=1)
     print()
     if failures:

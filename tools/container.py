@@ -30,6 +30,7 @@ from compress.env import CACHE_DIR, PROJECT_ROOT
 from compress.errors import InputFileError, MissingDependencyError, ToolkitError, cli_entry
 from compress.manifest import val_image_list
 from tools import triton_config as tc
+from tools.repository import RepositoryRecord
 from tools.server import LOOPBACK
 
 DOCKER_DIR = PROJECT_ROOT / "deploy" / "docker"
@@ -51,18 +52,10 @@ class ContainerError(ToolkitError):
     """A repository or setting the container cannot serve."""
 
 
-def repository_record(repo: Path) -> dict:
-    record = Path(repo) / "repository.json"
-    if not record.exists():
-        raise InputFileError(f"{repo} has not been built (no repository.json)",
-                             hint="run `make repo TARGET=onnxruntime` first")
-    return json.loads(record.read_text())
-
-
-def check_target(repo: Path) -> dict:
+def check_target(repo: Path) -> RepositoryRecord:
     """The repository's record, if its target is one this image serves; else one clear error."""
-    record = repository_record(repo)
-    target = record.get("target", "unknown")
+    record = RepositoryRecord.load(repo)
+    target = record.target
     if target not in IMAGE_TARGETS:
         raise ContainerError(f"{repo} was built for target {target!r}; the container serves "
                              f"{' or '.join(IMAGE_TARGETS)} (its detector runs in Triton's own backends)",
@@ -166,8 +159,7 @@ def docker_run_command(repo: Path, image: str = IMAGE_TAG, host: str = LOOPBACK,
     The key itself is not in the command (it would show in `ps`): `-e TRITON_ADMIN_KEY` hands the
     caller's environment variable to the entrypoint, which turns it into Triton's flags.
     """
-    record = check_target(repo)
-    settings = tc.RepositorySettings(**record["settings"])
+    settings = check_target(repo).settings
     shm_mb = shm_size_bytes(settings) // 2**20
     command = ["docker", "run", "--rm", "--init", "--name", "yolo-triton", f"--shm-size={shm_mb}m",
                "--read-only", "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL",

@@ -18,6 +18,7 @@ from compress.errors import InputFileError, ServerError, cli_entry
 from compress.export import read_info
 from compress.manifest import Manifest
 from tools.client import TritonDetectorClient, annotate, collect_images
+from tools.repository import RepositoryRecord
 from tools.server import TritonServer
 
 
@@ -39,14 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--repeats", type=int, default=10, help="timed single-image requests")
     args = parser.parse_args(argv)
-    built = args.repo / "repository.json"
-    if not built.exists():
-        raise InputFileError(f"{args.repo} has not been built", hint="run `make repo`")
-    repository = json.loads(built.read_text())
-    if repository["target"] != "local":
-        raise ServerError(f"{args.repo} is built for target {repository['target']!r}; the local server runs only "
+    record = RepositoryRecord.load(args.repo)
+    if record.servable_here():
+        raise ServerError(f"{args.repo} is built for target {record.target!r}; the local server runs only "
                           "the Python backend", hint="use `make serve-docker`, or rebuild with TARGET=local")
-    names = read_info(args.repo / "detector" / "1" / "model.onnx").names
+    repository = {"stage": record.stage, "target": record.target}
+    names = read_info(record.detector_file).names
     images = demo_images(args.artifacts)
     out_dir = args.artifacts / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -78,13 +78,16 @@ class _QuietServer(ThreadingHTTPServer):
 class ReadinessFront:
     """The launcher's readiness endpoint on its own port (a context manager).
 
-    GET /ready: 200 only once started, while not draining, and while Triton's /v2/health/ready is
-    200; else 503.
-    GET /live: Triton's /v2/health/live.
+    GET /ready: 200 only once started, while not draining, while `healthy()` (every step's stub
+    alive, tools.health) and while Triton's /v2/health/ready is 200; else 503.
+    GET /live: Triton's /v2/health/live, and 503 once `alive()` is false (a step that keeps dying).
     """
 
     def __init__(self, triton_http: str, host: str, port: int):
         self.triton_http = triton_http  # host:port of Triton's HTTP endpoint
+        # more than Triton knows: whether every step can answer, and whether the replica can heal
+        self.healthy: Callable[[], bool] = lambda: True
+        self.alive: Callable[[], bool] = lambda: True
         # Triton answers ready before the launcher has loaded any model (explicit model control):
         # readiness waits for the launcher to say it has finished starting
         self.started = threading.Event()
@@ -124,7 +127,7 @@ class ReadinessFront:
         return f"http://{host}:{port}"
 
     def ready(self) -> bool:
-        return (self.started.is_set() and not self.draining.is_set()
+        return (self.started.is_set() and not self.draining.is_set() and self.healthy()
                 and http_ok(f"http://{self.triton_http}/v2/health/ready"))
 
     def start_being_ready(self) -> None:
@@ -132,7 +135,7 @@ class ReadinessFront:
         self.started.set()
 
     def live(self) -> bool:
-        return http_ok(f"http://{self.triton_http}/v2/health/live")
+        return self.alive() and http_ok(f"http://{self.triton_http}/v2/health/live")
 
     def stop_being_ready(self) -> None:
         self.draining.set()
@@ -199,9 +202,11 @@ def wait_until_idle(metrics_url: str, settings: DrainSettings, say: Callable[[st
 
 
 def drain_and_stop(server, front: ReadinessFront, settings: DrainSettings,
-                   say: Callable[[str], None] = print) -> int | None:
+                   say: Callable[[str], None] = print, before_stop: Callable[[], None] = lambda: None) -> int | None:
     """The four stages, one line each; returns Triton's exit code. `server` is a started
-    tools.server.TritonServer. The caller keeps signals from interrupting it (tools.server.StopRequests)."""
+    tools.server.TritonServer; `before_stop` runs just before Triton is stopped (the launcher's
+    stub watch reloads a step whose stub died, so Triton stops cleanly). The caller keeps signals
+    from interrupting it (tools.server.StopRequests)."""
     front.stop_being_ready()
     say(f"drain: not ready ({front.url}/ready answers 503; Triton keeps serving)")
     if settings.grace_s > 0 and not front.checked:
@@ -215,5 +220,6 @@ def drain_and_stop(server, front: ReadinessFront, settings: DrainSettings,
         say(f"drain: idle after {idle['waited_s']:g} s (nothing pending, no request for {settings.quiet_s:g} s)")
     else:
         say(f"drain: still {idle['pending_at_end']} pending after the {settings.max_wait_s:g} s cap; stopping anyway")
+    before_stop()
     say(f"drain: stopping Triton (SIGTERM; it finishes what is left within {server.exit_timeout_s} s)")
     return server.stop()

@@ -17,13 +17,13 @@ import io
 import os
 import shutil
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.errors import MissingDependencyError, ServerError, ToolkitError
-from tools.server import LOOPBACK, die_with_parent, free_port
+from tools.process import ManagedProcess
+from tools.server import LOOPBACK, free_port
 
 INSTALL_HINT = "install the Debian package: apt-get install -y haproxy (`make test` does so through .ci/install-haproxy)"
 GRPC_BACKEND, HTTP_BACKEND = "grpc_replicas", "http_replicas"
@@ -177,9 +177,8 @@ class HAProxy:
         self.http_port = self.http_port or free_port()
         self.stats_port = self.stats_port or free_port()
         self.config_path = Path(self.folder) / "haproxy.cfg"
-        self.process: subprocess.Popen | None = None
-        self._lines: list[tuple[float, str]] = []  # (received at, line) of everything it printed
-        self._reader: threading.Thread | None = None
+        self.process: ManagedProcess | None = None
+        self._output: ManagedProcess | None = None  # the last process started: its output outlives it
 
     @property
     def grpc_url(self) -> str:
@@ -199,38 +198,26 @@ class HAProxy:
         self.config_path.write_text(render_config(self.backends, self.grpc_port, self.http_port, self.stats_port,
                                                   self.check))
         validate_config(self.config_path)
-        self.process = subprocess.Popen([binary, "-f", str(self.config_path), "-db"], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                        preexec_fn=die_with_parent())
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._reader.join(timeout=2)
-                raise ServerError(f"haproxy exited with code {self.process.returncode} at start",
-                                  hint=" | ".join(line for _, line in self._lines[-3:]) or str(self.config_path))
-            try:
-                self.server_states()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise ServerError(f"haproxy did not answer on its stats port within {timeout_s:.0f} s")
+        self.process = self._output = ManagedProcess("haproxy", [binary, "-f", str(self.config_path), "-db"],
+                                                     capture=True, new_session=False).start()
+        try:
+            self.process.wait_until(self._answers, timeout_s, "answer on its stats port")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.server_states()
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._reader:
-            self._reader.join(timeout=5)
-        self.process = None
+        if self.process is not None:
+            self.process.stop(timeout_s=10)
+            self.process = None
 
     def __enter__(self) -> "HAProxy":
         return self.start()
@@ -238,13 +225,9 @@ class HAProxy:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.append((time.time(), line.rstrip("\n")))
-
     def output(self) -> list[tuple[float, str]]:
-        """Everything haproxy printed so far, with the time each line arrived."""
-        return list(self._lines)
+        """Everything haproxy printed so far, with the time each line arrived (kept after it stopped)."""
+        return self._output.output() if self._output else []
 
     def requests(self, since: float = 0.0) -> list[RequestLog]:
         """The requests logged so far that HAProxy received after `since` (epoch s), in the order they ended."""

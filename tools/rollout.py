@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -18,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.env import PROJECT_ROOT
-from compress.errors import InputFileError, ServerError
+from compress.errors import ServerError
 from tools.drain import DrainSettings, http_ok
 from tools.haproxy import Backend, HAProxy, HealthCheck, haproxy_binary
-from tools.server import LOOPBACK, die_with_parent, free_port
+from tools.process import ManagedProcess
+from tools.repository import RepositoryRecord
+from tools.server import LOOPBACK, free_port
 
 
 def drain_settings_for(check: HealthCheck, quiet_s: float = 0.5, max_wait_s: float = 15.0) -> DrainSettings:
@@ -40,8 +41,13 @@ class Replica:
 
     def __post_init__(self):
         self.http_port, self.grpc_port, self.metrics_port, self.ready_port = (free_port() for _ in range(4))
-        self.process: subprocess.Popen | None = None
+        self.launcher: ManagedProcess | None = None
         self.starts: list[float] = []  # seconds each start took to become ready
+
+    @property
+    def process(self):
+        """The launcher's Popen (None before the first start)."""
+        return self.launcher.process if self.launcher else None
 
     @property
     def backend(self) -> Backend:
@@ -64,11 +70,10 @@ class Replica:
         return self.logs / f"{self.name}.launcher.log"
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.launcher is not None and self.launcher.running()
 
     def launch(self) -> None:
         """Start the launcher; `wait_ready` blocks until it answers ready."""
-        self.logs.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tools.server", "local", "--repo", str(self.repo),
                    "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                    "--metrics-port", str(self.metrics_port), "--ready-port", str(self.ready_port),
@@ -77,24 +82,14 @@ class Replica:
                    "--drain-quiet", str(self.settings.quiet_s)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
                                                            if p)}
-        with open(self.launcher_log, "ab") as log:
-            # its own process group: a Ctrl-C meant for the rollout must not start every drain at once
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=PROJECT_ROOT, start_new_session=True, preexec_fn=die_with_parent())
-        self._launched_at = time.monotonic()
+        # its own session: a Ctrl-C meant for the rollout must not start every drain at once
+        self.launcher = ManagedProcess(f"replica {self.name}", command, env=env, cwd=PROJECT_ROOT,
+                                       log_path=self.launcher_log).start()
 
     def wait_ready(self, timeout_s: float = 180.0) -> float:
-        deadline = self._launched_at + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"replica {self.name} exited with code {self.process.returncode} while starting",
-                                  hint=f"see {self.launcher_log}: {self._log_tail()}")
-            if http_ok(self.ready_url, timeout_s=0.5):
-                took = time.monotonic() - self._launched_at
-                self.starts.append(took)
-                return took
-            time.sleep(0.1)
-        raise ServerError(f"replica {self.name} was not ready within {timeout_s:.0f} s", hint=f"see {self.launcher_log}")
+        took = self.launcher.wait_until(lambda: http_ok(self.ready_url, timeout_s=0.5), timeout_s, "become ready")
+        self.starts.append(took)
+        return took
 
     def start(self, timeout_s: float = 180.0) -> float:
         self.launch()
@@ -105,18 +100,19 @@ class Replica:
         it; returns the launcher's exit code (Triton's)."""
         if not self.is_running():
             return None
-        self.process.send_signal(signal.SIGTERM)
+        self.launcher.send(signal.SIGTERM)
         return self.wait_stopped()
 
     def wait_stopped(self) -> int | None:
         s = self.settings
         timeout_s = s.grace_s + s.max_wait_s + self.exit_timeout_s + 30
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        code = self.launcher.wait(timeout_s)
+        if code is None:
             self.kill()
             raise ServerError(f"replica {self.name} did not finish its drain within {timeout_s:.0f} s",
-                              hint=f"see {self.launcher_log}") from None
+                              hint=f"see {self.launcher_log}")
+        self.launcher.stop()  # reaps it and closes its log
+        return code
 
     def kill(self) -> float | None:
         """SIGKILL Triton's process group (server and Python stubs) and the launcher, Triton first:
@@ -124,10 +120,10 @@ class Replica:
         Triton was gone (epoch s): until then it still held its connections and took requests."""
         import psutil
 
-        if self.process is None:
+        if self.launcher is None or self.launcher.process is None:
             return None
         try:
-            children = psutil.Process(self.process.pid).children()
+            children = psutil.Process(self.launcher.pid).children()
         except psutil.Error:
             children = []
         for child in children:
@@ -139,17 +135,8 @@ class Replica:
         while any(_alive(child) for child in children) and time.monotonic() < deadline:
             time.sleep(0.002)
         gone = time.time()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        self.launcher.stop(timeout_s=0, signum=signal.SIGKILL)
         return gone
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.launcher_log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(lines[-3:])
 
 
 def _alive(process) -> bool:
@@ -168,8 +155,7 @@ class Cluster:
     def __init__(self, repo: Path, folder: Path, count: int = 2, check: HealthCheck = HealthCheck(),
                  settings: DrainSettings | None = None):
         haproxy_binary()  # before anything starts: a missing balancer is one readable error
-        if not (Path(repo) / "yolo" / "config.pbtxt").exists():
-            raise InputFileError(f"{repo} has not been built", hint="run `make repo` (or `make`) first")
+        RepositoryRecord.load(repo)  # built, or one error saying how
         self.folder = Path(folder)
         self.check = check
         self.settings = settings or drain_settings_for(check)
@@ -216,7 +202,7 @@ class Cluster:
     def _stop_replicas(self) -> None:
         running = [r for r in self.replicas if r.is_running()]
         for replica in running:
-            replica.process.send_signal(signal.SIGTERM)  # all drains at once
+            replica.launcher.send(signal.SIGTERM)  # all drains at once
         for replica in running:
             try:
                 replica.wait_stopped()

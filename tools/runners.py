@@ -26,11 +26,17 @@ def _image_metadata(image_size: tuple[int, int]) -> TensorMetadata:
 
 
 class TorchRunner(BaseRunner):
-    """An Ultralytics checkpoint with its head cut like the ONNX export (CPU or CUDA)."""
+    """An Ultralytics checkpoint with its head cut like the ONNX export, on `device` (a torch
+    device; default the training device: the GPU when torch sees one)."""
 
-    def __init__(self, weights: Path, image_size: tuple[int, int], device: str = "cpu", name: str | None = None):
+    def __init__(self, weights: Path, image_size: tuple[int, int], device: str | None = None, name: str | None = None):
         super().__init__(name=name, prefix="torch-runner")
-        self.weights, self.image_size, self.device = Path(weights), image_size, device
+        self.weights, self.image_size = Path(weights), image_size
+        if device is None:
+            from compress.env import training_device
+
+            device = training_device()
+        self.device = device if device == "cpu" or device.startswith("cuda") else f"cuda:{device.split(',')[0]}"
         self.model = None
 
     def activate_impl(self):
@@ -55,9 +61,12 @@ class TorchRunner(BaseRunner):
 
 
 def onnx_runner(path: Path, name: str):
+    """ONNX Runtime on the providers every session of the toolkit uses (compress.onnx_session)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=name)
+    from compress.onnx_session import execution_providers
+
+    return OnnxrtRunner(SessionFromOnnx(str(path), providers=execution_providers()), name=name)
 
 
 def tensorrt_runner(plan: Path, name: str):

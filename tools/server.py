@@ -5,7 +5,9 @@
 The NGC container is started by `tools.container` (`make serve-docker`).
 
 The launcher fronts readiness (`--ready-port`, default 8003: GET /ready, GET /live; see
-tools.drain): point load balancers' health checks there. Ctrl-C or SIGTERM drains in stages
+tools.drain): point load balancers' health checks there. /ready also needs every step's Python
+stub alive (tools.health): a stub that dies turns it 503 within a quarter second, the step is
+reloaded and it turns 200 again; a step that keeps dying leaves /ready and /live at 503. Ctrl-C or SIGTERM drains in stages
 (not ready, grace, wait until Triton is idle, stop) and a second signal does not cut it short.
 The grace is skipped when nothing ever checked /ready (no balancer routes by it), `--grace 0`
 always skips it, `--no-drain` stops Triton at once.
@@ -18,18 +20,18 @@ to load then gives a readable error instead of a server that never starts.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from compress.errors import MissingDependencyError, ServerError, ToolkitError, cli_entry, require_file
+from tools.health import HealSettings, StubWatch
+from tools.process import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
 ADMIN_HEADER = "admin-key"
@@ -86,37 +88,12 @@ def ensure_python_stub(paths: dict[str, Path]) -> None:
     shutil.copy2(source, target)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent():
-    """A Popen `preexec_fn`: the child gets SIGTERM when the thread that started it dies.
-
-    The server runs in its own session (a terminal's Ctrl-C reaches only its launcher, which
-    stops it in order), so without this a launcher killed by SIGKILL or an OOM would leave it
-    running with its ports bound. SIGTERM lets Triton drain and stop its Python stubs.
-    Linux only; elsewhere returns None. The libc call is resolved before fork: nothing is
-    loaded in the child.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 class TritonServer:
     """A local tritonserver process on free loopback ports; a context manager.
 
     `models` are loaded after start-up (explicit model control); the ensemble loads its steps.
-    The server dies with the thread that started it (see `die_with_parent`): start it from a
-    thread that lives as long as the server should.
+    The server is a tools.process.ManagedProcess: it dies with the thread that started it, so
+    start it from a thread that lives as long as the server should.
     """
 
     def __init__(self, repository: Path, models: tuple[str, ...] = ("yolo",), http_port: int | None = None,
@@ -130,8 +107,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.exit_timeout_s = exit_timeout_s
         self.admin_key = admin_key  # set: operator APIs need it (restricted), and `load` sends it
-        self.process: subprocess.Popen | None = None
-        self._log_handle = None
+        self._process: ManagedProcess | None = None
 
     @property
     def http_url(self) -> str:
@@ -157,6 +133,11 @@ class TritonServer:
             *(restricted_api_args(self.admin_key) if self.admin_key else []),
         ]
 
+    @property
+    def process(self):
+        """The running tritonserver's Popen (None before start and after stop)."""
+        return self._process.process if self._process else None
+
     def start(self, timeout_s: float = 60.0) -> "TritonServer":
         paths = pytriton_paths()
         ensure_python_stub(paths)
@@ -165,17 +146,13 @@ class TritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(paths["libs"]), env.get("LD_LIBRARY_PATH")) if p)
         env.setdefault("OMP_NUM_THREADS", "1")
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_handle = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(paths["binary"], paths["backends"]), env=env, stdout=self._log_handle or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
+        self._process = ManagedProcess("tritonserver", self.command(paths["binary"], paths["backends"]), env=env,
+                                       log_path=self.log_path).start()
         try:
-            self._wait(lambda: self._ask("is_server_live"), timeout_s, "start")
+            self._process.wait_until(lambda: self._ask("is_server_live"), timeout_s, "start", poll_s=0.2)
             for model in self.models:
                 self.load(model)
-            self._wait(lambda: self._ask("is_server_ready"), timeout_s, "become ready")
+            self._process.wait_until(lambda: self._ask("is_server_ready"), timeout_s, "become ready", poll_s=0.2)
         except BaseException:  # a failed load, Ctrl-C or SIGTERM while starting: leave nothing running
             self.stop()
             raise
@@ -191,10 +168,37 @@ class TritonServer:
                                   headers={ADMIN_HEADER: self.admin_key} if self.admin_key else None)
         except InferenceServerException as error:
             raise ServerError(f"loading model {model!r} failed: {(error.message() or str(error)).strip()}",
-                              hint=f"see the server log{f' {self.log_path}' if self.log_path else ''}") from None
+                              hint=self._process.log_hint() if self._process else "see the server log") from None
+
+    def unload(self, model: str) -> None:
+        """Unload a model through the repository API (its stubs stop)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with self._client(timeout_s=120) as client:
+                client.unload_model(model, headers={ADMIN_HEADER: self.admin_key} if self.admin_key else None)
+        except InferenceServerException as error:
+            raise ServerError(f"unloading model {model!r} failed: {(error.message() or str(error)).strip()}",
+                              hint=self._process.log_hint() if self._process else "see the server log") from None
+
+    def reload(self, model: str) -> None:
+        """Unload and load `model` again: new stub processes. A plain load of a model whose stub
+        died is a no-op until Triton has noticed the death (a request must fail first)."""
+        self.unload(model)
+        self.load(model)
+
+    def model_config(self, model: str) -> dict:
+        """The config the running server holds for `model` (with any override it was loaded with)."""
+        with self._client(timeout_s=10) as client:
+            return client.get_model_config(model, headers={ADMIN_HEADER: self.admin_key} if self.admin_key else None)
+
+    def ensemble_steps(self, model: str) -> list[str]:
+        """The models an ensemble's steps run, in order (the model itself if it is not an ensemble)."""
+        steps = self.model_config(model).get("ensemble_scheduling", {}).get("step", [])
+        return [step["model_name"] for step in steps] or [model]
 
     def is_ready(self) -> bool:
-        return self.process is not None and self.process.poll() is None and self._ask("is_server_ready")
+        return self._process is not None and self._process.running() and self._ask("is_server_ready")
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (Triton drains in-flight requests for up to its exit timeout), then SIGKILL for
@@ -203,27 +207,11 @@ class TritonServer:
         Stub processes left in the server's process group (the server runs in its own session)
         are killed too, so nothing of this server outlives the call.
         """
-        if self.process is None:
+        if self._process is None:
             return None
-        timeout_s = self.exit_timeout_s + 15 if timeout_s is None else timeout_s
-        code = self.process.poll()
-        if code is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                code = None
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # the group is gone: nothing left over
-        if code is None:
-            code = self.process.wait()
+        code = self._process.stop(self.exit_timeout_s + 15 if timeout_s is None else timeout_s)
         self._kill_orphaned_stubs()
-        if self._log_handle:
-            self._log_handle.close()
-            self._log_handle = None
-        self.process = None
+        self._process = None
         return code
 
     def _kill_orphaned_stubs(self) -> None:
@@ -246,24 +234,6 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _wait(self, check, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it could {what}",
-                                  hint=self._log_hint())
-            if check():
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise ServerError(f"tritonserver did not {what} within {timeout_s:.0f} s", hint=self._log_hint())
-
-    def _log_hint(self) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return "run with a log file to see why"
-        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        return f"log {self.log_path}: " + " | ".join(tail)
 
     def _client(self, timeout_s: float = 2.0):
         """A short-lived HTTP client: tritonclient's is bound to the thread that made it."""
@@ -325,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="at most this long waiting for Triton to become idle after the grace")
     parser.add_argument("--drain-quiet", type=float, default=drain.DEFAULT_QUIET_S,
                         help="idle means nothing pending and no request finished for this long")
+    parser.add_argument("--max-heals", type=int, default=HealSettings.max_heals,
+                        help="reloads of a step whose stub died, within %g s, before the replica gives up: "
+                             "not ready and not live, for its supervisor to restart it" % HealSettings.window_s)
     parser.add_argument("--no-drain", action="store_true",
                         help="on a signal, SIGTERM Triton at once (frames in flight between steps may be refused)")
     args = parser.parse_args(argv)
@@ -342,7 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     say = functools.partial(print, flush=True)
     with front:
         server.start()
+        watch = None
         try:
+            # readiness also needs every step's stub alive; a dead one is reloaded (tools.health)
+            watch = StubWatch(server, settings=HealSettings(max_heals=args.max_heals), say=say).start()
+            front.healthy, front.alive = watch.healthy, watch.alive
             stops = StopRequests().install()  # before announcing ready: every stop from then on drains
             front.start_being_ready()
             say(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}  "
@@ -353,10 +330,12 @@ def main(argv: list[str] | None = None) -> None:
             if stops.first is None or args.no_drain:
                 code = server.stop()
             else:
-                code = drain.drain_and_stop(server, front, settings, say)
+                code = drain.drain_and_stop(server, front, settings, say, before_stop=watch.stop_healed)
             if stops.ignored:
                 say(f"({stops.ignored} more signal(s) ignored while draining)")
         finally:
+            if watch:
+                watch.stop()
             server.stop()  # a no-op once stopped; after a failure above, nothing is left running
     print(f"tritonserver stopped ({reason}, exit {code})", flush=True)
     sys.exit(code)

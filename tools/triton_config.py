@@ -13,7 +13,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from compress.detection import LETTERBOX_FIELDS, PIXEL_TYPES, ImageLimits
+from compress.defaults import DEFAULT_DETECTOR_INSTANCES, DEFAULT_MAX_BATCH_SIZE
+from compress.detection import LETTERBOX_FIELDS, PIXEL_TYPES, SERVED_CONF, SERVED_IOU, SERVED_MAX_DET, ImageLimits
 from compress.errors import ToolkitError
 from compress.export import anchor_count
 
@@ -29,6 +30,11 @@ DETECTION_OUTPUTS = (
 )
 WARMUP_DIR = "warmup"  # Triton reads warmup input files from <model>/warmup/
 WARMUP_LETTERBOX_FILE = "letterbox.bin"
+
+
+# What `make tune` measures and writes into the repository (kept by later `make repo` runs)
+TUNED_KEYS = ("queue_delay_us", "preferred_batch_sizes", "detector_instances", "preprocess_instances",
+              "postprocess_instances")
 
 
 class ConfigError(ToolkitError):
@@ -47,7 +53,7 @@ class RepositorySettings:
     # the defaults are Ultralytics' P5 detect head.
     strides: tuple[int, ...] = (8, 16, 32)
     reg_max: int = 16
-    max_batch_size: int = 16
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     dynamic_batching: bool = True  # False: every request runs alone (the naive baseline of make bench-serving)
     # None: 4, 8 and max_batch_size. The largest preferred size caps batches formed from a long
     # queue, so it includes the max (without it 16 queued frames ran as two batches of 8).
@@ -56,7 +62,7 @@ class RepositorySettings:
     step_queue_delay_us: int = 0  # preprocess/postprocess: no wait, they take what is queued
     # Two detector instances overlap one batch's run with the next batch's hand-over; with
     # ort_threads 0 each local instance takes its share of the cores (`make tune` measures it).
-    detector_instances: int = 2
+    detector_instances: int = DEFAULT_DETECTOR_INSTANCES
     preprocess_instances: int = 1
     # Threads decoding the frames of one preprocess execute() (OpenCV releases the GIL); 0: the
     # instance's share of the cores it may use (cgroup limit included), found where it runs.
@@ -65,10 +71,10 @@ class RepositorySettings:
     # decodes every pixel, as Ultralytics does (bit-for-bit its preprocessing, at full cost).
     reduced_decode: bool = True
     postprocess_instances: int = 1
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_det: int = 300
-    device: str = "cpu"  # instance kind for the onnxruntime target: cpu | gpu
+    conf_threshold: float = SERVED_CONF
+    iou_threshold: float = SERVED_IOU
+    max_det: int = SERVED_MAX_DET
+    device: str = "cpu"  # detector instances: cpu | gpu (tensorrt: always gpu)
     # What preprocess hands the detector: "uint8" (1 byte per pixel through the ensemble; the
     # builder prepends Cast + Div to the served ONNX) or "float32" (the model as exported).
     # None: uint8 for ONNX targets, float32 for a TensorRT plan (served as built).
@@ -228,14 +234,16 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
         model_warmup=[_warmup(f"zeros_batch_{size}", size, {"images": (settings.pixel_dtype, [3, height, width], None)})
                       for size in sorted({1, settings.max_batch_size})],
     )
+    kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     if settings.target == "local":
         config.backend = "python"
-        config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_CPU))
+        config.instance_group.extend(_instances(settings.detector_instances, kind))
+        # on a GPU instance the session runs on ONNX Runtime's CUDA provider (onnxruntime-gpu), else the CPU's
         _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": settings.ort_threads,
-                             "allow_spinning": int(settings.ort_spinning)})
+                             "allow_spinning": int(settings.ort_spinning),
+                             "providers": "cuda,cpu" if settings.device == "gpu" else "cpu"})
     elif settings.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
-        kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
         config.instance_group.extend(_instances(settings.detector_instances, kind))
         if settings.ort_threads:
             _parameters(config, {"intra_op_thread_count": settings.ort_threads})

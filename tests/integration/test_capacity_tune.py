@@ -63,7 +63,9 @@ def test_perf_analyzer_and_locust_side_by_side(served_repo, tmp_path, val_images
     result = compare(served_repo, [2], val_images[0].parent, tmp_path, duration_s=4)
     row = result["rows"][0]
     assert row["perf_analyzer_fps"] > 0 and row["locust_fps"] > 0
-    assert 0.3 < row["ratio"] < 3  # same server, same concurrency: same order of magnitude
+    # the same closed loop of 2 requests on the same server: the two tools agree within 30%
+    # (measured here 1.08-1.15: Locust's clock starts at send, perf_analyzer's window includes its set-up)
+    assert 0.7 < row["ratio"] < 1.3, row
 
 
 def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, tmp_path, val_images):
@@ -72,13 +74,15 @@ def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, t
     import csv
     import statistics
 
-    from loadtest.capacity import repository_settings
     from loadtest.serving_bench import OVERHEAD_GOAL, InProcessPipeline, serving_overhead
+    from tools.repository import RepositoryRecord
 
-    settings = repository_settings(served_repo)
-    assert settings.pixel_type == "uint8"  # the in-process side feeds the served graph its own way
-    pipeline = InProcessPipeline(served_repo / "detector" / "1" / "model.onnx",
-                                 [p.read_bytes() for p in val_images[:8]], settings)
+    record = RepositoryRecord.load(served_repo)
+    assert record.settings.pixel_type == "uint8"  # the in-process side feeds the served graph its own way
+    pipeline = InProcessPipeline(record, [p.read_bytes() for p in val_images[:8]])
+    # the in-process side is the deployed configuration: its thresholds, box cap and decode
+    s, d = record.settings, pipeline.detector
+    assert (d.conf, d.iou, d.max_det, d.reduced) == (s.conf_threshold, s.iou_threshold, s.max_det, s.reduced_decode)
     result = serving_overhead(served_repo, val_images[:4], pipeline, tmp_path, concurrencies=(2, 4), rounds_count=2,
                               window_ms=2000, in_process_seconds=2.0)
     best = result["best_concurrency"]

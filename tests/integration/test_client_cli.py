@@ -65,12 +65,14 @@ def test_cli_reports_a_bad_file_and_serves_the_rest(triton, image_folder, tmp_pa
     shutil.copytree(image_folder, folder)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     url = triton.http_url if protocol == "http" else triton.grpc_url
-    done = run_cli(str(folder), "--protocol", protocol, "--url", url, "--concurrency", "3")
+    # in batches of 3: the bad file's request is refused whole; its two neighbours are served anyway
+    done = run_cli(str(folder), "--protocol", protocol, "--url", url, "--concurrency", "3", "--batch", "3")
     assert done.returncode == 2
     report = {os.path.basename(e["image"]): e for e in json.loads(done.stdout)}
-    assert "not a decodable image" in report["broken.jpg"]["error"]
+    assert len(report) == len(list(folder.iterdir()))
+    assert "not a decodable image" in report["broken.jpg"]["error"] and "1 of 1 in the request" in report["broken.jpg"]["error"]
     assert all("detections" in e for name, e in report.items() if name != "broken.jpg")
-    assert "1 of" in done.stderr and "Traceback" not in done.stderr
+    assert "error: 1 of" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_cli_without_a_server_says_so_in_one_line(tmp_path, image_folder):
@@ -103,3 +105,33 @@ def test_cli_resize_to_model_sends_small_frames_and_answers_in_original_pixels(t
         widest = max(widest, small.boxes[:, 2].max(initial=0))
     assert total and hits >= 0.7 * total, (hits, total)
     assert widest > 256  # in the captured 1920x1080 pixels, not the shrunk frame's
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_resize_to_model_sends_model_sized_frames(triton, tmp_path, protocol):
+    """What goes on the wire with `--resize-to-model`: JPEGs no larger than the model input (its
+    longest side the model's), a fraction of the captured frames' bytes."""
+    import cv2
+    import numpy as np
+
+    from compress.dataset import FRAME_SIZES, DatasetSpec, generate
+    from tools.client import TritonDetectorClient
+
+    generate(tmp_path, DatasetSpec(train_images=0, val_images=2, seed=3, frame=FRAME_SIZES["1080p"], jpeg_quality=85))
+    frames = [p.read_bytes() for p in sorted((tmp_path / "images" / "val").iterdir())]
+    sent = []
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    with TritonDetectorClient(url, protocol, resize_to_model=True) as client:
+        send = client.infer_raw
+
+        def recording(inputs, *args, **kwargs):  # what the real request carries, then the real request
+            sent.extend(bytes(item) for item in inputs["IMAGE"].reshape(-1))
+            return send(inputs, *args, **kwargs)
+
+        client.infer_raw = recording
+        detections = client.detect(frames)
+    assert len(detections) == len(sent) == len(frames)
+    for original, payload in zip(frames, sent):
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        assert max(image.shape[:2]) == 128 and image.shape[1] / image.shape[0] == pytest.approx(1920 / 1080, rel=0.02)
+        assert len(payload) < len(original) / 10

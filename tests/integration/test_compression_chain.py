@@ -216,20 +216,28 @@ def test_a_second_budget_reuses_the_trained_candidates(tiny_artifacts, tmp_path)
         assert (artifacts / "search" / name / "candidate.json").stat().st_mtime_ns == trained[name]
 
 
-@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+@pytest.mark.parametrize("cfg", ["trained yolov8n", "yolov8n.yaml", "yolo11n.yaml"])
 def test_user_weights_go_through_prune_export_quantize(cfg, tiny_artifacts, tmp_path):
-    """User weights of either family (built from their yaml, saved as a checkpoint) compress and run."""
+    """User weights of either family (trained: the tiny run's baseline; or built from their yaml,
+    saved as a checkpoint) compress and run: the pruned network's ONNX computes what its torch
+    module does, and its INT8 approximates that (for trained weights: an untrained network's
+    outputs are near constant, nothing to approximate)."""
     import numpy as np
     from ultralytics.nn.tasks import DetectionModel
 
+    from compress import yolo
     from compress.export import export_raw_onnx, read_info
     from compress.onnx_session import create_session
     from compress.pipeline import PROFILES, Context, run_stages
-    from compress.prune import prune, save_checkpoint
+    from compress.prune import make_prunable, prune, save_checkpoint
     from compress.quantize import quantize
 
-    model = DetectionModel(cfg, nc=4, verbose=False)
-    model.names = {0: "circle", 1: "square", 2: "triangle", 3: "cross"}
+    trained = cfg.startswith("trained")
+    if trained:
+        model = make_prunable(yolo.load(Manifest(tiny_artifacts).output("baseline", "weights")).model).eval()
+    else:
+        model = DetectionModel(cfg, nc=4, verbose=False)
+        model.names = {0: "circle", 1: "square", 2: "triangle", 3: "cross"}
     user = save_checkpoint(model, tmp_path / "user.pt", {"imgsz": 128, "task": "detect"})
     data = Manifest(tiny_artifacts).output("dataset", "data_yaml")
     # WEIGHTS= / DATA= through the pipeline: evaluated as the baseline, exported with provenance
@@ -237,11 +245,30 @@ def test_user_weights_go_through_prune_export_quantize(cfg, tiny_artifacts, tmp_
     ctx = Context(tmp_path / "artifacts", PROFILES["tiny"], data=data, weights=user, allow_weak_baseline=True)
     run_stages(ctx, ["dataset", "baseline", "export"])
     assert read_info(ctx.manifest.output("export", "onnx")).metadata["toolkit_stage"] == "baseline"
-    prune(model, 128, 1.8)
+    params_before = sum(p.numel() for p in model.parameters())
+    result = prune(model, 128, 1.8)
+    assert sum(p.numel() for p in model.parameters()) < params_before and result.macs_reduction >= 1.5
     pruned = save_checkpoint(model, tmp_path / "pruned.pt", {"imgsz": 128, "task": "detect"})
     fp32 = export_raw_onnx(pruned, tmp_path / "pruned.onnx", 128, {"toolkit_stage": "prune"})
     int8 = tmp_path / "int8.onnx"
     quantize(fp32, int8, data, (128, 128), calibration_count=8)
-    session = create_session(int8)
-    boxes, scores = session.run(None, {"images": np.random.rand(2, 3, 128, 128).astype(np.float32)})
-    assert boxes.shape == (2, 64, 336) and scores.shape == (2, 4, 336)
+    from compress.detection import prepare_image
+    from compress.evaluate import val_split
+    from compress.export import raw_head_module
+
+    images = np.stack([prepare_image(item.path.read_bytes(), (128, 128))[0] for item in val_split(data, 4)])
+    boxes, scores = create_session(int8).run(None, {"images": images})
+    assert boxes.shape == (4, 64, 336) and scores.shape == (4, 4, 336)
+    # the ONNX is the pruned network: it computes what the pruned torch module computes ...
+    with torch.no_grad():
+        torch_boxes, torch_scores = (t.numpy() for t in raw_head_module(pruned)(torch.from_numpy(images)))
+    fp32_boxes, fp32_scores = create_session(fp32).run(None, {"images": images})
+    np.testing.assert_allclose(fp32_boxes, torch_boxes, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(fp32_scores, torch_scores, atol=1e-3, rtol=1e-3)
+    if not trained:
+        return
+    # ... and its INT8 approximates it: the quantization error is a small part of what the outputs vary by
+    for quantized, reference in ((boxes, fp32_boxes), (scores, fp32_scores)):
+        error = np.abs(quantized - reference).mean()
+        assert error < 0.25 * np.abs(reference - reference.mean()).mean(), error
+    assert np.corrcoef(boxes.ravel(), fp32_boxes.ravel())[0, 1] > 0.95

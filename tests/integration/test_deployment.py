@@ -100,7 +100,7 @@ def test_local_server_with_an_admin_key_loads_its_models_and_refuses_strangers(s
         with TritonDetectorClient(server.grpc_url, "grpc") as client:  # inference needs no key
             assert len(client.detect([val_images[0].read_bytes()])) == 1
         stranger = TritonServer(served_repo)
-        stranger.http_port, stranger.process = server.http_port, server.process
+        stranger.http_port = server.http_port  # the same server, asked without the key
         with pytest.raises(ServerError, match="loading model 'yolo' failed"):
             stranger.load("yolo")  # the same request without the key
         server.load("yolo")  # with it

@@ -210,22 +210,38 @@ def run_streams(server, payload, seconds_before, action):
     return records, marker, result
 
 
-def test_reloading_the_detector_config_during_load_fails_nothing(served_repo, tmp_path, val_images):
-    from loadtest.capacity import repository_settings
+def live_detector_config(server) -> dict:
+    """The detector's config as the running server holds it (not as the repository's file says)."""
+    import tritonclient.http as httpclient
 
-    settings = repository_settings(served_repo)
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        return client.get_model_config(tc.DETECTOR)
+
+
+def test_reloading_the_detector_config_during_load_fails_nothing(served_repo, tmp_path, val_images):
+    from tools.repository import RepositoryRecord
+
+    settings = RepositoryRecord.load(served_repo).settings
     changed = tc.detector_config(settings)
     changed.dynamic_batching.max_queue_delay_microseconds = 500
     changed.instance_group[0].count = 1 if settings.detector_instances != 1 else 2  # a real change either way
+    applied = {}
     with TritonServer(served_repo, log_path=tmp_path / "server.log") as server:
         def reload(_stop):
             server.load(tc.DETECTOR, json_format.MessageToJson(changed))
+            applied["changed"] = live_detector_config(server)
             time.sleep(1.0)
             server.load(tc.DETECTOR, json_format.MessageToJson(tc.detector_config(settings)))
+            applied["restored"] = live_detector_config(server)
             return time.monotonic()
 
         records, started, reloaded = run_streams(server, val_images[0].read_bytes(), 2.0, reload)
         assert server.is_ready()
+    # the server really ran the new config, then the old one again
+    assert applied["changed"]["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert applied["changed"]["instance_group"][0]["count"] == changed.instance_group[0].count
+    assert applied["restored"]["dynamic_batching"]["max_queue_delay_microseconds"] == settings.queue_delay_us
+    assert applied["restored"]["instance_group"][0]["count"] == settings.detector_instances
     errors = [str(r[2]) for r in records if r[2] is not None]
     assert not errors, f"{len(errors)} of {len(records)} requests failed during the reload: {errors[:3]}"
     # the premise: requests were in flight while the detector was being replaced, on both protocols

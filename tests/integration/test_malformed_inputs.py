@@ -117,9 +117,9 @@ REQUEST_CASES = {
     "empty_batch": (lambda v: raw({"IMAGE": np.zeros((0, 1), dtype=np.object_)}), r"batch|shape|elements|no images"),
     "unknown_version": (lambda v: raw({"IMAGE": encoded_batch([image(v)])}, model_version="7"), r"version|unavailable|not found"),
     "mixed_good_and_bad_in_one_request": (
-        lambda v: raw({"IMAGE": encoded_batch([image(v), b"not an image", image(v, 1)])}), r"image 1 of the request"),
+        lambda v: raw({"IMAGE": encoded_batch([image(v), b"not an image", image(v, 1)])}), r"image 2 of 3 in the request"),
     "zero_length_element_in_a_batch": (
-        lambda v: raw({"IMAGE": encoded_batch([image(v), image(v, 1), b""])}), r"image 2 of the request.*0 bytes"),
+        lambda v: raw({"IMAGE": encoded_batch([image(v), image(v, 1), b""])}), r"image 3 of 3 in the request.*0 bytes"),
 }
 
 

@@ -126,16 +126,20 @@ def test_kubernetes_prestop_and_readiness_probe_drive_a_real_server(triton, tmp_
 
     sender = threading.Thread(target=send)
     sender.start()
+    returned: list[float] = []
     try:
         hook = subprocess.Popen(container["lifecycle"]["preStop"]["exec"]["command"], env=env)
+        watcher = threading.Thread(target=lambda: (hook.wait(), returned.append(time.monotonic())))
+        watcher.start()
         time.sleep(1.5)  # well past the hook's grace: only the idle wait holds it now
         assert hook.poll() is None, "the preStop hook returned while requests were still arriving"
     finally:
         stop.set()
         sender.join(timeout=60)
-    assert hook.wait(timeout=30) == 0
-    returned = time.monotonic()
-    assert finished and max(finished) <= returned
+    watcher.join(timeout=30)
+    assert hook.returncode == 0 and finished and returned
+    # the hook returned only after the last request ended and a quiet window without any had passed
+    assert returned[0] - max(finished) >= 0.8 * float(env["DRAIN_QUIET_SECONDS"]), (returned[0], max(finished))
     assert (tmp_path / "draining").exists()
     assert subprocess.run(probe, env=env, timeout=30).returncode != 0  # not ready: endpoints drop the pod
     assert triton.is_ready()  # the hook never stops Triton: the kubelet's SIGTERM does, afterwards

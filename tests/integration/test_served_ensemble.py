@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -117,15 +119,44 @@ def test_boxes_are_in_original_pixels(triton, val_images):
     assert band_total and band_hits >= 0.8 * band_total, f"{band_hits} of {band_total} boxes found in the crops"
 
 
-def test_detector_instances_share_the_cores(triton):
-    """Each of the two detector instances runs ONNX Runtime with cores / 2 threads, spinning off
-    (one instance of all the threads served 188 vs 261 frames/s on 2 cores)."""
+def detector_log_lines(log: str) -> list[tuple[str, int, int, str]]:
     import re
 
-    from compress.detection import share_of_cores
+    return [(name, int(threads), int(instances), spinning) for name, threads, instances, spinning in re.findall(
+        r"detector (detector_\d+_\d+): (\d+) ONNX Runtime thread\(s\) \((\d+) instance\(s\).*spinning (\w+)", log)]
 
-    log = triton.log_path.read_text(errors="replace")
-    lines = re.findall(r"detector (detector_\d+_\d+): (\d+) ONNX Runtime thread\(s\) \((\d+) instance\(s\).*spinning (\w+)",
-                       log)
+
+def test_detector_instances_share_the_cores(triton):
+    """Both detector instances of the shipped count run with spinning off (idle threads that spin
+    take the cores the Python steps need), each with its share of the cores."""
+    lines = detector_log_lines(triton.log_path.read_text(errors="replace"))
     assert len({name for name, *_ in lines}) == 2, lines
-    assert all(int(t) == share_of_cores(2) and int(n) == 2 and spin == "False" for _, t, n, spin in lines), lines
+    assert all(n == 2 and spin == "False" for _, _, n, spin in lines), lines
+    assert len({t for _, t, _, _ in lines}) == 1  # the same share for each
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs this process may pin a server to")
+def test_detector_threads_follow_the_cores_the_server_may_use(tiny_onnx, tmp_path):
+    """A server pinned to one CPU, then to two: one detector instance runs ONNX Runtime with as
+    many threads as the CPUs it was given (the count is read where the server runs, not assumed)."""
+    from compress.export import read_info
+    from tests.conftest import copy_committed_repository
+    from tools import build_repo
+    from tools.server import TritonServer
+
+    repo = copy_committed_repository(tmp_path / "repo")
+    build_repo.build(repo, tiny_onnx, build_repo.settings_for(read_info(tiny_onnx), detector_instances=1),
+                     {"stage": "export"})
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    mine = os.sched_getaffinity(0)
+    for given in (cpus[:1], cpus):
+        log = tmp_path / f"server_{len(given)}.log"
+        os.sched_setaffinity(0, given)  # the server and its stubs inherit it
+        try:
+            server = TritonServer(repo, log_path=log).start()
+        finally:
+            os.sched_setaffinity(0, mine)
+        server.stop()
+        lines = detector_log_lines(log.read_text(errors="replace"))
+        assert lines and all(threads == len(given) and n == 1 for _, threads, n, _ in lines), (given, lines)

@@ -58,16 +58,31 @@ def assert_gone(tree: list[psutil.Process], ports: list[int], timeout_s: float =
 
 
 def launcher(served_repo: Path, tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     command = [sys.executable, "-m", "tools.server", "local", "--repo", str(served_repo), "--http-port", str(ports[0]),
-               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log", str(tmp_path / "server.log")]
+               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--ready-port", str(ports[3]),
+               "--grace", "0", "--log", str(tmp_path / "server.log")]
     return start(command, "Triton ready", tmp_path / "launcher.log"), ports
+
+
+def readiness(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+
+    from tools.drain import LOOPBACK_OPENER
+
+    try:
+        with LOOPBACK_OPENER.open(f"http://{LOOPBACK}:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode().strip()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode().strip()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_launcher_forwards_the_signal_and_exits_with_the_server_code(served_repo, tmp_path, signum):
     process, ports = launcher(served_repo, tmp_path)
     tree = server_tree(process)
+    # the launcher says ready once its models are loaded, and live
+    assert readiness(ports[3], "/ready") == (200, "ready") and readiness(ports[3], "/live") == (200, "live")
     process.send_signal(signum)
     assert process.wait(timeout=40) == 0  # Triton drained and exited 0; the launcher passes that on
     assert_gone(tree, ports)

@@ -36,13 +36,16 @@ def test_one_line_error(args, message, code):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def container_repository(folder, target: str):
-    """What `make repo TARGET=...` records, for the container's checks (they read nothing else)."""
-    import json
+def container_repository(folder, target: str, tuned: dict | None = None, **settings):
+    """What `make repo TARGET=...` records (the record alone: the container's checks and the
+    planner read nothing else), with `settings` over a 128 px, 4-class raw-head detector."""
+    from tools import triton_config as tc
+    from tools.repository import RepositoryRecord
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "repository.json").write_text(json.dumps({"target": target, "settings": {
-        "image_size": [128, 128], "num_classes": 4, "target": target, "head_layout": "raw"}}))
+    values = {"image_size": (128, 128), "num_classes": 4, "head_layout": "raw", **settings}
+    RepositoryRecord(folder, "relu_1x", target, folder / "model.onnx", True, "0" * 16, "0" * 16,
+                     tc.RepositorySettings(target=target, **values), tuned).save()
     return folder
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compress.errors import InputFileError
-from tools import parity
+from tools import verify
 
 
 def labelled_folder(root, name="1080p"):
@@ -34,11 +34,12 @@ def test_served_camera_frames_are_judged_against_both_decodes(tmp_path, monkeypa
 
     def measured(repo, data_yaml, log_dir, full_decode_reference=False):
         assert full_decode_reference and data_yaml == folder / "data.yaml"
-        return {"reduced_decode": True, "served": {"map50": 0.99, "map50_95": served},
+        return {"reduced_decode": True, "conf_threshold": 0.25, "iou_threshold": 0.45, "max_det": 300,
+                "served": {"map50": 0.99, "map50_95": served},
                 "offline": {"map50": 0.99, "map50_95": same}, "offline_full_decode": {"map50": 0.99, "map50_95": full}}
 
-    monkeypatch.setattr(parity, "deployed_map", measured)
-    result = parity.verify_deployed(tmp_path / "repo", tmp_path / "artifacts", 0.2, frames=str(folder))
+    monkeypatch.setattr(verify, "deployed_map", measured)
+    result = verify.verify_deployed(tmp_path / "repo", tmp_path / "artifacts", 0.2, frames=str(folder))
     assert result["passed"] is agrees and result["full_decode_within"] is within
     assert result["full_decode_delta_points"] == pytest.approx((served - full) * 100, abs=0.01)
     written = json.loads((tmp_path / "artifacts" / "parity" / "deployed_1080p.json").read_text())
@@ -54,4 +55,4 @@ def test_a_frame_folder_without_labels_is_refused_in_one_line(tmp_path):
     (tmp_path / "frames").mkdir()
     cv2.imwrite(str(tmp_path / "frames" / "frame.jpg"), np.full((108, 192, 3), 90, np.uint8))
     with pytest.raises(InputFileError, match="has no labels"):
-        parity.verify_deployed(tmp_path / "repo", tmp_path / "artifacts", 0.2, frames=str(tmp_path / "frames"))
+        verify.verify_deployed(tmp_path / "repo", tmp_path / "artifacts", 0.2, frames=str(tmp_path / "frames"))

@@ -28,6 +28,21 @@ def photo() -> np.ndarray:
     return cv2.imread(str(Path(ASSETS) / "bus.jpg"))
 
 
+def _content(tensor: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """The letterboxed tensor's picture (pads cut off), HWC RGB in 0..1."""
+    gain, pad_x, pad_y, width, height = params
+    w, h = round(width * gain), round(height * gain)
+    x, y = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
+    return tensor[:, y:y + h, x:x + w].transpose(1, 2, 0)
+
+
+def _error(content: np.ndarray, bgr: np.ndarray) -> float:
+    """Mean |difference| between the tensor's picture and `bgr` as it should look (RGB in 0..1),
+    computed apart from the code under test."""
+    expected = cv2.resize(bgr, (content.shape[1], content.shape[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1] / 255.0
+    return float(np.abs(content - expected).mean())
+
+
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
 def test_each_kind_is_served_or_refused_with_its_reason(case, photo):
     data = case.make(photo)
@@ -35,6 +50,15 @@ def test_each_kind_is_served_or_refused_with_its_reason(case, photo):
         tensor, params = prepare_image(data, (256, 256))  # what the served preprocess runs
         assert tensor.shape == (3, 256, 256) and np.isfinite(tensor).all()
         assert params[0] > 0
+        # the picture a correct decoder shows: upright and in its colours (lossy formats and resampling within 0.06
+        # of 0..1 per pixel), much closer to it than to the same picture upside down or with R and B
+        # swapped (references resized here with OpenCV, apart from the letterbox under test)
+        shown, content = case.shows(photo), _content(tensor, params)
+        error = _error(content, shown)
+        assert error < 0.06, error
+        assert error < 0.3 * _error(content, cv2.rotate(shown, cv2.ROTATE_180)), error
+        if case.colour:
+            assert error < 0.75 * _error(content, np.ascontiguousarray(shown[:, :, ::-1])), error
     else:
         with pytest.raises(ImageDecodeError, match=case.reason):
             prepare_image(data, (256, 256))

@@ -139,11 +139,11 @@ def test_entrypoint_and_server_restrict_the_same_apis():
 
 def test_capacity_plan_reaches_the_manifests(tmp_path):
     """The planner through its CLI: arithmetic in plan.json, the same numbers in valid YAML."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "repository.json").write_text(json.dumps({"target": "onnxruntime", "settings": {
-        "image_size": [640, 640], "num_classes": 80, "target": "onnxruntime", "head_layout": "raw",
-        "max_batch_size": 16}}))
+    from tests.unit.test_cli_errors import container_repository
+
+    # two preprocess and two postprocess instances: /dev/shm beyond its 256 MiB floor
+    repo = container_repository(tmp_path / "repo", "onnxruntime", image_size=(640, 640), num_classes=80,
+                                max_batch_size=16, preprocess_instances=2, postprocess_instances=2)
     capacity = tmp_path / "capacity.json"
     capacity.write_text(json.dumps({"capacity_streams": 7, "fps": 10.0, "slo_ms": 100.0, "machine": {"cpus": 2},
                                     "probes": {"7": {"ok": True, "p99_ms": 91.0, "detector_queue_ms": 12.0}}}))
@@ -154,10 +154,12 @@ def test_capacity_plan_reaches_the_manifests(tmp_path):
     plan = json.loads((tmp_path / "k8s" / "plan-cpu" / "plan.json").read_text())
     assert plan["replicas"] == 103  # ceil(5000 / (7 * 10 * 0.7))
     assert plan["hpa"] == {"min": 103, "max": 155, "frames_per_second_target": 49.0}  # 0.7 x 7 streams x 10 FPS
-    assert plan["resources"]["shm_mb"] >= 2 * 16 * 3 * 640 * 640 * 4 // 2**20  # two 16 x 640 px float batches
+    # 2 x (2 instances x 16 x 3 x 640 x 640 uint8 pixels + 2 x 16 x (64 + 80) x 8400 float32 head) = 370 MiB,
+    # in 64 MiB steps: 384
+    assert plan["resources"]["shm_mb"] == 384
     # the replica's 2 CPUs as the repository spends them: one preprocess instance decoding on both
     # cores, two detector instances of one ONNX Runtime thread each
-    assert plan["inputs"]["serving"] == {"preprocess_instances": 1, "decode_threads": 2, "detector_instances": 2,
+    assert plan["inputs"]["serving"] == {"preprocess_instances": 2, "decode_threads": 1, "detector_instances": 2,
                                          "ort_threads": 1}
     docs = {(d["kind"], d["metadata"]["name"]): d
             for d in yaml.safe_load_all((tmp_path / "k8s" / "plan-cpu.yaml").read_text())}

@@ -166,6 +166,7 @@ def test_feature_distillation_weight_reaches_every_candidate_and_its_cache_key(t
     untrained INT8 candidate."""
     from dataclasses import replace
 
+    from compress.budget import Reference
     from compress.candidates import CandidateSpec, CandidateStore
     from compress.distill import DistillSettings
     from compress.manifest import Manifest
@@ -181,8 +182,9 @@ def test_feature_distillation_weight_reaches_every_candidate_and_its_cache_key(t
     weighted = Context(tmp_path, replace(PROFILES["default"], kd_feature_weight=0.5))
     assert DistillSettings().feature_weight == PROFILES["default"].kd_feature_weight == 0.0  # one default
     student, untrained = CandidateSpec("relu", 2.0), CandidateSpec("silu", 1.0, trained=False)
-    assert CandidateStore(weighted).key(student)["kd"]["feature_weight"] == 0.5
-    assert CandidateStore(default).key(student) != CandidateStore(weighted).key(student)
-    assert CandidateStore(default).key(untrained) == CandidateStore(weighted).key(untrained)
+    reference = Reference("finetune", 0.6, 0.5)
+    assert CandidateStore(weighted, reference).key(student)["kd"]["feature_weight"] == 0.5
+    assert CandidateStore(default, reference).key(student) != CandidateStore(weighted, reference).key(student)
+    assert CandidateStore(default, reference).key(untrained) == CandidateStore(weighted, reference).key(untrained)
     assert SEARCH.settings(default) != SEARCH.settings(weighted)
     assert FINETUNE.settings(default) == FINETUNE.settings(weighted)

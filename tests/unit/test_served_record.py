@@ -6,10 +6,20 @@ import json
 
 import pytest
 
-from compress.errors import GateFailedError, MissingDependencyError, WeakBaselineError
-from compress.manifest import Manifest, gated_model, record_served
+from compress.errors import GateFailedError, InputFileError, MissingDependencyError, WeakBaselineError
+from compress.manifest import Manifest
 from compress.pipeline import PROFILES, Context, check_baseline
+from compress.records import GatedModel, Report, SearchRecord
 from tools.build_repo import served_model
+
+record_served = GatedModel.record
+
+
+def served_entry(name: str = "quantize", onnx: str = "quantize/int8.onnx") -> dict:
+    """report.json's `served`, as the report writes it."""
+    return {"name": name, "key": f"{name}:int8", "model": f"{name}, INT8", "precision": "int8", "onnx": onnx,
+            "fp32_onnx": onnx, "weights": onnx, "quantization": None, "rule": "the fastest", "budget_points": 1.0,
+            "allow_over_budget": False, "drop_points": 0.1, "within_budget": True}
 
 
 def fake_artifacts(tmp_path, with_plan_from: str | None = None):
@@ -22,9 +32,7 @@ def fake_artifacts(tmp_path, with_plan_from: str | None = None):
     manifest = Manifest(artifacts)
     manifest.record("quantize", {}, {}, {"onnx": int8, "trt_onnx": trt}, {}, 0.0)
     (artifacts / "report").mkdir()
-    (artifacts / "report" / "report.json").write_text(json.dumps({"served": {
-        "name": "quantize", "precision": "int8", "onnx": "quantize/int8.onnx", "fp32_onnx": "quantize/int8.onnx",
-        "weights": "quantize/int8.onnx"}}))
+    (artifacts / "report" / "report.json").write_text(json.dumps({"served": served_entry()}))
     if with_plan_from is not None:
         (artifacts / "plan").mkdir()
         plan = artifacts / "plan" / "int8.plan"
@@ -55,9 +63,12 @@ def test_override_serves_ungated_with_a_loud_warning(tmp_path, capsys):
     assert "WITHOUT the parity gate" in capsys.readouterr().err
     assert served_model(artifacts, "quantize", "local") == ("quantize", int8)  # STAGE= is an override too
     assert "WITHOUT the parity gate" in capsys.readouterr().err
-    # STAGE= also names a search candidate
-    Manifest(artifacts).record("search", {}, {}, {"relu_1.5x_int8": int8}, {}, 0.0)
-    assert served_model(artifacts, "relu_1.5x", "local") == ("relu_1.5x", int8)
+    # STAGE= also names a search candidate, found by the search's record of it
+    entry = SearchRecord.candidate_entry({"trained": True, "label": "ReLU student"}, {"int8": int8, "fp32": int8},
+                                         artifacts)
+    Manifest(artifacts).record("search", {}, {}, {}, {"reference": {"stage": "finetune", "map50": 0.5, "map50_95": 0.4},
+                                                      "budget_points": 1.0, "candidates": {"relu_1.5x": entry}}, 0.0)
+    assert served_model(artifacts, "relu_1.5x", "local") == ("relu_1.5x", int8.resolve())
 
 
 def test_tensorrt_plan_must_come_from_the_gated_model(tmp_path):
@@ -100,7 +111,30 @@ def test_gated_record_holds_the_hash_and_moves_with_the_folder(tmp_path):
     record = json.loads((artifacts / "served.json").read_text())
     assert record["onnx"] == "quantize/int8.onnx" and len(record["sha256"]) == 16
     moved = artifacts.rename(tmp_path / "elsewhere")  # e.g. a clone in another folder
-    assert gated_model(moved)["onnx"] == str(moved / "quantize" / "int8.onnx")
+    assert GatedModel.load(moved).onnx == moved / "quantize" / "int8.onnx"
+
+
+def test_records_missing_or_corrupt_are_one_error_naming_the_command(tmp_path):
+    artifacts, _, _ = fake_artifacts(tmp_path)
+    (artifacts / "report" / "report.json").write_text("{ not json")
+    with pytest.raises(InputFileError, match="not a readable compression report") as error:
+        Report.load(artifacts)
+    assert "make pipeline" in str(error.value)
+    (artifacts / "report" / "report.json").unlink()
+    with pytest.raises(InputFileError, match="report.json is missing"):
+        Report.load(artifacts)
+    (artifacts / "report" / "report.json").write_text(json.dumps({"served": {"name": "quantize"}}))
+    with pytest.raises(InputFileError, match="older version"):  # written before rows had keys
+        Report.load(artifacts)
+    from tools.repository import RepositoryRecord
+
+    with pytest.raises(InputFileError, match="has not been built") as error:
+        RepositoryRecord.load(tmp_path / "no-repo")
+    assert "make repo" in str(error.value)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "repository.json").write_text(json.dumps({"stage": "x"}))
+    with pytest.raises(InputFileError, match="not a repository record"):
+        RepositoryRecord.load(tmp_path / "repo")
 
 
 def test_weak_baseline_stops_unless_overridden(tmp_path, capsys):
@@ -118,10 +152,12 @@ def test_weak_baseline_stops_unless_overridden(tmp_path, capsys):
 def test_a_model_that_finds_nothing_fails_the_gate_as_itself():
     """No FP32 detection at the deployment threshold: one explicit failing row, no vacuous recall,
     and no claim that keeping layers in float would help."""
-    from tools.parity import NO_REFERENCE, Gate, check
+    from tools.gate import NO_REFERENCE, Gate, check, quantization_failures
 
     measured = {"polygraphy": [], "task": {"reference_boxes": 0, "box_recall": 0.0, "score_drift": 0.0,
                                            "class_flips": 0.0},
-                "map": {"fp32": 0.5, "int8": 0.5, "baseline": 0.5}}
-    rows = {name: ok for name, _, _, ok in check(Gate(), measured)}
+                "map": {"fp32": 0.5, "int8": 0.5, "reference": 0.5}}
+    checks = check(Gate(), measured)
+    rows = {name: ok for name, _, _, ok in checks}
     assert rows[NO_REFERENCE] is False and "box recall vs FP32" not in rows
+    assert quantization_failures(checks) == []

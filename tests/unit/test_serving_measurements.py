@@ -181,7 +181,7 @@ def test_serving_overhead_judges_the_rounds_against_the_90_percent_goal(monkeypa
     throughputs = iter([120.0, *served_fps])  # the one-concurrency sweep, then one run per round
     monkeypatch.setattr(serving_bench, "input_data", lambda images, path: path)
     monkeypatch.setattr(serving_bench, "TritonServer", lambda *a, **k: nullcontext(SimpleNamespace(metrics_url="")))
-    monkeypatch.setattr(serving_bench, "repository_settings", lambda repo: SimpleNamespace())
+    monkeypatch.setattr(serving_bench, "RepositoryRecord", SimpleNamespace(load=lambda repo: SimpleNamespace(settings=None)))
     monkeypatch.setattr(serving_bench, "replace", lambda settings, **changes: settings)
     monkeypatch.setattr(serving_bench, "apply", lambda server, settings: None)
     monkeypatch.setattr(serving_bench, "MetricsRecorder", lambda url: nullcontext())
@@ -212,19 +212,19 @@ def test_soak_memory_growth_compares_the_first_and_last_tenth_after_warm_up():
 
 def test_the_same_model_naive_repository_serves_the_file_the_repository_was_built_from(tmp_path):
     """bench-serving's like-for-like row: the served repository's own gated file, refused once changed."""
-    import json
-
     from compress.errors import InputFileError
     from compress.manifest import file_hash
-    from loadtest.serving_bench import served_onnx
+    from tools import triton_config as tc
+    from tools.repository import RepositoryRecord
 
     model = tmp_path / "int8.onnx"
     model.write_bytes(b"gated model bytes")
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "repository.json").write_text(json.dumps({"stage": "relu_1x", "source": str(model),
-                                                      "model_sha256": file_hash(model)}))
-    assert served_onnx(repo) == ("relu_1x", model)
+    RepositoryRecord(repo, "relu_1x", "local", model, True, file_hash(model), "0" * 16,
+                     tc.RepositorySettings(image_size=(256, 256), num_classes=3)).save()
+    record = RepositoryRecord.load(repo)
+    assert (record.stage, record.source_unchanged()) == ("relu_1x", model)
     model.write_bytes(b"another model")
     with pytest.raises(InputFileError, match="changed since the repository was built"):
-        served_onnx(repo)
+        record.source_unchanged()

@@ -120,23 +120,23 @@ def test_invalid_settings_are_rejected(bad):
 
 
 def test_build_keeps_tuned_settings_unless_overridden(tmp_path):
-    import json
     from argparse import Namespace
     from types import SimpleNamespace
 
-    from tools.build_repo import settings_from_args
+    from tests.unit.test_cli_errors import container_repository
+    from tools.build_repo import previous_record, settings_from_args
 
     tuned = {"queue_delay_us": 8000, "preferred_batch_sizes": [4], "detector_instances": 2,
              "preprocess_instances": 2, "postprocess_instances": 3}
-    (tmp_path / "repository.json").write_text(json.dumps({"target": "local", "tuned": {"streams": 8},
-                                                          "settings": {**tuned, "image_size": [256, 256]}}))
+    container_repository(tmp_path, "local", tuned={"streams": 8}, image_size=(256, 256), **tuned)
     info = SimpleNamespace(image_size=(256, 256), num_classes=4, head_layout="raw", strides=(8, 16, 32), reg_max=16)
     args = Namespace(repo=tmp_path, target="local", detector_instances=1)
-    settings = settings_from_args(args, info)
+    settings = settings_from_args(args, info, previous_record(tmp_path))
     assert settings.detector_instances == 1  # the explicit override wins
     assert (settings.queue_delay_us, settings.postprocess_instances, settings.preferred_batch_sizes) == (8000, 3, [4])
     args_other_target = Namespace(repo=tmp_path, target="onnxruntime")
-    assert settings_from_args(args_other_target, info).queue_delay_us == tc.RepositorySettings((256, 256), 4).queue_delay_us
+    assert settings_from_args(args_other_target, info, previous_record(tmp_path)).queue_delay_us == \
+        tc.RepositorySettings((256, 256), 4).queue_delay_us
 
 
 def test_every_step_sheds_load_with_a_bounded_rejecting_queue():

@@ -14,8 +14,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from onnx_session import create_session  # noqa: E402  (both copied in by the repository builder)
-from yolo_ops import run_isolated, share_of_cores  # noqa: E402
+from onnx_session import create_session, execution_providers  # noqa: E402  (both copied in by the repository builder)
+from yolo_ops import instance_count, model_parameters, run_isolated, share_of_cores  # noqa: E402
+
+PARAMETERS = ("onnx_file", "intra_op_threads", "allow_spinning", "providers")
 
 
 def error_response(error):
@@ -25,14 +27,21 @@ def error_response(error):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
-        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
-        threads = int(params.get("intra_op_threads", "0")) or share_of_cores(instances)
-        spinning = params.get("allow_spinning", "1") == "1"
-        self.session = create_session(path, threads, spinning=spinning)
+        params = model_parameters(config, PARAMETERS)
+        path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
+        instances = instance_count(config)
+        threads = int(params["intra_op_threads"]) or share_of_cores(instances)
+        spinning = params["allow_spinning"] == "1"
+        providers = execution_providers(params["providers"])
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in providers:
+            # the instance's own GPU, as Triton placed it
+            device = int(args.get("model_instance_device_id", 0))
+            providers = [("CUDAExecutionProvider", {"device_id": device}) if p == "CUDAExecutionProvider" else p
+                         for p in providers]
+        self.session = create_session(path, threads, spinning=spinning, providers=providers)
         pb_utils.Logger.log_info(f"detector {args['model_instance_name']}: {threads} ONNX Runtime thread(s) "
-                                 f"({instances} instance(s) on {share_of_cores(1)} core(s)), spinning {spinning}")
+                                 f"({instances} instance(s) on {share_of_cores(1)} core(s)), spinning {spinning}, "
+                                 f"providers {self.session.get_providers()}")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o["name"] for o in config["output"]]
 

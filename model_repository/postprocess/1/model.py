@@ -15,7 +15,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import head_detections, pad_detections, run_isolated  # noqa: E402  (copied in by the repository builder)
+from yolo_ops import head_detections, model_parameters, pad_detections, run_isolated  # noqa: E402  (copied in by the builder)
+
+PARAMETERS = ("conf_threshold", "iou_threshold", "max_det", "image_height", "image_width", "strides")
 
 
 def error_response(error):
@@ -26,7 +28,7 @@ def error_response(error):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = model_parameters(config, PARAMETERS)
         self.conf = float(params["conf_threshold"])
         self.iou = float(params["iou_threshold"])
         self.max_det = int(params["max_det"])

@@ -20,19 +20,22 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from yolo_ops import ImageDecodeError, ImageLimits, prepare_image, usable_cores  # noqa: E402  (copied in by the repository builder)
+from yolo_ops import (ImageDecodeError, ImageLimits, instance_count, model_parameters,  # noqa: E402  (copied in
+                     prepare_image, share_of_cores)  # by the repository builder)
+
+PARAMETERS = ("image_height", "image_width", "pixel_type", "decode_threads", "reduced_decode", "max_image_pixels",
+              "max_image_bytes", "min_image_side")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = model_parameters(config, PARAMETERS)
         self.size = (int(params["image_height"]), int(params["image_width"]))
         self.limits = ImageLimits.from_parameters(params)
-        self.pixel_type = params.get("pixel_type", "float32")  # uint8 when the detector scales pixels itself
-        self.reduced = params.get("reduced_decode", "true").lower() == "true"
-        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
-        threads = int(params.get("decode_threads", "0")) or max(1, usable_cores() // instances)
+        self.pixel_type = params["pixel_type"]  # uint8 when the detector scales pixels itself
+        self.reduced = params["reduced_decode"].lower() == "true"
+        threads = int(params["decode_threads"]) or share_of_cores(instance_count(config))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") if threads > 1 else None
         if self.pool:
             import cv2
@@ -47,28 +50,28 @@ class TritonPythonModel:
 
         frame = np.full((480, 640, 3), 114, dtype=np.uint8)
         cv2.rectangle(frame, (160, 120), (320, 240), (40, 160, 220), -1)
-        self._prepare_image((0, cv2.imencode(".jpg", frame)[1].tobytes()))
+        self._prepare_image((0, 1, cv2.imencode(".jpg", frame)[1].tobytes()))
 
     def _prepare_image(self, item):
-        index, data = item
+        index, count, data = item  # counted from 1 in messages, as people count
         try:
             return prepare_image(data, self.size, self.pixel_type, self.limits, self.reduced)
         except ImageDecodeError as error:
-            return ImageDecodeError(f"image {index} of the request: {error}")
+            return ImageDecodeError(f"image {index + 1} of {count} in the request: {error}")
         except Exception as error:  # OpenCV or NumPy on an input nobody foresaw: still this request's fault
-            return ImageDecodeError(f"image {index} of the request could not be prepared "
+            return ImageDecodeError(f"image {index + 1} of {count} in the request could not be prepared "
                                     f"({type(error).__name__}: {error})")
 
     def execute(self, requests):
-        items = []  # (request, index in request, bytes) for every image of every request
+        items = []  # (request, index in request, images in it, bytes) for every image of every request
         for number, request in enumerate(requests):
             encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
-            items.extend((number, index, bytes(item)) for index, item in enumerate(encoded))
-        work = [(index, data) for _, index, data in items]
+            items.extend((number, index, len(encoded), bytes(item)) for index, item in enumerate(encoded))
+        work = [(index, count, data) for _, index, count, data in items]
         results = list(self.pool.map(self._prepare_image, work)) if self.pool and len(work) > 1 else \
             [self._prepare_image(item) for item in work]
         by_request = [[] for _ in requests]
-        for (number, _, _), result in zip(items, results):
+        for (number, _, _, _), result in zip(items, results):
             by_request[number].append(result)
         return [self._response(prepared) for prepared in by_request]
 

@@ -1,0 +1,226 @@
+"""The records that cross module boundaries, typed, each with one loader.
+
+    read_json         every record file is read through this: a missing or corrupt file is one
+                      InputFileError that says which command writes it
+    SearchRecord      the search stage's result: the reference it chose, every candidate's files
+    ServedChoice      the report's serving decision (report.json's `served`)
+    GatedModel        what the parity gate passed (served.json), tied to the file's bytes
+    GateVerdicts      candidates the gate refused and the float-kept variants it made instead
+
+Paths inside the records are relative to the artifacts folder (the folder can move); the loaders
+hand out absolute ones. Nothing is decoded from a file name, a folder name or a display label.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compress.budget import Reference
+from compress.errors import GateFailedError, InputFileError
+from compress.manifest import Manifest, file_hash, relative_to
+
+REPORT_FILE = Path("report") / "report.json"
+SERVED_FILE = "served.json"
+VERDICTS_FILE = "gate_verdicts.json"
+
+
+def read_json(path: Path, what: str, hint: str) -> dict:
+    """The JSON object in `path`; a missing, unreadable or corrupt file is one readable error
+    naming `what` it should hold and (`hint`) the command that writes it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"no {what} in {path.parent} ({path.name} is missing)", hint=hint)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputFileError(f"{path} is not a readable {what}: {error}", hint=hint) from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path} is not a readable {what}: not a JSON object", hint=hint)
+    return data
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Written whole through a temporary file: a reader never sees half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+# -- the search ----------------------------------------------------------------------------------
+
+CANDIDATE_FILES = ("weights", "fp32", "int8")
+
+
+@dataclass(frozen=True)
+class SearchCandidate:
+    """One candidate as the search stage recorded it: its metrics and its files (absolute)."""
+
+    name: str
+    metrics: dict
+    files: dict[str, Path]
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.metrics["trained"])
+
+    @property
+    def label(self) -> str:
+        return self.metrics["label"]
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    reference: Reference
+    budget_points: float
+    candidates: dict[str, SearchCandidate]
+    metrics: dict  # the whole record (probes, log, time spent) for the report
+
+    @classmethod
+    def load(cls, manifest: Manifest) -> "SearchRecord":
+        record = manifest.get("search")
+        if record is None:
+            raise InputFileError(f"no search in {manifest.root}", hint="run `make pipeline` first")
+        candidates = {name: SearchCandidate(name, info, {kind: manifest.root / rel for kind, rel in info["files"].items()})
+                      for name, info in record.metrics["candidates"].items()}
+        return cls(Reference.from_dict(record.metrics["reference"]), record.metrics["budget_points"], candidates,
+                   record.metrics)
+
+    @staticmethod
+    def candidate_entry(metrics: dict, files: dict[str, Path], root: Path) -> dict:
+        """How the search stage records a candidate: its metrics and its files relative to `root`."""
+        return {**metrics, "files": {kind: relative_to(root, path) for kind, path in files.items()}}
+
+
+# -- the report's serving decision -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServedChoice:
+    """What the report serves and why: the gate judges it, the plan stage builds it, `make repo`
+    serves it through the gate's record."""
+
+    name: str  # the candidate's name, or the row key of an FP32 baseline
+    key: str  # its row in the report
+    model: str  # display label
+    precision: str  # int8 | fp32
+    onnx: Path
+    fp32_onnx: Path  # the FP32 twin it was quantized from (itself for an FP32 row)
+    weights: Path
+    quantization: dict | None
+    rule: str
+    budget_points: float
+    allow_over_budget: bool
+    drop_points: float
+    within_budget: bool
+    float_convs: list[str] | None = None  # a float-kept variant: the convs it keeps in float beyond its base
+
+    @classmethod
+    def from_dict(cls, served: dict, artifacts: Path) -> "ServedChoice":
+        root = Path(artifacts)
+        return cls(served["name"], served["key"], served["model"], served["precision"], root / served["onnx"],
+                   root / served["fp32_onnx"], root / served["weights"], served.get("quantization"), served["rule"],
+                   served["budget_points"], served["allow_over_budget"], served["drop_points"], served["within_budget"],
+                   served.get("mixed_precision"))
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    data: dict
+    served: ServedChoice
+
+    @classmethod
+    def load(cls, artifacts: Path) -> "Report":
+        path = Path(artifacts) / REPORT_FILE
+        data = read_json(path, "compression report (nothing has been chosen to serve yet)",
+                         "run `make pipeline` (or `make bench`) first")
+        if "key" not in data.get("served", {}):
+            raise InputFileError(f"{path} was written by an older version of the toolkit",
+                                 hint="run `make bench` to measure and write the report again")
+        return cls(path, data, ServedChoice.from_dict(data["served"], artifacts))
+
+
+# -- what the parity gate passed ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GatedModel:
+    stage: str  # the report's choice the gate passed (a candidate name)
+    onnx: Path
+    sha256: str
+    mixed_precision: bool = False
+    gated_at: str = ""
+    trt_onnx: Path | None = None  # the symmetric Q/DQ twin the TensorRT INT8 plan was built from
+    trt_onnx_sha256: str | None = None
+
+    @classmethod
+    def load(cls, artifacts: Path) -> "GatedModel":
+        """The gate's record, checked against the file's current bytes."""
+        path = Path(artifacts) / SERVED_FILE
+        if not path.exists():
+            raise GateFailedError(f"no model in {artifacts} has passed the parity gate",
+                                  hint="run `make parity` (or override with ALLOW_UNGATED=1, which serves it unchecked)")
+        record = read_json(path, "parity gate record", "run `make parity` again")
+        root = Path(artifacts)
+        gated = cls(record["stage"], root / record["onnx"], record["sha256"], record.get("mixed_precision", False),
+                    record.get("gated_at", ""), root / record["trt_onnx"] if record.get("trt_onnx") else None,
+                    record.get("trt_onnx_sha256"))
+        if not gated.onnx.exists() or file_hash(gated.onnx) != gated.sha256:
+            raise GateFailedError(f"{gated.onnx} changed since the parity gate passed it (or is gone)",
+                                  hint="run `make parity` again on the current artifacts")
+        return gated
+
+    @staticmethod
+    def record(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None = None,
+               mixed_precision: bool = False) -> Path:
+        """Written by the parity gate alone, tied to the exact bytes it gated."""
+        record = {"stage": stage, "onnx": relative_to(artifacts, onnx), "sha256": file_hash(onnx),
+                  "mixed_precision": mixed_precision, "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if trt_onnx is not None:
+            record.update(trt_onnx=relative_to(artifacts, trt_onnx), trt_onnx_sha256=file_hash(trt_onnx))
+        return write_json(Path(artifacts) / SERVED_FILE, record)
+
+    @staticmethod
+    def clear(artifacts: Path) -> None:
+        (Path(artifacts) / SERVED_FILE).unlink(missing_ok=True)
+
+
+# -- what the gate refused, and the variants it made ------------------------------------------------
+
+@dataclass
+class GateVerdicts:
+    """Candidates the parity gate refused (the report never serves them again while their file is
+    unchanged) and the float-kept variants it made for them (the report measures those like any
+    candidate). Kept for one set of gate thresholds: other thresholds judge afresh."""
+
+    gate: dict = field(default_factory=dict)
+    refused: dict[str, dict] = field(default_factory=dict)  # {candidate: {"sha256", "failed"}}
+    variants: dict[str, str] = field(default_factory=dict)  # {variant name: its candidate.json, relative}
+
+    @classmethod
+    def load(cls, artifacts: Path, gate: dict | None = None) -> "GateVerdicts":
+        """The record, or an empty one where none exists or (`gate` given) it judged with other thresholds."""
+        path = Path(artifacts) / VERDICTS_FILE
+        if not path.exists():
+            return cls(gate=gate or {})
+        record = read_json(path, "parity gate verdicts", "delete it and run `make parity` again")
+        verdicts = cls(record.get("gate", {}), record.get("refused", {}), record.get("variants", {}))
+        if gate is not None and verdicts.gate != json.loads(json.dumps(gate)):
+            return cls(gate=gate)
+        return verdicts
+
+    def save(self, artifacts: Path) -> Path:
+        return write_json(Path(artifacts) / VERDICTS_FILE, asdict(self))
+
+    def refused_keys(self, files: dict[str, Path]) -> frozenset[str]:
+        """Names among `files` ({candidate: its INT8 file}) refused while their file is unchanged."""
+        return frozenset(name for name, entry in self.refused.items()
+                         if name in files and files[name].exists() and file_hash(files[name]) == entry["sha256"])
+
+    @staticmethod
+    def path(artifacts: Path) -> Path:
+        return Path(artifacts) / VERDICTS_FILE

@@ -1,0 +1,53 @@
+"""Commands run exactly as the README and `make help` type them (only the artifacts and repository
+folders pointed at the test's own), end to end: what their text says must happen, happens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def make(*words: str, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", *words], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout_s, env=env)
+
+
+def test_make_repo_for_onnxruntime_on_gpus_writes_gpu_detector_instances(tiny_artifacts, tmp_path):
+    from tools import triton_config as tc
+    from tools.repository import RepositoryRecord
+
+    repo = tmp_path / "repo"
+    done = make("repo", "TARGET=onnxruntime", "DEVICE=gpu", "ALLOW_UNGATED=1", f"ARTIFACTS={tiny_artifacts}",
+                f"REPO={repo}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = tc.read_config(repo / tc.DETECTOR / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx"
+    assert [g.kind for g in config.instance_group] == [tc.mc.ModelInstanceGroup.KIND_GPU]
+    assert RepositoryRecord.load(repo).settings.device == "gpu"
+    assert "detector instances 2 x gpu" in done.stdout
+
+
+def test_make_rollout_test_as_typed_runs_without_a_stream_count(served_repo, tiny_artifacts, tmp_path):
+    """No STREAMS=: the rollout takes 80% of the measured capacity, or says it measured none and
+    runs a few streams; it gets past its set-up, runs its three phases and writes its report."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    for part in ("manifest.json", "dataset"):  # the dataset only: no capacity was measured here
+        source = tiny_artifacts / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, artifacts / part)
+    done = make("rollout-test", f"REPO={served_repo}", f"ARTIFACTS={artifacts}", timeout_s=1200)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-2000:])
+    result = json.loads((artifacts / "rollout" / "rollout.json").read_text())
+    assert result["spec"]["streams"] == 4 and "no capacity measured with 720p frames" in result["load_note"]
+    assert result["frame_set"]["name"] == "720p" and result["frames_total"] > 0
+    assert set(result["record"]) == {"rolling", "sigkill", "scale-down"}
+    assert (artifacts / "rollout" / "rollout.md").exists() and (artifacts / "rollout" / "rollout.png").exists()
