@@ -156,7 +156,7 @@ bench-burst: venv ## BURST frames at once (default 60 of FRAMES=480p), shed fram
 bench-perf-analyzer: venv ## Same server measured by perf_analyzer and by Locust at matched concurrency
 	$(PY) -m loadtest.peer --repo $(REPO) --artifacts $(ARTIFACTS)
 
-rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind HAProxy under FRAMES (default 720p) streams (STREAMS, default 80% of the capacity; FPS PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT): rolling restart, SIGKILL, scale 2 -> 1; counts per phase -> $(ARTIFACTS)/rollout/
+rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind HAProxy under FRAMES (default 720p) streams (STREAMS, default 80% of the capacity; FPS PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT): rolling restart, SIGKILL, a stub killed and healed, scale 2 -> 1; counts per phase -> $(ARTIFACTS)/rollout/
 	$(PY) -m loadtest.rollout --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) \
 		$(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))

@@ -292,13 +292,17 @@ def sensitivity_ranking(base: CandidateRecord, data_yaml: Path) -> list[str]:
 def float_variant(base: CandidateRecord, kept: list[str], data_yaml: Path) -> tuple[CandidateRecord, bool]:
     """`base` quantized again as it was (same calibration, same float layers) with the convs in
     `kept` also in float: a candidate of its own, `<base>_float<k>`, reused while its key holds.
-    Returns (the record, whether it was made now)."""
+    A variant of a variant keeps its base's float convs too. Returns (the record, whether it was
+    made now)."""
     from compress.evaluate import evaluate_onnx
     from compress.export import read_info
     from compress.quantize import quantize
 
-    name = float_variant_name(base.name, kept)
-    folder, key = base.artifacts / "search" / name, {**base.key, "float_convs": list(kept)}
+    root = base.metrics.get("base", base.name)
+    earlier = list(base.metrics.get("mixed_precision") or [])
+    convs = earlier + [conv for conv in kept if conv not in earlier]
+    name = float_variant_name(root, convs)
+    folder, key = base.artifacts / "search" / name, {**base.key, "float_convs": convs}
     record = CandidateRecord.load(folder / "candidate.json", base.artifacts, name, key)
     if record is not None:
         return record, False
@@ -306,10 +310,11 @@ def float_variant(base: CandidateRecord, kept: list[str], data_yaml: Path) -> tu
     q, fp32 = base.metrics["quantization"], base.path("fp32")
     quantization = quantize(fp32, folder / "int8.onnx", data_yaml, read_info(fp32).image_size, method=q["calibration"],
                             calibration_count=q["calibration_images"], activation=q["activation"],
-                            keep_stem_float=q["stem_float"], float_nodes=list(kept))
-    label = f"{base.metrics['label']}, {len(kept)} sensitive conv(s) in float"
-    metrics = {**base.metrics, "label": label, "quantization": quantization, "mixed_precision": list(kept),
-               "base": base.name, "int8_map": evaluate_onnx(folder / "int8.onnx", data_yaml)}
+                            keep_stem_float=q["stem_float"], float_nodes=convs)
+    root_label = base.metrics.get("base_label", base.metrics["label"])
+    metrics = {**base.metrics, "label": f"{root_label}, {len(convs)} sensitive conv(s) in float", "base_label": root_label,
+               "quantization": quantization, "mixed_precision": convs, "base": root,
+               "int8_map": evaluate_onnx(folder / "int8.onnx", data_yaml)}
     return CandidateRecord.write(folder / "candidate.json", base.artifacts, name, key,
                                  {"weights": base.path("weights"), "fp32": fp32, "int8": folder / "int8.onnx"},
                                  metrics, time.perf_counter() - start), True

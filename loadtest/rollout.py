@@ -3,9 +3,10 @@
     python -m loadtest.rollout --repo model_repository --frames 720p [--streams N --fps F]
 
 Starts two replicas of the repository, each behind the drain launcher (tools.server), HAProxy in
-front (tools.haproxy), and runs the Locust camera streams through HAProxy's gRPC frontend while
-it, in turn: restarts the replicas one at a time (rolling update), kills one with SIGKILL (no
-drain possible) and restarts it, then scales from two replicas to one. Every frame is counted
+front (tools.haproxy), and runs the Locust camera streams through HAProxy's gRPC (or HTTP)
+frontend while it, in turn: restarts the replicas one at a time (rolling update), kills one with
+SIGKILL (no drain possible) and restarts it, kills one Python stub of one replica (its launcher
+turns not ready and reloads the step, no restart), then scales from two replicas to one. Every frame is counted
 by its due time in the window it fell in (steady, during and after each phase): answered, lost,
 rejected, errors, dropped by the camera, p50/p99, and the requests each replica served (from
 HAProxy's log). Writes into `--out`: rollout.json, rollout.md, rollout.png (latency over time,
@@ -29,7 +30,8 @@ from loadtest.run import run_locust
 from loadtest.spec import LoadSpec, add_spec_arguments, default_out, spec_from_args, streams_for
 from tools.frame_sets import FrameSet, resolve_frames
 
-PHASES = ("rolling", "sigkill", "scale-down")
+PHASES = ("rolling", "sigkill", "stub-kill", "scale-down")
+STUB_VICTIM = "preprocess_0_0"  # the step a stub is killed of in the stub-kill phase (every step heals alike)
 LOAD_SHARE = 0.8  # of the capacity `make capacity` measured, when no stream count is given
 P99_GOAL = 2.0  # p99 during the rolling restart within this many times the steady p99
 CHECK_MARGIN_S = 0.5  # over the check window: stats polling and scheduling on a busy machine
@@ -69,8 +71,9 @@ def phase_estimates(cluster, phases, settle_s: float, margin: float = ESTIMATE_M
     s, check = cluster.settings, cluster.check
     drain = s.grace_s + s.quiet_s + 1.0
     start = max((t for r in cluster.replicas for t in r.starts), default=10.0) + check.up_within_s
+    heal = 3.0  # a step's reload (tools.health)
     each = {"rolling": (drain + start) * len(cluster.replicas), "sigkill": check.down_within_s + start,
-            "scale-down": drain}
+            "stub-kill": check.down_within_s + heal + check.up_within_s, "scale-down": drain}
     return {p: each[p] * margin + settle_s for p in phases}
 
 
@@ -104,6 +107,74 @@ def sigkill(cluster, timeline: Timeline, victim: str) -> dict:
     return {"victim": victim, "signalled_at": signalled, "killed_at": killed, "marked_down_at": down,
             "back_in_rotation_at": back, "died_after_s": round(killed - signalled, 3),
             "marked_down_after_s": round(down - signalled, 3), "bound_s": cluster.check.down_within_s}
+
+
+def _wait(condition, timeout_s: float, poll_s: float = 0.02) -> float | None:
+    """When (epoch s) `condition()` first held, or None after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return time.time()
+        time.sleep(poll_s)
+    return None
+
+
+def stub_kill(cluster, timeline: Timeline, victim: str, instance: str = STUB_VICTIM) -> dict:
+    """SIGKILL one stub of one replica (Triton stays up): its launcher turns not ready, the balancer
+    marks it down, the launcher reloads the step and the replica comes back, without a restart."""
+    from tools.drain import http_ok
+
+    import psutil
+
+    replica = cluster.replica(victim)
+    starts, triton = len(replica.starts), [c.pid for c in psutil.Process(replica.launcher.pid).children()]
+    timeline.event(f"stub-kill: killing stub {instance} on {victim}")
+    killed = replica.kill_stub(instance)
+    not_ready = _wait(lambda: not http_ok(replica.ready_url, timeout_s=0.5), 10)
+    timeline.event(f"stub-kill: {victim} answers not ready", not_ready)
+    # the heal may be quicker than the balancer's fall: then it was never marked down
+    down = _wait(lambda: cluster.haproxy.server_states().get(victim) != "UP"
+                 or http_ok(replica.ready_url, timeout_s=0.5), cluster.check.down_within_s + 10)
+    down = down if cluster.haproxy.server_states().get(victim) != "UP" else None
+    if down:
+        timeline.event(f"stub-kill: the balancer marked {victim} down", down)
+    timeline.close_window(f"stub-kill {victim}")
+    healed = _wait(lambda: http_ok(replica.ready_url, timeout_s=0.5), 30)
+    timeline.event(f"stub-kill: {victim} healed (ready again, Triton never restarted)", healed)
+    back = cluster.haproxy.wait_for_state(victim, "UP", cluster.check.up_within_s + 30)
+    timeline.event(f"stub-kill: {victim} back in rotation", back)
+    timeline.close_window(f"{victim} healing")
+    return {"victim": victim, "instance": instance, "killed_at": killed, "not_ready_at": not_ready,
+            "marked_down_at": down, "healed_at": healed, "back_in_rotation_at": back,
+            "not_ready_after_s": round(not_ready - killed, 3) if not_ready else None,
+            "marked_down_after_s": round(down - killed, 3) if down else None,
+            "healed_after_s": round(healed - killed, 3) if healed else None,
+            "restarts": len(replica.starts) - starts,
+            "same_triton": triton == [c.pid for c in psutil.Process(replica.launcher.pid).children()],
+            "bound_s": cluster.check.down_within_s}
+
+
+def stub_kill_analysis(frames: list[dict], requests, record: dict, watch_poll_s: float) -> dict:
+    """What the stub kill cost: frames that failed after the kill; the bound is what the victim
+    had in flight at the kill plus what the balancer routed to it within one probe interval
+    (the launcher's stub check, then the balancer's checks to mark it down); and frames that
+    failed although they were due after the balancer had routed away from the victim."""
+    victim, killed = record["victim"], record["killed_at"]
+    away = record["marked_down_at"] or record["healed_at"] or killed
+
+    def failed_at(frame):
+        return frame["due"] + frame["latency_ms"] / 1e3
+
+    failed = [f for f in frames if f["status"] != "ok" and f.get("latency_ms") is not None
+              and killed <= failed_at(f) <= (record["back_in_rotation_at"] or away) + 1.0]
+    window_end = killed + watch_poll_s + record["bound_s"]
+    in_flight = sum(1 for r in requests if r.server == victim and r.started <= killed <= r.ended)
+    routed = sum(1 for r in requests if r.server == victim and killed < r.started <= window_end)
+    after = [f for f in failed if f["due"] > away + 0.05]
+    return {**record, "frames_failed": len(failed), "in_flight_at_kill": in_flight,
+            "routed_within_probe_interval": routed, "bound_frames": in_flight + routed,
+            "failed_after_routed_away": len(after),
+            "failed_by_status": {s: sum(f["status"] == s for f in failed) for s in sorted({f["status"] for f in failed})}}
 
 
 def scale_down(cluster, timeline: Timeline, victim: str) -> dict:
@@ -156,6 +227,8 @@ def run_rollout(cluster, spec: LoadSpec, frame_set: FrameSet, out: Path, phases=
                 record["rolling"] = rolling_restart(cluster, timeline)
             elif phase == "sigkill":
                 record["sigkill"] = sigkill(cluster, timeline, cluster.replicas[0].name)
+            elif phase == "stub-kill":
+                record["stub-kill"] = stub_kill(cluster, timeline, cluster.replicas[0].name)
             else:
                 record["scale-down"] = scale_down(cluster, timeline, cluster.replicas[-1].name)
             time.sleep(settle_s)
@@ -179,6 +252,10 @@ def run_rollout(cluster, spec: LoadSpec, frame_set: FrameSet, out: Path, phases=
                   phases_without_load=uncovered)
     if "sigkill" in record:
         result["sigkill"] = kill_analysis(frames, requests, record["sigkill"])
+    if "stub-kill" in record:
+        from tools.health import HealSettings
+
+        result["stub-kill"] = stub_kill_analysis(frames, requests, record["stub-kill"], HealSettings.poll_s)
     result["goals"] = goals(result)
     (out / "rollout.json").write_text(json.dumps(result, indent=2))
     return result
@@ -271,6 +348,18 @@ def goals(result: dict) -> dict:
             "marked_down_after_s": k["marked_down_after_s"], "last_sent_to_dead_s": last, "bound_s": k["bound_s"],
             "met": k["marked_down_after_s"] <= k["bound_s"] + CHECK_MARGIN_S
             and (last is None or last <= k["bound_s"] + CHECK_MARGIN_S)}
+    if "stub-kill" in result:
+        k = result["stub-kill"]
+        verdict["stub_kill_lost_within_in_flight_and_one_probe"] = {
+            "frames_failed": k["frames_failed"], "bound_frames": k["bound_frames"],
+            "met": k["frames_failed"] <= k["bound_frames"]}
+        verdict["stub_kill_nothing_failed_once_routed_away"] = {"frames_failed": k["failed_after_routed_away"],
+                                                               "met": k["failed_after_routed_away"] == 0}
+        verdict["stub_kill_healed_within_10s_without_restart"] = {
+            "healed_after_s": k["healed_after_s"], "restarts": k["restarts"],
+            "same_triton": k["same_triton"],
+            "met": k["healed_after_s"] is not None and k["healed_after_s"] <= 10 and k["restarts"] == 0
+            and k["same_triton"]}
     if "scale-down" in result["record"]:
         name = next(w for w in rows if w.startswith("scale-down"))
         lost = rows[name]["not_ok"] + rows["after scale-down"]["not_ok"]

@@ -103,6 +103,8 @@ def build_context(repo: Path, out: Path) -> Path:
     out.mkdir(parents=True)
     for name in CONTEXT_FILES:
         shutil.copy2(DOCKER_DIR / name, out / name)
+    # the probes' stub check (standard library only): readiness and liveness in Kubernetes
+    shutil.copy2(PROJECT_ROOT / "tools" / "stub_health.py", out / "stub_health.py")
     shutil.copytree(repo, out / "model_repository", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     missing = missing_from_context(out)
     if missing:

@@ -23,6 +23,7 @@ from tools.haproxy import Backend, HAProxy, HealthCheck, haproxy_binary
 from tools.process import ManagedProcess
 from tools.repository import RepositoryRecord
 from tools.server import LOOPBACK, free_port
+from tools.stub_health import STUB_BINARY
 
 
 def drain_settings_for(check: HealthCheck, quiet_s: float = 0.5, max_wait_s: float = 15.0) -> DrainSettings:
@@ -113,6 +114,21 @@ class Replica:
                               hint=f"see {self.launcher_log}")
         self.launcher.stop()  # reaps it and closes its log
         return code
+
+    def kill_stub(self, instance: str) -> float:
+        """SIGKILL one Python-backend stub of this replica's Triton (`preprocess_0_0`, ...), as the
+        kernel's OOM killer would; returns when (epoch s). Triton and the launcher live on."""
+        import psutil
+
+        for process in psutil.Process(self.launcher.pid).children(recursive=True):
+            try:
+                command = process.cmdline()
+            except psutil.Error:
+                continue
+            if command and command[0].endswith(STUB_BINARY) and command[-2] == instance:
+                process.kill()
+                return time.time()
+        raise ServerError(f"replica {self.name} has no live stub {instance}")
 
     def kill(self) -> float | None:
         """SIGKILL Triton's process group (server and Python stubs) and the launcher, Triton first:

@@ -3,7 +3,7 @@
 Used by the launcher's stub watch (tools.health) and, copied into the server image, by the
 Kubernetes readiness and liveness probes, where no launcher runs:
 
-    python3 stub_health.py --url http://127.0.0.1:8000 --model yolo     # exit 0: every stub alive
+    python3 stub_health.py --url http://127.0.0.1:8000 --model yolo --repository /models   # exit 0: all alive
 
 A stub is a `triton_python_backend_stub` process whose second-last argument is its instance
 name (<model>_<group index>_<instance index>, as Triton names instances); a model's instances
@@ -33,8 +33,9 @@ def _parent_and_state(pid: str) -> tuple[int, str]:
     return int(fields[1]), fields[0]
 
 
-def live_stubs(server_pid: int | None = None) -> set[str]:
-    """Instance names of the live stubs (of `server_pid`'s, when given), from /proc."""
+def live_stubs(server_pid: int | None = None, repository: str | None = None) -> set[str]:
+    """Instance names of the live stubs, from /proc: of `server_pid`'s, or of the models under
+    `repository` (a stub's first argument is its model.py), when given."""
     names = set()
     for pid in (entry for entry in os.listdir("/proc") if entry.isdigit()):
         try:
@@ -45,7 +46,9 @@ def live_stubs(server_pid: int | None = None) -> set[str]:
             parent, state = _parent_and_state(pid)
         except (OSError, ValueError, IndexError):  # exited while we looked
             continue
-        if state != "Z" and (server_pid is None or parent == server_pid):
+        model_file = command[1].decode(errors="replace")
+        if state != "Z" and (server_pid is None or parent == server_pid) and (
+                repository is None or model_file.startswith(repository.rstrip("/") + "/")):
             names.add(command[-2].decode(errors="replace"))
     return names
 
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("TRITON_HTTP_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--model", default="yolo")
+    parser.add_argument("--repository", default=os.environ.get("MODEL_REPOSITORY", "/models"),
+                        help="the server's model repository: stubs of models under it count")
     parser.add_argument("--key-file", default=os.environ.get("ADMIN_KEY_FILE", ""),
                         help="the admin key, where the model-config API is restricted")
     args = parser.parse_args(argv)
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"not ready: cannot read the configs of {args.model} from {args.url}: {error}", file=sys.stderr)
         return 1
-    missing = missing_stubs(expected, live_stubs())
+    missing = missing_stubs(expected, live_stubs(repository=os.path.realpath(args.repository)))
     if missing:
         print("not ready: no live stub for " + ", ".join(n for names in missing.values() for n in names), file=sys.stderr)
         return 1

@@ -38,7 +38,7 @@ def test_make_repo_for_onnxruntime_on_gpus_writes_gpu_detector_instances(tiny_ar
 
 def test_make_rollout_test_as_typed_runs_without_a_stream_count(served_repo, tiny_artifacts, tmp_path):
     """No STREAMS=: the rollout takes 80% of the measured capacity, or says it measured none and
-    runs a few streams; it gets past its set-up, runs its three phases and writes its report."""
+    runs a few streams; it gets past its set-up, runs its four phases and writes its report."""
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     for part in ("manifest.json", "dataset"):  # the dataset only: no capacity was measured here
@@ -49,5 +49,5 @@ def test_make_rollout_test_as_typed_runs_without_a_stream_count(served_repo, tin
     result = json.loads((artifacts / "rollout" / "rollout.json").read_text())
     assert result["spec"]["streams"] == 4 and "no capacity measured with 720p frames" in result["load_note"]
     assert result["frame_set"]["name"] == "720p" and result["frames_total"] > 0
-    assert set(result["record"]) == {"rolling", "sigkill", "scale-down"}
+    assert set(result["record"]) == {"rolling", "sigkill", "stub-kill", "scale-down"}
     assert (artifacts / "rollout" / "rollout.md").exists() and (artifacts / "rollout" / "rollout.png").exists()

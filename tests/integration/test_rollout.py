@@ -97,6 +97,59 @@ def test_sigkill_costs_at_most_the_frames_in_flight_and_is_routed_around(cluster
     assert rows["after sigkill"]["by_replica"][kill["victim"]] > 0, "the restarted replica got no frames"
 
 
+def test_a_killed_stub_is_routed_around_and_healed_without_a_restart(cluster, frame_set, tmp_path):
+    from loadtest.rollout import run_rollout
+
+    cluster.ensure_all_running()
+    result = run_rollout(cluster, load(streams=3, fps=6.0), frame_set, tmp_path, phases=("stub-kill",), steady_s=2.0,
+                         settle_s=2.0, margin=1.1)
+    kill = result["stub-kill"]
+    assert kill["not_ready_after_s"] is not None and kill["not_ready_after_s"] <= 2.0, kill  # the launcher saw it
+    assert kill["healed_after_s"] is not None and kill["healed_after_s"] <= 10, kill
+    assert kill["restarts"] == 0 and kill["same_triton"], kill  # reloaded in place: the same tritonserver
+    failed = not_ok(tmp_path)
+    # every frame lost over the whole run is one the victim held or was sent before the balancer
+    # could know (one probe interval), none after it routed away
+    assert len(failed) == kill["frames_failed"] <= kill["bound_frames"], (kill, failed[:3])
+    assert kill["failed_after_routed_away"] == 0, kill
+    rows = {row["window"]: row for row in result["windows"]}
+    assert rows["after stub-kill"]["by_replica"][kill["victim"]] > 0, "the healed replica got no frames"
+    goals = result["goals"]
+    assert goals["stub_kill_healed_within_10s_without_restart"]["met"], goals
+
+
+def test_kubernetes_probes_fail_while_a_stub_is_dead(served_repo, tmp_path):
+    """The Deployment's readiness and liveness commands against a real server whose preprocess
+    stub was killed: both fail (no launcher heals in the pod: the kubelet restarts it)."""
+    import psutil
+
+    from tools.server import TritonServer
+
+    container = deployment_container()
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, "DRAIN_FILE": str(tmp_path / "draining"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def probe(kind: str) -> list[str]:
+        return [part.replace("/opt/yolo-triton/stub_health.py", str(ROOT / "tools" / "stub_health.py"))
+                .replace("http://127.0.0.1:8000", env["TRITON_HTTP_URL"]) for part in container[kind]["exec"]["command"]]
+
+    import shutil
+
+    repo = shutil.copytree(served_repo, tmp_path / "repo")  # stubs of its own: other servers serve served_repo
+    with TritonServer(repo, log_path=tmp_path / "server.log") as server:
+        env.update(TRITON_HTTP_URL=f"http://{server.http_url}", DRAIN_READY_URL=f"http://{server.http_url}/v2/health/ready",
+                   MODEL_REPOSITORY=str(server.repository))
+        for kind in ("readinessProbe", "livenessProbe"):
+            assert subprocess.run(probe(kind), env=env, timeout=30).returncode == 0, kind
+        for child in psutil.Process(server.process.pid).children():
+            if child.cmdline()[-2:-1] == ["preprocess_0_0"]:
+                child.kill()
+        time.sleep(0.5)
+        for kind in ("readinessProbe", "livenessProbe"):
+            done = subprocess.run(probe(kind), env=env, timeout=30, capture_output=True, text=True)
+            assert done.returncode != 0 and "no live stub for preprocess_0_0" in done.stderr, (kind, done.stderr)
+
+
 def deployment_container() -> dict:
     deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
     return deployment["spec"]["template"]["spec"]["containers"][0]
@@ -112,7 +165,10 @@ def test_kubernetes_prestop_and_readiness_probe_drive_a_real_server(triton, tmp_
            "DRAIN_FILE": str(tmp_path / "draining"), "DRAIN_GRACE_SECONDS": "0.2", "DRAIN_QUIET_SECONDS": "0.5",
            "DRAIN_READY_URL": f"http://{triton.http_url}/v2/health/ready", "DRAIN_METRICS_URL": triton.metrics_url,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    probe = container["readinessProbe"]["exec"]["command"]
+    # the image's stub check is tools/stub_health.py; the fixture's server serves its own repository
+    probe = [part.replace("/opt/yolo-triton/stub_health.py", str(ROOT / "tools" / "stub_health.py"))
+             for part in container["readinessProbe"]["exec"]["command"]]
+    env.update(TRITON_HTTP_URL=f"http://{triton.http_url}", MODEL_REPOSITORY=str(triton.repository))
     assert subprocess.run(probe, env=env, timeout=30).returncode == 0
 
     finished: list[float] = []

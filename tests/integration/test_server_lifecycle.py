@@ -109,3 +109,67 @@ def test_load_test_killed_mid_run_leaves_nothing_listening(served_repo, tmp_path
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert_gone(tree, [])
     assert "stopped by SIGTERM" in (tmp_path / "loadtest.log").read_text()
+
+
+def kill_stub(process: subprocess.Popen, instance: str) -> None:
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if child.cmdline()[-2] == instance:
+                child.kill()
+                return
+        except (psutil.Error, IndexError):
+            continue
+    pytest.fail(f"no stub {instance}")
+
+
+def wait_for(condition, timeout_s: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    return None
+
+
+def test_a_dead_stub_of_every_step_turns_ready_off_and_heals(served_repo, tmp_path, val_images):
+    """`make serve` with each step's stub killed in turn (SIGKILL, as the OOM killer does): /ready
+    answers 503 within 2 s, 200 again within 10 s without restarting Triton, and the ensemble answers
+    again; a stub dead at SIGTERM is healed before Triton stops, so the launcher still exits 0."""
+    from tools.client import TritonDetectorClient
+
+    process, ports = launcher(served_repo, tmp_path)
+    server = [c.pid for c in psutil.Process(process.pid).children()]
+    frame = val_images[0].read_bytes()
+    for instance in ("preprocess_0_0", "detector_0_1", "postprocess_0_0"):
+        kill_stub(process, instance)
+        down = wait_for(lambda: readiness(ports[3], "/ready")[0] == 503, 2.0)
+        assert down is not None, f"/ready still 200 two seconds after {instance} died"
+        up = wait_for(lambda: readiness(ports[3], "/ready")[0] == 200, 10.0)
+        assert up is not None, f"not ready again within 10 s of {instance} dying"
+        with TritonDetectorClient(f"{LOOPBACK}:{ports[1]}", "grpc") as client:
+            assert len(client.detect([frame])) == 1
+    assert [c.pid for c in psutil.Process(process.pid).children()] == server  # healed in place
+    log = (tmp_path / "launcher.log").read_text()
+    assert log.count("heal: stub ") == 3 and "of detector died; reloaded detector" in log
+    kill_stub(process, "postprocess_0_0")  # dead when the stop begins
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, (tmp_path / "launcher.log").read_text()[-2000:]
+
+
+def test_a_step_that_keeps_dying_leaves_the_replica_unready_and_not_live(served_repo, tmp_path):
+    ports = [free_port() for _ in range(4)]
+    command = [sys.executable, "-m", "tools.server", "local", "--repo", str(served_repo), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--ready-port", str(ports[3]),
+               "--grace", "0", "--max-heals", "1", "--log", str(tmp_path / "server.log")]
+    process = start(command, "Triton ready", tmp_path / "launcher.log")
+    try:
+        kill_stub(process, "preprocess_0_0")
+        assert wait_for(lambda: readiness(ports[3], "/ready")[0] == 200 and "heal: stub" in
+                        (tmp_path / "launcher.log").read_text(), 10.0) is not None
+        kill_stub(process, "preprocess_0_0")  # a second death: more than --max-heals 1
+        assert wait_for(lambda: readiness(ports[3], "/live")[0] == 503, 5.0) is not None
+        assert readiness(ports[3], "/ready")[0] == 503
+        assert "left unready, liveness failing" in (tmp_path / "launcher.log").read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

@@ -65,7 +65,12 @@ def test_serving_deployment_has_what_operations_need(rendered):
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered["cpu"].read_text())}
     pod = docs[("Deployment", "triton")]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # liveness and readiness both need every step's stub alive (a dead stub leaves Triton ready)
+    liveness = " ".join(container["livenessProbe"]["exec"]["command"])
+    assert "/v2/health/live" in liveness and liveness.endswith("python3 /opt/yolo-triton/stub_health.py")
+    assert " ".join(container["readinessProbe"]["exec"]["command"]).endswith("python3 /opt/yolo-triton/stub_health.py")
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert "COPY stub_health.py /opt/yolo-triton/stub_health.py" in dockerfile
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 120
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
