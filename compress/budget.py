@@ -56,6 +56,11 @@ class Reference:
         return cls(record["stage"], record["map50"], record["map50_95"], record.get("scores", {}))
 
     @property
+    def row_key(self) -> str:
+        """Its row in the report."""
+        return "equal_budget" if self.stage == "finetune" else "baseline"
+
+    @property
     def weights_stage(self) -> str:
         """The manifest stage holding the reference's weights (export's are the baseline's)."""
         return "finetune" if self.stage == "finetune" else "baseline"

@@ -102,13 +102,14 @@ def describe_machine(cpuinfo: str | None = None) -> dict:
     """The CPU a speed figure was measured on: ratios differ between CPUs for the same files."""
     import onnxruntime
 
-    if cpuinfo is None:
+    this_machine = cpuinfo is None
+    if this_machine:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
     model, flags = cpu_flags(cpuinfo)
-    if "amx_tile" not in flags and "avx512f" in flags:
+    if this_machine and "amx_tile" not in flags and "avx512f" in flags:
         flags |= _amx_from_torch()
     extensions = [name for flag, name in EXTENSIONS if flag in flags]
     return {"cpu": model or platform.processor() or "unknown", "cores": cpu_threads(), "vector_extensions": extensions,

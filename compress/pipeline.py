@@ -12,7 +12,6 @@ Each stage reads artifacts, writes new ones under `--artifacts` and records itse
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -426,7 +425,7 @@ def _report_run(ctx: Context, out: Path):
     from compress.report import write_report
 
     paths = write_report(ctx, out)
-    return paths, {"targets_met": json.loads(paths["json"].read_text())["targets"]["all_met"]}
+    return paths, {"targets_met": Report.load(ctx.artifacts).data["targets"]["all_met"]}
 
 
 def _report_inputs(ctx: Context) -> dict[str, str]:

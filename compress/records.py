@@ -1,6 +1,6 @@
 """The records that cross module boundaries, typed, each with one loader.
 
-    read_json         every record file is read through this: a missing or corrupt file is one
+    read_json         the records' loaders read through this: a missing or corrupt file is one
                       InputFileError that says which command writes it
     SearchRecord      the search stage's result: the reference it chose, every candidate's files
     ServedChoice      the report's serving decision (report.json's `served`)
@@ -9,6 +9,7 @@
 
 Paths inside the records are relative to the artifacts folder (the folder can move); the loaders
 hand out absolute ones. Nothing is decoded from a file name, a folder name or a display label.
+A record an older version of the toolkit wrote (a field missing) is one error saying what to run.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def read_json(path: Path, what: str, hint: str) -> dict:
     if not isinstance(data, dict):
         raise InputFileError(f"{path} is not a readable {what}: not a JSON object", hint=hint)
     return data
+
+
+def older_record(path: Path, error: Exception) -> InputFileError:
+    return InputFileError(f"{path} was written by an older version of the toolkit (no {error})",
+                          hint="run `make pipeline` to measure and write it again")
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -86,10 +92,13 @@ class SearchRecord:
         record = manifest.get("search")
         if record is None:
             raise InputFileError(f"no search in {manifest.root}", hint="run `make pipeline` first")
-        candidates = {name: SearchCandidate(name, info, {kind: manifest.root / rel for kind, rel in info["files"].items()})
-                      for name, info in record.metrics["candidates"].items()}
-        return cls(Reference.from_dict(record.metrics["reference"]), record.metrics["budget_points"], candidates,
-                   record.metrics)
+        try:
+            candidates = {name: SearchCandidate(name, info, {k: manifest.root / rel for k, rel in info["files"].items()})
+                          for name, info in record.metrics["candidates"].items()}
+            return cls(Reference.from_dict(record.metrics["reference"]), record.metrics["budget_points"], candidates,
+                       record.metrics)
+        except (KeyError, TypeError) as error:
+            raise older_record(manifest.path, error) from None
 
     @staticmethod
     def candidate_entry(metrics: dict, files: dict[str, Path], root: Path) -> dict:
@@ -139,10 +148,10 @@ class Report:
         path = Path(artifacts) / REPORT_FILE
         data = read_json(path, "compression report (nothing has been chosen to serve yet)",
                          "run `make pipeline` (or `make bench`) first")
-        if "key" not in data.get("served", {}):
-            raise InputFileError(f"{path} was written by an older version of the toolkit",
-                                 hint="run `make bench` to measure and write the report again")
-        return cls(path, data, ServedChoice.from_dict(data["served"], artifacts))
+        try:
+            return cls(path, data, ServedChoice.from_dict(data["served"], artifacts))
+        except (KeyError, TypeError) as error:
+            raise older_record(path, error) from None
 
 
 # -- what the parity gate passed ---------------------------------------------------------------------
@@ -166,9 +175,13 @@ class GatedModel:
                                   hint="run `make parity` (or override with ALLOW_UNGATED=1, which serves it unchecked)")
         record = read_json(path, "parity gate record", "run `make parity` again")
         root = Path(artifacts)
-        gated = cls(record["stage"], root / record["onnx"], record["sha256"], record.get("mixed_precision", False),
-                    record.get("gated_at", ""), root / record["trt_onnx"] if record.get("trt_onnx") else None,
-                    record.get("trt_onnx_sha256"))
+        try:
+            gated = cls(record["stage"], root / record["onnx"], record["sha256"], record.get("mixed_precision", False),
+                        record.get("gated_at", ""), root / record["trt_onnx"] if record.get("trt_onnx") else None,
+                        record.get("trt_onnx_sha256"))
+        except (KeyError, TypeError) as error:
+            raise GateFailedError(f"{path} is not a gate record this toolkit wrote (no {error})",
+                                  hint="run `make parity` again") from None
         if not gated.onnx.exists() or file_hash(gated.onnx) != gated.sha256:
             raise GateFailedError(f"{gated.onnx} changed since the parity gate passed it (or is gone)",
                                   hint="run `make parity` again on the current artifacts")

@@ -15,14 +15,14 @@ variants it made instead are measured here like every other row (compress.record
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
 from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, measure_in_subprocess, speedup, verdict
 from compress.budget import choose_served, fits, points_below
 from compress.env import describe_machine, machine_line
-from compress.records import GateVerdicts, SearchRecord
+from compress.onnx_session import execution_providers
+from compress.records import GateVerdicts, SearchRecord, read_json, write_json
 from compress.plotting import saved_figure
 from compress.profile import plot as profile_plot
 from compress.profile import profile_in_subprocess
@@ -65,7 +65,8 @@ def _candidates(ctx, search: SearchRecord, verdicts: GateVerdicts) -> dict[str, 
     store = CandidateStore(ctx, search.reference)
     for name in verdicts.variants:
         record = store.variant(name)
-        if record is not None:
+        # a variant of a candidate this search no longer has (other settings since) is not measured
+        if record is not None and record.metrics.get("base") in found:
             found[name] = (record.metrics, record.files())
     return found
 
@@ -82,7 +83,7 @@ def collect(ctx) -> dict:
                            "fp32", None, None),
               "equal_budget": ("baseline FP32, +extra epochs (equal budget)", manifest.output("finetune", "onnx"),
                                manifest.output("finetune", "weights"), "fp32", None, None)}
-    reference_key = "equal_budget" if reference_info.stage == "finetune" else "baseline"
+    reference_key = reference_info.row_key
     for name, (info, files) in candidates.items():
         if info["trained"] and "mixed_precision" not in info:
             wanted[f"{name}:fp32"] = (f"{info['label']}, FP32", files["fp32"], files["weights"], "fp32", name, None)
@@ -149,7 +150,7 @@ def collect(ctx) -> dict:
             met[key] = verdict(ratios[key], target) == "met"
     twin = by_key.get(served["twin"]) if served["twin"] else served
     return {
-        "image_size": imgsz, "threads": threads, "rows": rows, "machine": describe_machine(), "machine_during_latency": load,
+        "image_size": imgsz, "threads": threads, "providers": execution_providers(), "rows": rows, "machine": describe_machine(), "machine_during_latency": load,
         "served": {"name": served["candidate"] or served["key"], "key": served["key"], "model": served["model"],
                    "precision": served["precision"], "onnx": served["onnx"], "fp32_onnx": twin["onnx"],
                    "weights": served["weights"], "quantization": served.get("quantization"),
@@ -215,7 +216,8 @@ def served_line(report: dict) -> str:
 def to_markdown(report: dict) -> str:
     m, served, t = report["machine"], report["served"], report["targets"]
     lines = [
-        f"# Compression report ({report['image_size']}x{report['image_size']}, ONNX Runtime {m['onnxruntime']} CPU, "
+        f"# Compression report ({report['image_size']}x{report['image_size']}, ONNX Runtime {m['onnxruntime']} on "
+        f"{', '.join(p.removesuffix('ExecutionProvider') for p in report.get('providers') or ['CPUExecutionProvider'])}, "
         f"{report['threads']} threads)", "",
         f"{machine_line(m)} Speed-ups depend "
         "on the CPU: compare them only with figures from the same machine.", "",
@@ -354,7 +356,7 @@ def write_report(ctx, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = collect(ctx)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "accuracy_vs_latency.png"}
-    previous = json.loads(paths["json"].read_text()) if paths["json"].exists() else {}
+    previous = read_json(paths["json"], "compression report", "run `make bench`") if paths["json"].exists() else {}
     if previous.get("served", {}).get("onnx") == report["served"]["onnx"]:
         # the same model measured again: do the ratios hold from one run to the next?
         before, now = previous["targets"]["measured"], report["targets"]["measured"]
@@ -367,7 +369,7 @@ def write_report(ctx, out: Path) -> dict[str, Path]:
     report["op_profile"] = op_profile(ctx, report)
     paths["op_profile_plot"] = out / "op_profile.png"
     profile_plot(report["op_profile"], paths["op_profile_plot"])
-    paths["json"].write_text(json.dumps(report, indent=2))
+    write_json(paths["json"], report)
     paths["markdown"].write_text(to_markdown(report))
     plot(report, paths["plot"])
     print(to_markdown(report), flush=True)
@@ -379,19 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     """`make summary`: the end of `make`, from the report and the gate's record."""
     import argparse
 
-    from compress.errors import InputFileError
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
-    path = args.artifacts / "report" / "report.json"
-    if not path.exists():
-        raise InputFileError(f"no report in {args.artifacts}", hint="run `make` first")
-    report = json.loads(path.read_text())
+    report = read_json(args.artifacts / "report" / "report.json", "compression report", "run `make` first")
     lines = summary_lines(report, args.artifacts)
     gate = args.artifacts / "parity" / "parity.json"
     if gate.exists():
-        passed = json.loads(gate.read_text())["passed"]
+        passed = read_json(gate, "parity gate result", "run `make parity`").get("passed")
         lines.append(f"Parity gate: {'PASS' if passed else 'FAIL'} ({args.artifacts / 'parity' / 'parity.md'})")
     print("\n".join(["", "=" * 78, *lines, "=" * 78]))
 

@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                              "that covers the model input")
     parser.add_argument("--conf-threshold", dest="conf_threshold", type=float)
     parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
-    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--device", type=lambda v: "cpu" if v.strip().lower() == "cpu" else "gpu",
+                        help="detector instances: cpu or gpu (a CUDA index, as DEVICE= takes for training, is a gpu)")
     parser.add_argument("--ort-threads", dest="ort_threads", type=int)
     parser.add_argument("--pixel-type", dest="pixel_type", choices=["uint8", "float32"],
                         help="what preprocess hands the detector (default: uint8, float32 for tensorrt)")
@@ -233,6 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     if not all((args.repo / name / "1" / "model.py").exists() for name in PYTHON_MODELS):
         copy_python_models(args.repo)  # a new REPO= folder: start from the committed Python models
     previous = previous_record(args.repo)
+    if args.target == "local" and args.device == "gpu":
+        from compress.onnx_session import execution_providers
+
+        if "CUDAExecutionProvider" not in execution_providers():
+            # `make DEVICE=gpu` trains on the GPU; the local detector can only use one through onnxruntime-gpu
+            print("note: DEVICE=gpu, but this ONNX Runtime has no CUDA provider: the local target's detector "
+                  "instances run on the CPU (install onnxruntime-gpu, or TARGET=onnxruntime for the NGC image)")
+            args.device = "cpu"
     settings = settings_from_args(args, info, previous)
     tuned = previous.tuned if previous and previous.target == args.target else None
     gated = not (args.onnx or args.stage or args.allow_ungated)

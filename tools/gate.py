@@ -11,7 +11,8 @@ It judges the report's serving choice (compress.records.Report), never a model o
    sensitive convs in float, a few more at a time, as candidates of their own
    (compress.candidates.float_variant), until the gate holds. The refused choice and the variant
    are recorded (compress.records.GateVerdicts) and the report is measured again, so what the
-   gate passes is a row the report measured and chose; that choice is then gated in turn.
+   gate passes is a row the report measured and chose; that choice is then gated in turn (at
+   most MAX_ROUNDS refusals; the choice after the last one is judged, not refused again).
 Only a model that passes is recorded as servable (`served.json`, tied to its bytes). Artifacts
 land in <artifacts>/parity/ (inputs, outputs, statistics, parity.json/.md).
 """
@@ -23,7 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from compress.budget import MIXED_PRECISION_COUNTS, keep_float, points_below
+from compress.budget import MIXED_PRECISION_COUNTS, fits, keep_float, points_below
 from compress.candidates import CandidateRecord, float_variant
 from compress.detection import SERVED_CONF
 from compress.export import read_info
@@ -114,10 +115,10 @@ def check(gate: Gate, measured: dict) -> list[tuple[str, str, str, bool]]:
         add("class flips", f"<= {gate.max_class_flips}", task["class_flips"],
             task["class_flips"] <= gate.max_class_flips)
     drop_fp32 = points_below(maps["fp32"], maps["int8"])
-    add(VS_FP32, f"<= {gate.max_map_drop_vs_fp32}", drop_fp32, drop_fp32 <= gate.max_map_drop_vs_fp32)
+    add(VS_FP32, f"<= {gate.max_map_drop_vs_fp32}", drop_fp32, fits(drop_fp32, gate.max_map_drop_vs_fp32))
     drop_reference = points_below(maps["reference"], maps["int8"])
     allowance = GATE_MAP_ALLOWANCE_POINTS if gate.max_map_drop_vs_baseline is None else gate.max_map_drop_vs_baseline
-    add(VS_REFERENCE, f"<= {allowance}", drop_reference, drop_reference <= allowance)
+    add(VS_REFERENCE, f"<= {allowance}", drop_reference, fits(drop_reference, allowance))
     return rows
 
 
@@ -221,14 +222,14 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
     GatedModel.clear(artifacts)  # whatever was gated before is not what is measured now
     data_yaml = manifest.output("dataset", "data_yaml")
     reference = SearchRecord.load(manifest).reference
-    reference_key = "equal_budget" if reference.stage == "finetune" else "baseline"
+    reference_key = reference.row_key
     thresholds = json.loads(json.dumps(asdict(gate)))
     earlier = GateVerdicts.load(artifacts)
     if earlier.gate and earlier.gate != thresholds:  # refused under other thresholds: the report chooses afresh
         GateVerdicts.path(artifacts).unlink()
         remeasure_report(artifacts, Report.load(artifacts).data)
     refused: list[dict] = []
-    for round_number in range(MAX_ROUNDS):
+    for round_number in range(MAX_ROUNDS + 1):  # at most MAX_ROUNDS refusals; the last choice is judged too
         report = Report.load(artifacts)
         choice = report.served
         resolved = gate.for_choice(choice)
@@ -246,7 +247,7 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
                                 "a larger budget (MAX_MAP_DROP=), longer distillation (DISTILL_EPOCHS=) or a lower "
                                 "--detection-conf if the model is meant to run at a lower threshold")
             break
-        if not (allow_mixed_precision and choice.precision == "int8"):
+        if not (allow_mixed_precision and choice.precision == "int8") or round_number == MAX_ROUNDS:
             break
         refusal = _mixed_precision(choice, result, report_maps(report, reference_key), resolved, data_yaml, out_dir,
                                    counts)

@@ -11,7 +11,7 @@ dead) and cost a frame's compute each time.
 
 `StubWatch` turns that into:
 - health: false from the first poll that misses a stub (readiness turns 503 within `poll_s`),
-  true again once every stub lives and Triton says the models are ready;
+  true again once every stub lives (the launcher's readiness also needs Triton's own);
 - healing: the model whose stub died is unloaded and loaded again through the repository API
   (explicit model control; new stubs, the ensemble stays loaded), counted and logged in one line;
 - giving up: a model reloaded more than `max_heals` times within `window_s` is left unready and
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from compress.errors import ServerError
-from tools.stub_health import instance_names, live_stubs, missing_stubs
+from tools.stub_health import live_stubs, missing_stubs, python_steps
 
 
 
@@ -39,11 +39,13 @@ class HealSettings:
     window_s: float = 300.0
 
 
-def python_steps(server, ensemble: str) -> dict[str, list[str]]:
+def expected_stubs(server, ensemble: str) -> dict[str, list[str]]:
     """{model: its instance names} of the ensemble's Python-backend steps, from the configs the
-    server runs (a reload with another instance count changes them)."""
-    configs = {name: server.model_config(name) for name in server.ensemble_steps(ensemble)}
-    return {name: instance_names(name, config) for name, config in configs.items() if config.get("backend") == "python"}
+    server runs now (a reload with another instance count changes them)."""
+    from tools.server import ADMIN_HEADER
+
+    return python_steps(f"http://{server.http_url}", ensemble,
+                        {ADMIN_HEADER: server.admin_key} if server.admin_key else None)
 
 
 class StubWatch:
@@ -69,7 +71,7 @@ class StubWatch:
         return self.given_up is None
 
     def start(self) -> "StubWatch":
-        self.expected = python_steps(self.server, self.ensemble)
+        self.expected = expected_stubs(self.server, self.ensemble)
         self.check()
         self._thread.start()
         return self
@@ -129,4 +131,9 @@ class StubWatch:
     def _run(self) -> None:
         while not self._stop.wait(self.settings.poll_s):
             if self.check() and self.given_up is None:
-                self.heal()
+                try:  # the configs may have changed (a reload with other instance counts): not a death
+                    self.expected = expected_stubs(self.server, self.ensemble)
+                except OSError:
+                    pass
+                if self.check():
+                    self.heal()

@@ -23,7 +23,7 @@ from tools.haproxy import Backend, HAProxy, HealthCheck, haproxy_binary
 from tools.process import ManagedProcess
 from tools.repository import RepositoryRecord
 from tools.server import LOOPBACK, free_port
-from tools.stub_health import STUB_BINARY
+from tools.stub_health import stubs
 
 
 def drain_settings_for(check: HealthCheck, quiet_s: float = 0.5, max_wait_s: float = 15.0) -> DrainSettings:
@@ -120,13 +120,10 @@ class Replica:
         kernel's OOM killer would; returns when (epoch s). Triton and the launcher live on."""
         import psutil
 
-        for process in psutil.Process(self.launcher.pid).children(recursive=True):
-            try:
-                command = process.cmdline()
-            except psutil.Error:
-                continue
-            if command and command[0].endswith(STUB_BINARY) and command[-2] == instance:
-                process.kill()
+        for triton in psutil.Process(self.launcher.pid).children():
+            pid = stubs(server_pid=triton.pid).get(instance)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
                 return time.time()
         raise ServerError(f"replica {self.name} has no live stub {instance}")
 

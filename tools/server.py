@@ -187,16 +187,6 @@ class TritonServer:
         self.unload(model)
         self.load(model)
 
-    def model_config(self, model: str) -> dict:
-        """The config the running server holds for `model` (with any override it was loaded with)."""
-        with self._client(timeout_s=10) as client:
-            return client.get_model_config(model, headers={ADMIN_HEADER: self.admin_key} if self.admin_key else None)
-
-    def ensemble_steps(self, model: str) -> list[str]:
-        """The models an ensemble's steps run, in order (the model itself if it is not an ensemble)."""
-        steps = self.model_config(model).get("ensemble_scheduling", {}).get("step", [])
-        return [step["model_name"] for step in steps] or [model]
-
     def is_ready(self) -> bool:
         return self._process is not None and self._process.running() and self._ask("is_server_ready")
 

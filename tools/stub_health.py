@@ -33,10 +33,10 @@ def _parent_and_state(pid: str) -> tuple[int, str]:
     return int(fields[1]), fields[0]
 
 
-def live_stubs(server_pid: int | None = None, repository: str | None = None) -> set[str]:
-    """Instance names of the live stubs, from /proc: of `server_pid`'s, or of the models under
-    `repository` (a stub's first argument is its model.py), when given."""
-    names = set()
+def stubs(server_pid: int | None = None, repository: str | None = None) -> dict[str, int]:
+    """{instance name: pid} of the live stubs, from /proc: of `server_pid`'s, or of the models
+    under `repository` (a stub's first argument is its model.py), when given."""
+    found = {}
     for pid in (entry for entry in os.listdir("/proc") if entry.isdigit()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -49,8 +49,13 @@ def live_stubs(server_pid: int | None = None, repository: str | None = None) -> 
         model_file = command[1].decode(errors="replace")
         if state != "Z" and (server_pid is None or parent == server_pid) and (
                 repository is None or model_file.startswith(repository.rstrip("/") + "/")):
-            names.add(command[-2].decode(errors="replace"))
-    return names
+            found[command[-2].decode(errors="replace")] = int(pid)
+    return found
+
+
+def live_stubs(server_pid: int | None = None, repository: str | None = None) -> set[str]:
+    """Instance names of the live stubs (see `stubs`)."""
+    return set(stubs(server_pid, repository))
 
 
 def missing_stubs(expected: dict[str, list[str]], alive: set[str]) -> dict[str, list[str]]:
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="yolo")
     parser.add_argument("--repository", default=os.environ.get("MODEL_REPOSITORY", "/models"),
                         help="the server's model repository: stubs of models under it count")
-    parser.add_argument("--key-file", default=os.environ.get("ADMIN_KEY_FILE", ""),
+    # the entrypoint's own default: with the key mounted there, the model-config API needs it
+    parser.add_argument("--key-file", default=os.environ.get("ADMIN_KEY_FILE", "/var/run/secrets/yolo-triton/admin-key"),
                         help="the admin key, where the model-config API is restricted")
     args = parser.parse_args(argv)
     key = os.environ.get("TRITON_ADMIN_KEY", "")
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"not ready: cannot read the configs of {args.model} from {args.url}: {error}", file=sys.stderr)
         return 1
-    missing = missing_stubs(expected, live_stubs(repository=os.path.realpath(args.repository)))
+    # a repository in object storage (s3://...) is read by Triton itself: then every stub here is its
+    repository = None if "://" in args.repository else os.path.realpath(args.repository)
+    missing = missing_stubs(expected, live_stubs(repository=repository))
     if missing:
         print("not ready: no live stub for " + ", ".join(n for names in missing.values() for n in names), file=sys.stderr)
         return 1

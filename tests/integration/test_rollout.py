@@ -120,7 +120,8 @@ def test_a_killed_stub_is_routed_around_and_healed_without_a_restart(cluster, fr
 
 def test_kubernetes_probes_fail_while_a_stub_is_dead(served_repo, tmp_path):
     """The Deployment's readiness and liveness commands against a real server whose preprocess
-    stub was killed: both fail (no launcher heals in the pod: the kubelet restarts it)."""
+    stub was killed: both fail (no launcher heals in the pod: the kubelet restarts it). The server
+    restricts its operator APIs as the pod does: the probes read the admin key from its file."""
     import psutil
 
     from tools.server import TritonServer
@@ -136,9 +137,12 @@ def test_kubernetes_probes_fail_while_a_stub_is_dead(served_repo, tmp_path):
     import shutil
 
     repo = shutil.copytree(served_repo, tmp_path / "repo")  # stubs of its own: other servers serve served_repo
-    with TritonServer(repo, log_path=tmp_path / "server.log") as server:
+    key = tmp_path / "admin-key"
+    key.write_text("s3cret\n")
+    with TritonServer(repo, log_path=tmp_path / "server.log", admin_key="s3cret") as server:
         env.update(TRITON_HTTP_URL=f"http://{server.http_url}", DRAIN_READY_URL=f"http://{server.http_url}/v2/health/ready",
-                   MODEL_REPOSITORY=str(server.repository))
+                   MODEL_REPOSITORY=str(server.repository), ADMIN_KEY_FILE=str(key))
+        env.pop("TRITON_ADMIN_KEY", None)
         for kind in ("readinessProbe", "livenessProbe"):
             assert subprocess.run(probe(kind), env=env, timeout=30).returncode == 0, kind
         for child in psutil.Process(server.process.pid).children():

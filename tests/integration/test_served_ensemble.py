@@ -139,19 +139,23 @@ def test_detector_instances_share_the_cores(triton):
                     reason="needs two CPUs this process may pin a server to")
 def test_detector_threads_follow_the_cores_the_server_may_use(tiny_onnx, tmp_path):
     """A server pinned to one CPU, then to two: one detector instance runs ONNX Runtime with as
-    many threads as the CPUs it was given (the count is read where the server runs, not assumed)."""
+    many threads as the CPUs it was given, two instances on two CPUs one thread each (the count is
+    read where the server runs and shared by the instances, not assumed)."""
     from compress.export import read_info
     from tests.conftest import copy_committed_repository
     from tools import build_repo
     from tools.server import TritonServer
 
-    repo = copy_committed_repository(tmp_path / "repo")
-    build_repo.build(repo, tiny_onnx, build_repo.settings_for(read_info(tiny_onnx), detector_instances=1),
-                     {"stage": "export"})
+    repos = {}
+    for instances in (1, 2):
+        repos[instances] = copy_committed_repository(tmp_path / f"repo_{instances}")
+        build_repo.build(repos[instances], tiny_onnx,
+                         build_repo.settings_for(read_info(tiny_onnx), detector_instances=instances), {"stage": "export"})
     cpus = sorted(os.sched_getaffinity(0))[:2]
     mine = os.sched_getaffinity(0)
-    for given in (cpus[:1], cpus):
-        log = tmp_path / f"server_{len(given)}.log"
+    for given, instances, expected in ((cpus[:1], 1, 1), (cpus, 1, 2), (cpus, 2, 1)):
+        repo = repos[instances]
+        log = tmp_path / f"server_{len(given)}_{instances}.log"
         os.sched_setaffinity(0, given)  # the server and its stubs inherit it
         try:
             server = TritonServer(repo, log_path=log).start()
@@ -159,4 +163,5 @@ def test_detector_threads_follow_the_cores_the_server_may_use(tiny_onnx, tmp_pat
             os.sched_setaffinity(0, mine)
         server.stop()
         lines = detector_log_lines(log.read_text(errors="replace"))
-        assert lines and all(threads == len(given) and n == 1 for _, threads, n, _ in lines), (given, lines)
+        assert len(lines) == instances and all(threads == expected and n == instances for _, threads, n, _ in lines), \
+            (given, lines)

@@ -134,7 +134,8 @@ def wait_for(condition, timeout_s: float) -> float | None:
 def test_a_dead_stub_of_every_step_turns_ready_off_and_heals(served_repo, tmp_path, val_images):
     """`make serve` with each step's stub killed in turn (SIGKILL, as the OOM killer does): /ready
     answers 503 within 2 s, 200 again within 10 s without restarting Triton, and the ensemble answers
-    again; a stub dead at SIGTERM is healed before Triton stops, so the launcher still exits 0."""
+    again; a stub dead at SIGTERM is healed (by the watch during the drain, or just before Triton
+    stops), so the launcher still exits 0."""
     from tools.client import TritonDetectorClient
 
     process, ports = launcher(served_repo, tmp_path)
