@@ -37,7 +37,7 @@ SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if
 	$(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
 FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-.PHONY: all help venv pipeline compress parity verify docs summary bench bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo docs summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> docs/results.md -> summary
 
@@ -94,6 +94,9 @@ summary: venv ## Print what is served, its accuracy against the budget, its spee
 
 bench: venv ## Re-measure the report (interleaved latency with spread, op profile, mAP, front) into $(ARTIFACTS)/report/
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force
+
+bench-peers: venv ## The served model beside Ultralytics' OpenVINO INT8 export of the same baseline (NNCF), and both files on ONNX Runtime and OpenVINO: latency side by side (each in its own process), mAP by one evaluator -> $(ARTIFACTS)/peers/
+	$(PY) -m compress.peer_bench --artifacts $(ARTIFACTS) $(if $(LATENCY_THREADS),--threads $(LATENCY_THREADS))
 
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages plan --force

@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU latency of several models measured side by side in one run.
+"""CPU latency of several models measured side by side in one run.
 
 Rounds interleave the models (A B C A B C ...) so machine noise hits all of them alike; each
 model gets the same thread count and input. Per model and batch size: the fastest decile (the
@@ -12,7 +12,8 @@ ratio of the fastest deciles (the undisturbed machine), with a bootstrap interva
 (p10-p90 of the estimate) that says whether a target is met beyond the noise; the per-round
 ratios are kept beside it. `measure_in_subprocess` runs it in a fresh interpreter: a process that has trained
 with torch keeps OpenMP threads that compete with ONNX Runtime's (measured: the same model 4x
-slower in-process).
+slower in-process). `latency_in_workers` gives every model a process of its own, each on its own
+runtime (ONNX Runtime or OpenVINO), interleaved the same way: the peer bench's rows.
 
     python -m compress.benchmark --imgsz 256 baseline=artifacts/export/baseline.onnx int8=...
 """
@@ -28,9 +29,11 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from compress.errors import ToolkitError, cli_entry
 from compress.onnx_session import create_session
 from compress.progress import progress
 
@@ -49,30 +52,114 @@ def spread(values) -> dict[str, float]:
             "p10": round(float(p10), 3), "p90": round(float(p90), 3)}
 
 
-def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
-                         rounds: dict[int, int] | None = None) -> dict[str, dict]:
-    """{name: {"bs1_ms": fastest decile, "bs1": spread, "bs1_rounds": [ms per round], ...}} for every model."""
+def interleaved_rounds(timers: dict[str, Callable[[int], float]], rounds: dict[int, int] | None = None,
+                       pause_s: float = 0.0) -> dict[str, dict]:
+    """{name: {"bs1_ms": fastest decile, "bs1": spread, "bs1_rounds": [ms per round], ...}}: each
+    timer(batch) runs its model once and returns milliseconds. `pause_s` between two models lets
+    an idle runtime's threads stop spinning before the next one runs."""
     rounds = rounds or ROUNDS
-    sessions = {name: create_session(path, threads, spinning=False) for name, path in models.items()}
-    results: dict[str, dict] = {name: {} for name in models}
+    results: dict[str, dict] = {name: {} for name in timers}
+    names = list(timers)
     for batch in BATCH_SIZES:
-        feed = np.random.default_rng(0).random((batch, 3, *image_size), dtype=np.float32)
-        timings: dict[str, list[float]] = {name: [] for name in models}
-        for session in sessions.values():
+        timings: dict[str, list[float]] = {name: [] for name in timers}
+        for timer in timers.values():
             for _ in range(WARMUP_RUNS):
-                session.run(None, {"images": feed})
-        names = list(sessions)
+                timer(batch)
         for index in progress(range(rounds[batch]), desc=f"latency bs{batch}"):
             # rotate the order each round: no model always runs right after the same one
             for name in names[index % len(names):] + names[:index % len(names)]:
-                start = time.perf_counter()
-                sessions[name].run(None, {"images": feed})
-                timings[name].append((time.perf_counter() - start) * 1e3)
-        for name in models:
+                if pause_s:
+                    time.sleep(pause_s)
+                timings[name].append(timers[name](batch))
+        for name in timers:
             stats = spread(timings[name])
             results[name].update({f"bs{batch}_ms": stats["p10"], f"bs{batch}": stats,
                                   f"bs{batch}_rounds": [round(t, 4) for t in timings[name]]})
     return results
+
+
+def session_timer(session, image_size: tuple[int, int]) -> Callable[[int], float]:
+    """Times one run of `session` on a fixed random batch (one per batch size)."""
+    feeds: dict[int, np.ndarray] = {}
+
+    def run_once(batch: int) -> float:
+        if batch not in feeds:
+            feeds[batch] = np.random.default_rng(0).random((batch, 3, *image_size), dtype=np.float32)
+        start = time.perf_counter()
+        session.run(None, {"images": feeds[batch]})
+        return (time.perf_counter() - start) * 1e3
+
+    return run_once
+
+
+def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
+                         rounds: dict[int, int] | None = None) -> dict[str, dict]:
+    """ONNX Runtime sessions in this process, interleaved (`interleaved_rounds`)."""
+    sessions = {name: create_session(path, threads, spinning=False) for name, path in models.items()}
+    return interleaved_rounds({name: session_timer(session, image_size) for name, session in sessions.items()}, rounds)
+
+
+class WorkerTimer:
+    """One model on one runtime in a process of its own, timing itself on request: runtimes never
+    share a process (OpenVINO's busy threads slow an ONNX Runtime session beside them), and the
+    timing excludes the pipe."""
+
+    def __init__(self, path: Path, image_size: tuple[int, int], threads: int, runtime: str = "onnxruntime",
+                 precision: str = "f32"):
+        self.path, self.runtime = Path(path), runtime
+        command = [sys.executable, "-m", "compress.benchmark", "--worker", "--runtime", runtime,
+                   "--precision", precision, "--imgsz", str(image_size[0]), "--threads", str(threads), f"model={path}"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.facts = json.loads(self._answer())  # what the worker's runtime chose (e.g. OpenVINO's precision)
+
+    def _answer(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise ToolkitError(f"the benchmark worker for {self.path} ({self.runtime}) exited with code "
+                               f"{self.process.wait()}", hint="its error is printed above")
+        return line
+
+    def __call__(self, batch: int) -> float:
+        self.process.stdin.write(f"{batch}\n")
+        self.process.stdin.flush()
+        return float(self._answer())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+
+def latency_in_workers(models: dict[str, dict], image_size: tuple[int, int], threads: int,
+                       rounds: dict[int, int] | None = None, pause_s: float = 0.05) -> dict[str, dict]:
+    """`models` {name: {"path", "runtime", "precision"}}, each in its own worker process, interleaved.
+    Every row also gets its worker's `facts`."""
+    timers = {}
+    try:
+        for name, spec in models.items():
+            timers[name] = WorkerTimer(spec["path"], image_size, threads, spec.get("runtime", "onnxruntime"),
+                                       spec.get("precision", "f32"))
+        results = interleaved_rounds(timers, rounds, pause_s)
+        for name, timer in timers.items():
+            results[name]["facts"] = timer.facts
+        return results
+    finally:
+        for timer in timers.values():
+            timer.close()
+
+
+def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime: str, precision: str) -> None:
+    """The worker side of `WorkerTimer`: one line per request (a batch size), one line back (ms)."""
+    from compress.runtimes import create_runtime_session
+
+    session = create_runtime_session(path, runtime, threads, precision, spinning=False)
+    facts = {"runtime": runtime, "threads": threads}
+    if runtime == "openvino":
+        facts["inference_precision"] = session.inference_precision()
+    print(json.dumps(facts), flush=True)
+    timer = session_timer(session, image_size)
+    for line in sys.stdin:
+        print(f"{timer(int(line)):.4f}", flush=True)
 
 
 def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict:
@@ -147,6 +234,7 @@ def measure_in_subprocess(models: dict[str, Path], image_size: tuple[int, int], 
     return json.loads(result.stdout)
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="name=path.onnx")
@@ -154,8 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, nargs=len(BATCH_SIZES), default=[ROUNDS[b] for b in BATCH_SIZES],
                         help=f"interleaved rounds per batch size {BATCH_SIZES}")
+    parser.add_argument("--worker", action="store_true", help="serve timings of one model over stdin/stdout")
+    parser.add_argument("--runtime", default="onnxruntime", help="the worker's runtime (compress.runtimes)")
+    parser.add_argument("--precision", default="f32", help="an OpenVINO worker's float precision")
     args = parser.parse_args(argv)
     models = dict(item.split("=", 1) for item in args.models)
+    if args.worker:
+        _serve_worker(Path(next(iter(models.values()))), (args.imgsz, args.imgsz), args.threads, args.runtime,
+                      args.precision)
+        return
     results = latency_side_by_side({k: Path(v) for k, v in models.items()}, (args.imgsz, args.imgsz),
                                    threads=args.threads, rounds=dict(zip(BATCH_SIZES, args.rounds)))
     json.dump(results, sys.stdout)

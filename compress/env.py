@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,22 @@ def configure() -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads()))
     os.environ.setdefault("TQDM_MININTERVAL", "1")
+
+
+@contextmanager
+def telemetry_off():
+    """OpenVINO's model converter and NNCF send usage telemetry unless the process says it runs in
+    CI (openvino-telemetry's `CI=true`, NNCF's `NNCF_CI`): nothing here goes on the network."""
+    saved = {name: os.environ.get(name) for name in ("CI", "NNCF_CI")}
+    os.environ.update(CI="true", NNCF_CI="1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # (cpuinfo flag, name): the extensions ONNX Runtime's and oneDNN's INT8 and FP32 kernels choose between

@@ -113,8 +113,11 @@ def evaluate(detect: Callable[[list[bytes]], list[Detections]], data_yaml: Path,
     return mean_average_precision(detections, targets)
 
 
-def evaluate_onnx(onnx_path: Path, data_yaml: Path, threads: int = 0, limit: int | None = None) -> dict[str, float]:
+def evaluate_onnx(onnx_path: Path, data_yaml: Path, threads: int = 0, limit: int | None = None,
+                  runtime: str = "onnxruntime", precision: str = "f32") -> dict[str, float]:
+    """mAP of a detector file (ONNX, or an OpenVINO IR) run in-process on `runtime`."""
     from compress.local_detector import LocalDetector
 
-    detector = LocalDetector(onnx_path, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, threads=threads)
+    detector = LocalDetector(onnx_path, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, threads=threads,
+                             runtime=runtime, precision=precision)
     return evaluate(detector.detect, data_yaml, limit=limit, desc=f"mAP {Path(onnx_path).name}")

@@ -100,10 +100,13 @@ def add_metadata(path: Path, values: dict[str, object]) -> None:
 
 
 def read_info(path: Path) -> OnnxInfo:
-    """Image size, class names, stride and head layout of an exported detector."""
+    """Image size, class names, stride and head layout of an exported detector (an ONNX file, or
+    an OpenVINO IR `.xml` Ultralytics exported, whose metadata.yaml lies beside it)."""
     import onnx
 
     path = require_file(path, "ONNX model")
+    if path.suffix == ".xml":
+        return read_openvino_info(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
@@ -125,6 +128,31 @@ def read_info(path: Path) -> OnnxInfo:
     reg_max = channels // 4 if layout == "raw" and channels else int(meta.get("reg_max", 16))
     pixel_type = "uint8" if model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
     return OnnxInfo(path, image_size, names, strides, reg_max, layout, meta, pixel_type)
+
+
+def read_openvino_info(xml: Path) -> OnnxInfo:
+    """`read_info` for Ultralytics' OpenVINO export: its metadata.yaml and the IR's output shape."""
+    import yaml
+
+    from compress.openvino_session import _openvino
+
+    meta_file = xml.parent / "metadata.yaml"
+    if not meta_file.exists():
+        raise UnsupportedModelError(f"{xml} has no metadata.yaml beside it",
+                                    hint="export it with Ultralytics (`yolo export format=openvino`)")
+    meta = yaml.safe_load(meta_file.read_text()) or {}
+    if "names" not in meta or "imgsz" not in meta:
+        raise UnsupportedModelError(f"{meta_file} has no Ultralytics metadata (names, imgsz)")
+    imgsz = meta["imgsz"]
+    image_size = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) else (int(imgsz), int(imgsz))
+    outputs = _openvino().Core().read_model(str(xml)).outputs
+    if len(outputs) != 1:
+        raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected a YOLO detect head (output0)")
+    shape = outputs[0].get_partial_shape()
+    anchors = shape[2].get_length() if len(shape) == 3 and shape[2].is_static else None
+    text_meta = {key: str(value) for key, value in meta.items()}
+    return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
+                    head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "decoded", text_meta)
 
 
 def with_uint8_pixels(source: Path, out_path: Path) -> Path:

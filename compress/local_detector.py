@@ -1,7 +1,8 @@
-"""Detection in-process: the served ensemble's pre/post-processing around an ONNX Runtime session.
+"""Detection in-process: the served ensemble's pre/post-processing around an ONNX Runtime session
+(or an OpenVINO one: compress/runtimes.py).
 
-The reference the served model is compared with (`make verify`), the evaluator's detector and
-the client's `--local` mode: no server involved.
+The reference the served model is compared with (`make verify`), the evaluator's detector, the
+peer bench's and the client's `--local` mode: no server involved.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from compress.errors import BadImageError
 
 
 class LocalDetector:
-    """The same pre/post-processing in-process around an ONNX Runtime session (no server)."""
+    """The same pre/post-processing in-process around a session of `runtime` (no server)."""
 
     def __init__(self, onnx_path: Path, conf_threshold: float = SERVED_CONF, iou_threshold: float = SERVED_IOU,
-                 max_det: int = SERVED_MAX_DET, threads: int = 0, reduced_decode: bool = True):
+                 max_det: int = SERVED_MAX_DET, threads: int = 0, reduced_decode: bool = True,
+                 runtime: str = "onnxruntime", precision: str = "f32"):
         from compress.export import read_info
-        from compress.onnx_session import create_session
+        from compress.runtimes import create_runtime_session
 
         self.info = read_info(onnx_path)
-        self.session = create_session(onnx_path, threads)
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.session = create_runtime_session(onnx_path, runtime, threads, precision)
+        # a decoded head has one output, whatever the exporter named it (OpenVINO IRs name it after an op)
+        self.output_names = (["output0"] if self.info.head_layout == "decoded"
+                             else [o.name for o in self.session.get_outputs()])
         self.conf, self.iou, self.max_det = conf_threshold, iou_threshold, max_det
         self.reduced = reduced_decode
 

@@ -27,6 +27,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (("tools.build_repo", "--artifacts", "no/such/artifacts"), "has passed the parity gate", 3),
     (("tools.build_repo", "--onnx", "README.md"), "not a readable ONNX model", 2),
     (("tools.client", "README.md", "--url", "127.0.0.1:9", "--protocol", "http"), "cannot reach Triton", 2),
+    (("compress.peer_bench", "--artifacts", "build/no-artifacts"), "no exported baseline", 2),
+    (("compress.benchmark", "--worker", "--imgsz", "64", "model=no/such.onnx"), "ONNX model not found", 2),
 ])
 def test_one_line_error(args, message, code):
     result = run_cli(*args)

@@ -1,0 +1,86 @@
+"""`make bench-peers` as typed on the tiny pipeline: Ultralytics' real OpenVINO INT8 export (NNCF),
+the served model, both runtimes, one evaluator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from compress.benchmark import ROUNDS
+from compress.manifest import Manifest, file_hash
+from compress.peer_bench import BASELINE, BASELINE_OPENVINO, PEER, PEER_F32, SERVED, SERVED_OPENVINO, export_peer
+from compress.records import GatedModel, Report
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def peers(tiny_artifacts) -> dict:
+    subprocess.run(["make", "bench-peers", f"ARTIFACTS={tiny_artifacts}"], cwd=ROOT, check=True,
+                   env={**os.environ, "MAKEFLAGS": ""})
+    return json.loads((tiny_artifacts / "peers" / "peers.json").read_text())
+
+
+def test_the_peer_is_ultralytics_int8_export_of_the_baseline(peers, tiny_artifacts):
+    import openvino as ov
+
+    manifest = Manifest(tiny_artifacts)
+    xml = Path(peers["rows"][PEER]["path"])
+    assert xml.name.endswith(".xml") and (xml.parent / "metadata.yaml").exists()
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()]
+    assert ops.count("FakeQuantize") > 10  # NNCF quantized it (an FP32 IR has none)
+    record = json.loads((tiny_artifacts / "peers" / "peer_export.json").read_text())
+    assert record["wanted"]["weights_sha256"] == file_hash(manifest.output("baseline", "weights"))
+    assert record["wanted"]["export"]["split"] == "train"  # not calibrated on the split it is measured on
+    before = xml.stat().st_mtime_ns
+    again = export_peer(manifest.output("baseline", "weights"), manifest.output("dataset", "data_yaml"),
+                        peers["imgsz"], tiny_artifacts / "peers")
+    assert again == xml and xml.stat().st_mtime_ns == before  # same weights, same tools: not exported again
+
+
+def test_one_evaluator_gives_the_reports_numbers_and_the_runtimes_agree(peers, tiny_artifacts):
+    rows = peers["rows"]
+    report = Report.load(tiny_artifacts)
+    by_file = {str(tiny_artifacts / row["onnx"]): row["map50_95"] for row in report.data["rows"]}
+    # the same file through the same evaluator: exactly the report's figure
+    assert rows[BASELINE]["map50_95"] == by_file[rows[BASELINE]["path"]]
+    # what `make repo` serves: the gate's record where there is one, else the report's choice, said so
+    served = GatedModel.load(tiny_artifacts).onnx if peers["gated"] else report.served.onnx
+    assert rows[SERVED]["path"] == str(served)
+    assert peers["gated"] == (tiny_artifacts / "served.json").exists()
+    if rows[SERVED]["path"] in by_file:
+        assert rows[SERVED]["map50_95"] == by_file[rows[SERVED]["path"]]
+    # OpenVINO at f32 on the same file: the runtime changes the speed, not the answer
+    assert abs(rows[BASELINE_OPENVINO]["map50_95"] - rows[BASELINE]["map50_95"]) <= 0.005
+    assert abs(rows[SERVED_OPENVINO]["map50_95"] - rows[SERVED]["map50_95"]) <= 0.005
+    assert rows[PEER]["map50_95"] > 0 and peers["ultralytics_validator"]["peer"]["map50_95"] > 0
+
+
+def test_every_row_is_timed_in_its_own_process_at_the_precision_openvino_chose(peers):
+    import openvino as ov
+
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    rows, latency = peers["rows"], peers["latency"]
+    assert rows[PEER]["facts"]["inference_precision"] == default  # as Ultralytics' runtime runs it
+    for key in (PEER_F32, SERVED_OPENVINO, BASELINE_OPENVINO):
+        assert rows[key]["facts"]["inference_precision"] == "f32"
+    for key, row in rows.items():
+        assert row["facts"]["threads"] == peers["threads"]
+        for batch, count in ROUNDS.items():
+            assert len(latency[key][f"bs{batch}_rounds"]) == count
+            assert row[f"bs{batch}_ms"] > 0
+    assert rows[BASELINE]["speedup"]["bs1"]["estimate"] == 1.0
+
+
+def test_the_report_says_where_the_served_model_wins_and_loses(peers, tiny_artifacts):
+    text = (tiny_artifacts / "peers" / "peers.md").read_text()
+    for row in peers["rows"].values():
+        assert f"| {row['label']} | {row['runtime']} |" in text
+    assert "Where the served model wins and where it loses" in text
+    assert sum(line.startswith("- batch ") for line in text.splitlines()) == 4
+    assert (tiny_artifacts / "peers" / "peers.png").stat().st_size > 10_000
