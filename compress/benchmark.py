@@ -36,6 +36,7 @@ import numpy as np
 from compress.errors import ToolkitError, cli_entry
 from compress.onnx_session import create_session
 from compress.progress import progress
+from compress.runtimes import PRECISIONS, RUNTIMES
 
 BATCH_SIZES = (1, 8)  # one camera frame; a dynamic batch the served detector commonly forms
 WARMUP_RUNS = 3
@@ -101,16 +102,20 @@ def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], t
 
 class WorkerTimer:
     """One model on one runtime in a process of its own, timing itself on request: runtimes never
-    share a process (OpenVINO's busy threads slow an ONNX Runtime session beside them), and the
-    timing excludes the pipe."""
+    share a process (no runtime's idle threads compete with another's), and the timing excludes
+    the pipe. With `frames` (an .npz of prepared val frames and their letterbox parameters, as
+    `save_frames` writes) the worker feeds those and can also time the served post-processing
+    (`end_to_end`: detector outputs to boxes, as the ensemble's postprocess runs it)."""
 
     def __init__(self, path: Path, image_size: tuple[int, int], threads: int, runtime: str = "onnxruntime",
-                 precision: str = "f32"):
+                 precision: str = "f32", frames: Path | None = None):
         self.path, self.runtime = Path(path), runtime
         command = [sys.executable, "-m", "compress.benchmark", "--worker", "--runtime", runtime,
-                   "--precision", precision, "--imgsz", str(image_size[0]), "--threads", str(threads), f"model={path}"]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.facts = json.loads(self._answer())  # what the worker's runtime chose (e.g. OpenVINO's precision)
+                   "--precision", precision, "--imgsz", str(image_size[0]), "--threads", str(threads)]
+        command += ["--frames", str(frames)] if frames else []
+        self.process = subprocess.Popen([*command, f"model={path}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.facts = json.loads(self._answer())  # what the worker's runtime chose (threads, precision, providers)
 
     def _answer(self) -> str:
         line = self.process.stdout.readline()
@@ -119,47 +124,86 @@ class WorkerTimer:
                                f"{self.process.wait()}", hint="its error is printed above")
         return line
 
-    def __call__(self, batch: int) -> float:
-        self.process.stdin.write(f"{batch}\n")
+    def __call__(self, batch: int, end_to_end: bool = False) -> float:
+        self.process.stdin.write(f"{batch}{' end_to_end' if end_to_end else ''}\n")
         self.process.stdin.flush()
         return float(self._answer())
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.stdin.close()
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-def latency_in_workers(models: dict[str, dict], image_size: tuple[int, int], threads: int,
-                       rounds: dict[int, int] | None = None, pause_s: float = 0.05) -> dict[str, dict]:
-    """`models` {name: {"path", "runtime", "precision"}}, each in its own worker process, interleaved.
-    Every row also gets its worker's `facts`."""
-    timers = {}
+@contextmanager
+def timing_workers(models: dict[str, dict], image_size: tuple[int, int], threads: int, frames: Path | None = None):
+    """{name: WorkerTimer} for `models` {name: {"path", "runtime", "precision"}}, all closed on exit."""
+    timers: dict[str, WorkerTimer] = {}
     try:
         for name, spec in models.items():
             timers[name] = WorkerTimer(spec["path"], image_size, threads, spec.get("runtime", "onnxruntime"),
-                                       spec.get("precision", "f32"))
-        results = interleaved_rounds(timers, rounds, pause_s)
-        for name, timer in timers.items():
-            results[name]["facts"] = timer.facts
-        return results
+                                       spec.get("precision", "f32"), frames)
+        yield timers
     finally:
         for timer in timers.values():
             timer.close()
 
 
-def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime: str, precision: str) -> None:
-    """The worker side of `WorkerTimer`: one line per request (a batch size), one line back (ms)."""
-    from compress.runtimes import create_runtime_session
+def latency_in_workers(models: dict[str, dict], image_size: tuple[int, int], threads: int,
+                       rounds: dict[int, int] | None = None, pause_s: float = 0.05) -> dict[str, dict]:
+    """`interleaved_rounds` over `timing_workers`; every row also gets its worker's `facts`."""
+    with timing_workers(models, image_size, threads) as timers:
+        results = interleaved_rounds(timers, rounds, pause_s)
+        for name, timer in timers.items():
+            results[name]["facts"] = timer.facts
+    return results
+
+
+def save_frames(payloads: list[bytes], image_size: tuple[int, int], path: Path, pixel_type: str = "float32") -> Path:
+    """Encoded frames prepared as the served preprocess prepares them, for `WorkerTimer(frames=)`."""
+    from compress.detection import prepare_image
+
+    tensors, params = zip(*(prepare_image(p, image_size, pixel_type) for p in payloads))
+    np.savez(path, images=np.stack(tensors), params=np.stack(params))
+    return path
+
+
+def _frames_of(frames: dict[str, np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    picks = np.arange(batch) % len(frames["images"])  # fewer frames than the batch: repeated
+    return frames["images"][picks], frames["params"][picks]
+
+
+def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime: str, precision: str,
+                  frames_path: Path | None) -> None:
+    """The worker side of `WorkerTimer`: one line per request (a batch size, optionally
+    `end_to_end`), one line back (ms)."""
+    from compress.runtimes import create_runtime_session, session_facts
 
     session = create_runtime_session(path, runtime, threads, precision, spinning=False)
-    facts = {"runtime": runtime, "threads": threads}
-    if runtime == "openvino":
-        facts["inference_precision"] = session.inference_precision()
-    print(json.dumps(facts), flush=True)
-    timer = session_timer(session, image_size)
+    print(json.dumps({"runtime": runtime, "pid": os.getpid(), **session_facts(session)}), flush=True)
+    if frames_path is None:
+        timer = session_timer(session, image_size)
+        for line in sys.stdin:
+            print(f"{timer(int(line.split()[0])):.4f}", flush=True)
+        return
+    from compress.local_detector import LocalDetector
+
+    detector = LocalDetector(path, session=session)
+    with np.load(frames_path) as data:
+        frames = {"images": data["images"], "params": data["params"]}
     for line in sys.stdin:
-        print(f"{timer(int(line)):.4f}", flush=True)
+        words = line.split()
+        images, params = _frames_of(frames, int(words[0]))
+        start = time.perf_counter()
+        if "end_to_end" in words:
+            detector.detect_prepared(images, params)
+        else:
+            session.run(None, {"images": images})
+        print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
 
 
 def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict:
@@ -243,13 +287,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, nargs=len(BATCH_SIZES), default=[ROUNDS[b] for b in BATCH_SIZES],
                         help=f"interleaved rounds per batch size {BATCH_SIZES}")
     parser.add_argument("--worker", action="store_true", help="serve timings of one model over stdin/stdout")
-    parser.add_argument("--runtime", default="onnxruntime", help="the worker's runtime (compress.runtimes)")
-    parser.add_argument("--precision", default="f32", help="an OpenVINO worker's float precision")
+    parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES, help="the worker's runtime")
+    parser.add_argument("--precision", default="f32", choices=PRECISIONS, help="an OpenVINO worker's float precision")
+    parser.add_argument("--frames", type=Path, help="the worker's feed: prepared frames (save_frames), not random")
     args = parser.parse_args(argv)
     models = dict(item.split("=", 1) for item in args.models)
     if args.worker:
-        _serve_worker(Path(next(iter(models.values()))), (args.imgsz, args.imgsz), args.threads, args.runtime,
-                      args.precision)
+        try:
+            _serve_worker(Path(next(iter(models.values()))), (args.imgsz, args.imgsz), args.threads, args.runtime,
+                          args.precision, args.frames)
+        except ToolkitError:
+            raise
+        except Exception as error:  # a runtime's own failure (a reshape, a kernel): one line, not its traceback
+            raise ToolkitError(f"{args.runtime} failed on {next(iter(models.values()))}: "
+                               f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
         return
     results = latency_side_by_side({k: Path(v) for k, v in models.items()}, (args.imgsz, args.imgsz),
                                    threads=args.threads, rounds=dict(zip(BATCH_SIZES, args.rounds)))

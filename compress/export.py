@@ -104,9 +104,9 @@ def read_info(path: Path) -> OnnxInfo:
     an OpenVINO IR `.xml` Ultralytics exported, whose metadata.yaml lies beside it)."""
     import onnx
 
+    if Path(path).suffix == ".xml":
+        return read_openvino_info(require_file(path, "OpenVINO model"))
     path = require_file(path, "ONNX model")
-    if path.suffix == ".xml":
-        return read_openvino_info(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:

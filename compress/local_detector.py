@@ -20,12 +20,13 @@ class LocalDetector:
 
     def __init__(self, onnx_path: Path, conf_threshold: float = SERVED_CONF, iou_threshold: float = SERVED_IOU,
                  max_det: int = SERVED_MAX_DET, threads: int = 0, reduced_decode: bool = True,
-                 runtime: str = "onnxruntime", precision: str = "f32"):
+                 runtime: str = "onnxruntime", precision: str = "f32", session=None):
+        """`session`: one already made for `onnx_path` (compress.runtimes), else one is made here."""
         from compress.export import read_info
         from compress.runtimes import create_runtime_session
 
         self.info = read_info(onnx_path)
-        self.session = create_runtime_session(onnx_path, runtime, threads, precision)
+        self.session = session or create_runtime_session(onnx_path, runtime, threads, precision)
         # a decoded head has one output, whatever the exporter named it (OpenVINO IRs name it after an op)
         self.output_names = (["output0"] if self.info.head_layout == "decoded"
                              else [o.name for o in self.session.get_outputs()])
@@ -46,6 +47,10 @@ class LocalDetector:
 
     def _detect(self, prepared: list[tuple[np.ndarray, np.ndarray]]) -> list[Detections]:
         tensors, params = zip(*prepared)
-        outputs = dict(zip(self.output_names, self.session.run(None, {"images": np.stack(tensors)})))
-        return head_detections(outputs, np.stack(params), self.info.image_size, self.info.strides, self.conf, self.iou,
+        return self.detect_prepared(np.stack(tensors), np.stack(params))
+
+    def detect_prepared(self, images: np.ndarray, letterbox_params: np.ndarray) -> list[Detections]:
+        """A batch already letterboxed ([B, 3, H, W], [B, 5]): the detector and the served postprocess."""
+        outputs = dict(zip(self.output_names, self.session.run(None, {"images": images})))
+        return head_detections(outputs, letterbox_params, self.info.image_size, self.info.strides, self.conf, self.iou,
                                self.max_det)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from compress.errors import MissingDependencyError, UnsupportedModelError, require_file
 
-PRECISIONS = ("f32", "default")
 
 
 def _openvino():
@@ -40,10 +39,12 @@ class _Output:
 
 
 class OpenVinoSession:
-    """One model on OpenVINO's CPU plugin, compiled for each input shape it meets (static shapes:
-    OpenVINO's fastest path, and what Ultralytics does with INT8 models on AMX CPUs)."""
+    """One model on OpenVINO's CPU plugin, compiled for each input shape it meets (static shapes,
+    OpenVINO's fastest path; a batch-1 IR, as Ultralytics exports it, also runs at batch 8)."""
 
     def __init__(self, path: Path, threads: int = 0, precision: str = "f32"):
+        from compress.runtimes import PRECISIONS
+
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         ov = _openvino()
@@ -73,6 +74,17 @@ class OpenVinoSession:
         """The precision float layers actually run in (what OpenVINO chose, not what was asked)."""
         compiled = next(iter(self._compiled.values()), None) or self.compiled(self._any_shape())
         return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "bf16", "f16"
+
+    def describe(self) -> dict:
+        """Threads, pinning and float precision as the compiled model reports them."""
+        compiled = next(iter(self._compiled.values()), None) or self.compiled(self._any_shape())
+        facts = {"inference_precision": self.inference_precision(), "providers": ["OpenVINO CPU"]}
+        for key, name, kind in (("threads", "INFERENCE_NUM_THREADS", int), ("cpu_pinning", "ENABLE_CPU_PINNING", bool)):
+            try:
+                facts[key] = kind(compiled.get_property(name))
+            except RuntimeError:  # a plugin version without the property
+                facts[key] = None
+        return facts
 
     def _any_shape(self) -> tuple[int, ...]:
         shape = self.model.inputs[0].get_partial_shape()

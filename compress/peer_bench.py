@@ -2,21 +2,24 @@
 
     python -m compress.peer_bench --artifacts artifacts
 
-The peer is Ultralytics' own `yolo export format=openvino int8=True` of the same FP32 baseline:
-NNCF post-training quantization, no pruning, no training, run as Ultralytics runs it (OpenVINO
-`LATENCY` hint, OpenVINO's default float precision on this CPU). Its calibration is Ultralytics'
-except for the split: the training split, the one the project's INT8 calibrates on (Ultralytics'
-default would be the val split the mAP is measured on).
+The peer is Ultralytics' own `yolo export format=openvino quantize=8` of the same FP32 baseline:
+NNCF post-training quantization, no pruning, no training, run with Ultralytics' runtime settings
+(OpenVINO's `LATENCY` hint and default float precision on this CPU), at the same thread count as
+every other row. Its calibration is Ultralytics' except for the split: all of the training
+split, the one the project's INT8 calibrates on (Ultralytics' default is the val split, the one
+the mAP is measured on).
 
-Rows (each in a process of its own, latency interleaved round by round, all at the thread count
-of a served detector instance; compress/benchmark.py):
+Rows (each in a process of its own, rounds interleaved, at the thread count of a served detector
+instance; compress/benchmark.py):
     baseline FP32 on ONNX Runtime          the speed-ups' denominator, as in the report
     served model on ONNX Runtime           what `make repo` serves (the gate's record)
-    Ultralytics OpenVINO INT8 (NNCF)       the peer, as Ultralytics runs it, and at f32
+    Ultralytics OpenVINO INT8 (NNCF)       the peer, at OpenVINO's default precision and at f32
     served model's file on OpenVINO f32    is OpenVINO a faster runtime for the project's own file?
     baseline FP32 on OpenVINO f32          ... and for the FP32 model?
-mAP50-95 of every row by one evaluator (compress/evaluate.py: the served pre/post-processing,
-Ultralytics' matching), plus Ultralytics' own validator on the peer and the baseline checkpoint.
+Each is timed twice: the detector file alone, and end to end (detector plus the served
+post-processing on real val frames): the peer's graph decodes boxes inside, the served one leaves
+that to its postprocess, so only end to end compares like with like. mAP50-95 of every row by one
+evaluator (compress/evaluate.py), plus Ultralytics' own validator on the peer and the checkpoint.
 Writes peers.json, peers.md and peers.png into `--out` (default <artifacts>/peers/).
 """
 
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from functools import partial
 from pathlib import Path
 
-from compress.benchmark import BATCH_SIZES, ROUNDS, competing_load, latency_in_workers, speedup
+from compress.benchmark import (BATCH_SIZES, ROUNDS, competing_load, interleaved_rounds, save_frames, speedup,
+                                timing_workers)
 from compress.env import describe_machine, machine_line, serving_threads, telemetry_off
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.manifest import Manifest, file_hash
@@ -51,26 +56,38 @@ def _versions() -> dict[str, str]:
     return {name: version(name) for name in ("openvino", "nncf", "ultralytics", "onnxruntime")}
 
 
-def export_peer(weights: Path, data_yaml: Path, imgsz: int, out_dir: Path) -> Path:
-    """Ultralytics' OpenVINO INT8 export of `weights` (its .xml); made again only when the weights
-    or the tools changed."""
-    from compress import yolo
+def export_peer(weights: Path, data_yaml: Path, imgsz: int, out_dir: Path, data_hash: str = "") -> Path:
+    """Ultralytics' OpenVINO INT8 export of `weights` (its .xml); made again only when the weights,
+    the data (`data_hash`) or the tools changed."""
+    from compress import data, yolo
 
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path = out_dir / "peer_export.json"
-    wanted = {"weights_sha256": file_hash(weights), "imgsz": imgsz, "export": EXPORT_ARGS, "versions": _versions()}
+    wanted = {"weights_sha256": file_hash(weights), "data": data_hash, "imgsz": imgsz, "export": EXPORT_ARGS,
+              "versions": _versions()}
     copy = out_dir / "baseline.pt"  # Ultralytics writes the export beside the weights it loads
     export_dir = out_dir / "baseline_int8_openvino_model"
-    if record_path.exists() and export_dir.exists():
+    if record_path.exists() and sorted(export_dir.glob("*.xml")):
         record = read_json(record_path, "peer export record", "delete it and run `make bench-peers` again")
         if record.get("wanted") == wanted:
-            return next(export_dir.glob("*.xml"))
+            return sorted(export_dir.glob("*.xml"))[0]
     shutil.rmtree(export_dir, ignore_errors=True)
+    record_path.unlink(missing_ok=True)
     shutil.copy2(weights, copy)
     with stage("peer: Ultralytics OpenVINO INT8 export (NNCF calibration)"), telemetry_off():
-        exported = Path(yolo.load(copy).export(**EXPORT_ARGS, data=str(data_yaml), imgsz=imgsz, verbose=False))
-    write_json(record_path, {"wanted": wanted, "export": str(exported.name)})
-    return next(exported.glob("*.xml"))
+        try:
+            exported = Path(yolo.load(copy).export(**EXPORT_ARGS, data=str(data_yaml), imgsz=imgsz, verbose=False))
+        except ToolkitError:
+            raise
+        except Exception as error:  # Ultralytics and NNCF raise many kinds
+            raise ToolkitError(f"Ultralytics' OpenVINO INT8 export of {weights} failed: "
+                               f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}") from None
+    xmls = sorted(exported.glob("*.xml"))
+    if not xmls:
+        raise ToolkitError(f"Ultralytics' OpenVINO export wrote no .xml into {exported}")
+    calibration_images = len(data.load(data_yaml).split(CALIBRATION_SPLIT))  # Ultralytics calibrates on all of it
+    write_json(record_path, {"wanted": wanted, "export": exported.name, "calibration_images": calibration_images})
+    return xmls[0]
 
 
 def ultralytics_val(model_path: Path, data_yaml: Path, imgsz: int) -> dict:
@@ -82,17 +99,17 @@ def ultralytics_val(model_path: Path, data_yaml: Path, imgsz: int) -> dict:
 
 
 def peer_rows(baseline_onnx: Path, served_onnx: Path, peer_xml: Path) -> dict[str, dict]:
+    def row(label, short, path, runtime, precision):
+        return {"label": label, "short": short, "path": path, "runtime": runtime, "precision": precision}
+
     return {
-        BASELINE: {"label": "baseline FP32", "path": baseline_onnx, "runtime": "onnxruntime", "precision": "f32"},
-        SERVED: {"label": "served model", "path": served_onnx, "runtime": "onnxruntime", "precision": "f32"},
-        PEER: {"label": "Ultralytics OpenVINO INT8 (NNCF)", "path": peer_xml, "runtime": "openvino",
-               "precision": "default"},
-        PEER_F32: {"label": "Ultralytics OpenVINO INT8 (NNCF), f32 float layers", "path": peer_xml,
-                   "runtime": "openvino", "precision": "f32"},
-        SERVED_OPENVINO: {"label": "served model's file on OpenVINO", "path": served_onnx, "runtime": "openvino",
-                          "precision": "f32"},
-        BASELINE_OPENVINO: {"label": "baseline FP32 on OpenVINO", "path": baseline_onnx, "runtime": "openvino",
-                            "precision": "f32"},
+        BASELINE: row("baseline FP32", "baseline, ORT", baseline_onnx, "onnxruntime", "f32"),
+        SERVED: row("served model", "served, ORT", served_onnx, "onnxruntime", "f32"),
+        PEER: row("Ultralytics OpenVINO INT8 (NNCF)", "peer, OV default", peer_xml, "openvino", "default"),
+        PEER_F32: row("Ultralytics OpenVINO INT8 (NNCF), f32 float layers", "peer, OV f32", peer_xml, "openvino",
+                      "f32"),
+        SERVED_OPENVINO: row("served model's file on OpenVINO", "served, OV f32", served_onnx, "openvino", "f32"),
+        BASELINE_OPENVINO: row("baseline FP32 on OpenVINO", "baseline, OV f32", baseline_onnx, "openvino", "f32"),
     }
 
 
@@ -115,29 +132,34 @@ def _folder_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files if f.exists()) / 1e6, 3)
 
 
-def comparison(rows: dict[str, dict], latency: dict[str, dict]) -> list[str]:
-    """Where the served model wins and where it loses against the peer, in words from the numbers."""
+def _ratio_words(ratio: dict, subject: str, other: str) -> str:
+    side = "faster than" if ratio["estimate"] >= 1 else "slower than"
+    beyond = ratio["p10"] > 1 or ratio["p90"] < 1
+    return (f"{subject} is {ratio['estimate']:.2f}x {other}'s speed ({side} it"
+            f"{'' if beyond else ', within the noise'}; interval {ratio['p10']:.2f}-{ratio['p90']:.2f})")
+
+
+def comparison(rows: dict[str, dict], latency: dict[str, dict], end_to_end: dict[str, dict]) -> list[str]:
+    """Where the served model wins and where it loses against the peer, in words from the numbers.
+    Speed is judged end to end (detector and the served post-processing on real frames): the
+    peer's graph decodes boxes inside, the served model's postprocess does it outside."""
     lines = []
-    served, peer = rows[SERVED], rows[PEER]
     for batch in BATCH_SIZES:
-        ratio = speedup(latency, PEER, SERVED, batch)
-        side = "faster" if ratio["estimate"] >= 1 else "slower"
-        beyond = ratio["p10"] > 1 or ratio["p90"] < 1
-        lines.append(f"batch {batch}: the served model is {ratio['estimate']:.2f}x the peer's speed ({side}"
-                     f"{'' if beyond else ', within the noise'}; interval {ratio['p10']:.2f}-{ratio['p90']:.2f})")
+        lines.append(f"batch {batch}, end to end: "
+                     + _ratio_words(speedup(end_to_end, PEER, SERVED, batch), "the served model", "the peer"))
+    served, peer = rows[SERVED], rows[PEER]
     points = round(100 * (served["map50_95"] - peer["map50_95"]), 2)
-    lines.append(f"mAP50-95: the served model {'+' if points >= 0 else ''}{points:.2f} points against the peer "
+    lines.append(f"mAP50-95: the served model {points:+.2f} points against the peer "
                  f"({served['map50_95']:.4f} vs {peer['map50_95']:.4f}, same evaluator)")
     for batch in BATCH_SIZES:
-        ratio = speedup(latency, SERVED_OPENVINO, SERVED, batch)
-        lines.append(f"batch {batch}: the served file runs {ratio['estimate']:.2f}x as fast on ONNX Runtime as on "
-                     f"OpenVINO f32 (interval {ratio['p10']:.2f}-{ratio['p90']:.2f})")
+        lines.append(f"batch {batch}, detector only: " + _ratio_words(
+            speedup(latency, SERVED_OPENVINO, SERVED, batch), "the served file on ONNX Runtime", "OpenVINO f32"))
     return lines
 
 
 def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict[int, int] | None = None,
         limit: int | None = None) -> dict:
-    from compress.evaluate import evaluate_onnx
+    from compress.evaluate import evaluate_onnx, val_split
     from compress.export import read_info
 
     artifacts = Path(artifacts)
@@ -146,31 +168,44 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
         raise InputFileError(f"no exported baseline in {artifacts}", hint="run `make pipeline` first")
     data_yaml = manifest.output("dataset", "data_yaml")
     weights, baseline_onnx = manifest.output("baseline", "weights"), manifest.output("export", "onnx")
-    imgsz = read_info(baseline_onnx).image_size[0]
+    image_size = read_info(baseline_onnx).image_size
     served_onnx, served_label, gated = served_model(artifacts)
     threads = threads or serving_threads()
-    peer_xml = export_peer(weights, data_yaml, imgsz, out_dir)
+    peer_xml = export_peer(weights, data_yaml, image_size[0], out_dir, manifest.get("dataset").metrics["content_hash"])
     rows = peer_rows(baseline_onnx, served_onnx, peer_xml)
     rows[SERVED]["label"] = f"served: {served_label}"
     rows[SERVED_OPENVINO]["label"] = f"served file on OpenVINO: {served_label}"
-    for key, row in rows.items():
+    for row in rows.values():
         row["file_mb"] = _folder_mb(Path(row["path"]))
         row.update(evaluate_onnx(row["path"], data_yaml, threads=threads, limit=limit, runtime=row["runtime"],
                                  precision=row["precision"]))
     with stage("peer: Ultralytics' validator on the peer and the baseline checkpoint"):
-        validator = {"peer": ultralytics_val(peer_xml.parent, data_yaml, imgsz),
-                     "baseline_pt": ultralytics_val(weights, data_yaml, imgsz)}
-    with competing_load() as machine_load:
-        latency = latency_in_workers(rows, (imgsz, imgsz), threads, rounds)
+        validator = {"peer": ultralytics_val(peer_xml.parent, data_yaml, image_size[0]),
+                     "baseline_pt": ultralytics_val(weights, data_yaml, image_size[0])}
+    # real val frames, prepared as the served preprocess prepares them: the post-processing's cost
+    # depends on how many anchors pass the threshold, which random input does not show
+    frames = save_frames([t.path.read_bytes() for t in val_split(data_yaml, max(BATCH_SIZES))], image_size,
+                         out_dir / "frames.npz")
+    with competing_load() as machine_load, timing_workers(rows, image_size, threads, frames) as timers:
+        latency = interleaved_rounds(timers, rounds, pause_s=0.05)
+        end_to_end = interleaved_rounds({k: partial(t, end_to_end=True) for k, t in timers.items()}, rounds,
+                                        pause_s=0.05)
+        facts = {key: timer.facts for key, timer in timers.items()}
     for key, row in rows.items():
         row.update({f"bs{b}_ms": latency[key][f"bs{b}_ms"] for b in BATCH_SIZES})
-        row["facts"] = latency[key]["facts"]
+        row.update({f"end_to_end_bs{b}_ms": end_to_end[key][f"bs{b}_ms"] for b in BATCH_SIZES})
+        row["facts"] = facts[key]
         row["speedup"] = {f"bs{b}": speedup(latency, BASELINE, key, b) for b in BATCH_SIZES}
+        row["end_to_end_speedup"] = {f"bs{b}": speedup(end_to_end, BASELINE, key, b) for b in BATCH_SIZES}
         row["path"] = str(row["path"])
-    result = {"machine": describe_machine(), "threads": threads, "imgsz": imgsz, "gated": gated,
+    export_record = read_json(out_dir / "peer_export.json", "peer export record", "run `make bench-peers` again")
+    served_quantization = Report.load(artifacts).served.quantization or {}
+    result = {"machine": describe_machine(), "threads": threads, "imgsz": image_size[0], "gated": gated,
               "rounds": rounds or ROUNDS, "versions": _versions(), "calibration_split": CALIBRATION_SPLIT,
+              "calibration_images": {"peer": export_record.get("calibration_images"),
+                                     "served": served_quantization.get("calibration_images")},
               "rows": rows, "ultralytics_validator": validator, "machine_load": machine_load,
-              "comparison": comparison(rows, latency), "latency": latency}
+              "comparison": comparison(rows, latency, end_to_end), "latency": latency, "end_to_end": end_to_end}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "peers.json", result)
     (out_dir / "peers.md").write_text(markdown(result))
@@ -178,27 +213,41 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
     return result
 
 
+def _interval(ratio: dict) -> str:
+    return f"{ratio['estimate']:.2f}x ({ratio['p10']:.2f}-{ratio['p90']:.2f})"
+
+
 def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [f"{machine_line(result['machine'])} {result['threads']} thread(s) per model (a served detector "
              f"instance's share), {result['imgsz']}x{result['imgsz']}; "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-             "| model | runtime | float layers | MB | bs1 ms | bs8 ms | speed-up bs1 | speed-up bs8 | mAP50-95 |",
+             "| model | runtime | float layers | MB | detector bs1 / bs8 ms | end to end bs1 / bs8 ms | "
+             "speed-up end to end bs1 | bs8 | mAP50-95 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows.values():
-        precision = row["facts"].get("inference_precision", "f32") if row["runtime"] == "openvino" else "f32"
-        speed = [f"{row['speedup'][f'bs{b}']['estimate']:.2f}x ({row['speedup'][f'bs{b}']['p10']:.2f}-"
-                 f"{row['speedup'][f'bs{b}']['p90']:.2f})" for b in BATCH_SIZES]
-        lines.append(f"| {row['label']} | {row['runtime']} | {precision} | {row['file_mb']} | {row['bs1_ms']:.2f} | "
-                     f"{row['bs8_ms']:.2f} | {speed[0]} | {speed[1]} | {row['map50_95']:.4f} |")
-    validator = result["ultralytics_validator"]
-    lines += ["", "Latency: the fastest decile of interleaved rounds, each model in its own process; speed-ups "
-              "against the FP32 baseline on ONNX Runtime with their bootstrap interval (p10-p90). mAP50-95: one "
-              "evaluator for every row (the served pre/post-processing, Ultralytics' matching). Ultralytics' own "
-              f"validator: peer {validator['peer']['map50_95']:.4f}, baseline checkpoint "
+        facts = row["facts"]
+        runtime = row["runtime"] + (f" ({', '.join(p.removesuffix('ExecutionProvider') for p in facts['providers'])})"
+                                    if row["runtime"] == "onnxruntime" else "")
+        speed = [_interval(row["end_to_end_speedup"][f"bs{b}"]) for b in BATCH_SIZES]
+        lines.append(f"| {row['label']} | {runtime} | {facts.get('inference_precision', 'f32')} | {row['file_mb']} | "
+                     f"{row['bs1_ms']:.2f} / {row['bs8_ms']:.2f} | {row['end_to_end_bs1_ms']:.2f} / "
+                     f"{row['end_to_end_bs8_ms']:.2f} | {speed[0]} | {speed[1]} | {row['map50_95']:.4f} |")
+    validator, counts = result["ultralytics_validator"], result["calibration_images"]
+    lines += ["",
+              "Detector: the model file alone (the peer's graph also decodes boxes; the served model leaves that to "
+              "its postprocess). End to end: detector plus the served post-processing (decode, class-aware NMS) on "
+              "real val frames prepared as the served preprocess prepares them. Each model runs in its own process, "
+              "rounds interleaved; latency is the fastest decile, speed-ups are against the FP32 baseline on ONNX "
+              "Runtime with their bootstrap interval (p10-p90). The peer's IR has a static batch of one, as "
+              "Ultralytics exports it; at batch 8 it is reshaped and compiled for 8 (Ultralytics itself would run "
+              "eight batch-1 calls).",
+              "mAP50-95: one evaluator for every row (the served pre/post-processing, Ultralytics' matching). "
+              f"Ultralytics' own validator: peer {validator['peer']['map50_95']:.4f}, baseline checkpoint "
               f"{validator['baseline_pt']['map50_95']:.4f} (its letterbox and decode differ from the served ones).",
-              f"The peer is calibrated by NNCF on the `{result['calibration_split']}` split (Ultralytics' default, "
-              "the val split, is the one measured here).", "",
+              f"Calibration: the peer by NNCF on all {counts['peer']} images of the `{result['calibration_split']}` "
+              "split (Ultralytics' default split, val, is the one measured here); the served model's INT8 on "
+              f"{counts['served'] if counts['served'] is not None else 'no'} images of the same split.", "",
               "Where the served model wins and where it loses:", ""]
     lines += [f"- {line}" for line in result["comparison"]]
     load = result.get("machine_load") or {}
@@ -215,10 +264,10 @@ def plot(result: dict, path: Path) -> None:
     with saved_figure(path, columns=len(BATCH_SIZES), size=(10, 4.5)) as (figure, axes):
         for axis, batch in zip(axes, BATCH_SIZES):
             for row in rows:
-                axis.scatter(row[f"bs{batch}_ms"], row["map50_95"], s=40)
-                axis.annotate(row["label"].split(":")[0][:32], (row[f"bs{batch}_ms"], row["map50_95"]), fontsize=7,
-                              xytext=(4, 2), textcoords="offset points")
-            axis.set_xlabel(f"batch {batch} latency (ms, fastest decile)")
+                x = row[f"end_to_end_bs{batch}_ms"]
+                axis.scatter(x, row["map50_95"], s=40)
+                axis.annotate(row["short"], (x, row["map50_95"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            axis.set_xlabel(f"batch {batch}, end to end (ms, fastest decile)")
             axis.set_ylabel("mAP50-95 (one evaluator)")
             axis.grid(alpha=0.3)
         figure.suptitle(f"Served model vs Ultralytics' OpenVINO INT8 export ({result['threads']} thread(s))")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("f32", "default")  # an OpenVINO session's float layers: float32, or what OpenVINO picks for the CPU
 
 
 def create_runtime_session(path: Path, runtime: str = "onnxruntime", threads: int = 0, precision: str = "f32",
@@ -27,3 +28,11 @@ def create_runtime_session(path: Path, runtime: str = "onnxruntime", threads: in
 
         return create_openvino_session(path, threads, precision)
     raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def session_facts(session) -> dict:
+    """What a session runs with, read back from the runtime (not what was asked for)."""
+    if hasattr(session, "describe"):
+        return session.describe()
+    options = session.get_session_options()
+    return {"threads": options.intra_op_num_threads, "providers": session.get_providers()}
