@@ -36,7 +36,8 @@ from compress.env import describe_machine, machine_line, serving_threads, teleme
 from compress.errors import InputFileError, ToolkitError, cli_entry
 from compress.manifest import Manifest, file_hash
 from compress.plotting import saved_figure
-from compress.records import GatedModel, Report, read_json, write_json
+from compress.budget import Reference, points_below, status
+from compress.records import GatedModel, Report, SearchRecord, read_json, write_json
 from compress.progress import stage
 
 BASELINE = "baseline_ort"
@@ -139,10 +140,12 @@ def _ratio_words(ratio: dict, subject: str, other: str) -> str:
             f"{'' if beyond else ', within the noise'}; interval {ratio['p10']:.2f}-{ratio['p90']:.2f})")
 
 
-def comparison(rows: dict[str, dict], latency: dict[str, dict], end_to_end: dict[str, dict]) -> list[str]:
+def comparison(rows: dict[str, dict], latency: dict[str, dict], end_to_end: dict[str, dict],
+               reference: Reference | None = None, budget_points: float | None = None) -> list[str]:
     """Where the served model wins and where it loses against the peer, in words from the numbers.
     Speed is judged end to end (detector and the served post-processing on real frames): the
-    peer's graph decodes boxes inside, the served model's postprocess does it outside."""
+    peer's graph decodes boxes inside, the served model's postprocess does it outside. With the
+    search's `reference` and the budget: whether each side is within MAX_MAP_DROP."""
     lines = []
     for batch in BATCH_SIZES:
         lines.append(f"batch {batch}, end to end: "
@@ -154,6 +157,13 @@ def comparison(rows: dict[str, dict], latency: dict[str, dict], end_to_end: dict
     for batch in BATCH_SIZES:
         lines.append(f"batch {batch}, detector only: " + _ratio_words(
             speedup(latency, SERVED_OPENVINO, SERVED, batch), "the served file on ONNX Runtime", "OpenVINO f32"))
+    if reference is not None and budget_points is not None:
+        def held(key: str) -> str:
+            drop = points_below(reference.map50_95, rows[key]["map50_95"])
+            return f"{abs(drop):.2f} points {'below' if drop >= 0 else 'above'} it ({status(drop, budget_points)})"
+
+        lines.append(f"budget: against the reference ({reference.stage}, {reference.map50_95:.4f}) with "
+                     f"MAX_MAP_DROP={budget_points:g}, the served model is {held(SERVED)}, the peer {held(PEER)}")
     return lines
 
 
@@ -200,12 +210,14 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
         row["path"] = str(row["path"])
     export_record = read_json(out_dir / "peer_export.json", "peer export record", "run `make bench-peers` again")
     served_quantization = Report.load(artifacts).served.quantization or {}
+    search = SearchRecord.load(manifest)
     result = {"machine": describe_machine(), "threads": threads, "imgsz": image_size[0], "gated": gated,
               "rounds": rounds or ROUNDS, "versions": _versions(), "calibration_split": CALIBRATION_SPLIT,
               "calibration_images": {"peer": export_record.get("calibration_images"),
                                      "served": served_quantization.get("calibration_images")},
               "rows": rows, "ultralytics_validator": validator, "machine_load": machine_load,
-              "comparison": comparison(rows, latency, end_to_end), "latency": latency, "end_to_end": end_to_end}
+              "comparison": comparison(rows, latency, end_to_end, search.reference, search.budget_points),
+              "latency": latency, "end_to_end": end_to_end}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "peers.json", result)
     (out_dir / "peers.md").write_text(markdown(result))

@@ -31,6 +31,16 @@ def test_the_verdict_follows_the_measured_direction_at_each_batch_size():
     assert "1.50x OpenVINO f32's speed (faster than it;" in lines[3]
     assert "0.80x OpenVINO f32's speed (slower than it;" in lines[4]
     assert not any("within the noise" in line for line in lines)
+    assert len(lines) == 5  # no reference given: no budget line
+
+
+def test_the_budget_line_holds_each_side_against_the_reference():
+    from compress.budget import Reference
+
+    timings = _timings({SERVED: (5.0, 40.0), PEER: (4.0, 20.0), SERVED_OPENVINO: (6.0, 50.0)})
+    lines = comparison(ROWS, timings, timings, Reference("finetune", 0.96, 0.9434), 1.0)
+    assert lines[-1] == ("budget: against the reference (finetune, 0.9434) with MAX_MAP_DROP=1, the served model is "
+                         "0.40 points below it (fits), the peer 3.14 points below it (over budget)")
 
 
 def test_a_difference_inside_the_noise_is_said_to_be():
