@@ -43,6 +43,7 @@ SECTIONS = (
     ("Soak", "soak/soak.md", "make soak"),
     ("Bad frames and decompression bombs", "robustness/summary.md", "make bench-robustness"),
 )
+RENDERED_PAGES = ("docs/results.md", "README.md")
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 # Sections of report.md worth quoting; the rest (op profiles, per-layer sensitivity) stays in it
 REPORT_PARTS = ("Budget table", "Measured models", "Goals (served model)")
@@ -52,7 +53,9 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        # the pages this command writes itself do not make the checkout dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":!{page}" for page in RENDERED_PAGES)], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
