@@ -90,3 +90,28 @@ def test_the_report_says_where_the_served_model_wins_and_loses(peers, tiny_artif
     assert len(verdicts) == 4 and all(("faster than" in v) != ("slower than" in v) for v in verdicts)
     assert f"all {peers['calibration_images']['peer']} images of the `train` split" in text
     assert (tiny_artifacts / "peers" / "peers.png").stat().st_size > 10_000
+
+
+def test_end_to_end_timing_runs_the_served_post_processing_on_the_frames_it_saved(peers, tiny_artifacts):
+    import numpy as np
+
+    from compress.benchmark import WorkerTimer
+    from compress.evaluate import val_split
+    from compress.local_detector import LocalDetector
+
+    served = Path(peers["rows"][SERVED]["path"])
+    frames_path = tiny_artifacts / "peers" / "frames.npz"
+    frames = np.load(frames_path)
+    detector = LocalDetector(served)
+    payloads = [t.path.read_bytes() for t in val_split(Manifest(tiny_artifacts).output("dataset", "data_yaml"), 8)]
+    # the saved frames are the served preprocess's own output: the boxes equal those of the encoded frames
+    for got, want in zip(detector.detect_prepared(frames["images"], frames["params"]), detector.detect(payloads)):
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.classes, want.classes)
+    assert sum(len(d) for d in detector.detect(payloads)) > 0  # there is post-processing work to time
+    timer = WorkerTimer(served, (peers["imgsz"], peers["imgsz"]), 1, frames=frames_path)
+    try:
+        detector_only = sorted(timer(8) for _ in range(7))[3]
+        end_to_end = sorted(timer(8, end_to_end=True) for _ in range(7))[3]
+    finally:
+        timer.close()
+    assert end_to_end > detector_only  # the decode and NMS are inside the end-to-end figure
