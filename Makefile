@@ -30,7 +30,9 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) $(if $(PROFILE),--profile $(PROFILE)) 
 	$(if $(LATENCY_THREADS),--latency-threads $(LATENCY_THREADS))
 REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) $(if $(TARGET),--target $(TARGET)) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS)) \
-	$(if $(DEVICE),--device $(DEVICE)) $(if $(MAX_BATCH),--max-batch-size $(MAX_BATCH))
+	$(if $(DEVICE),--device $(DEVICE)) $(if $(MAX_BATCH),--max-batch-size $(MAX_BATCH)) \
+	$(if $(filter 0,$(SHADOW)),--no-shadow) $(if $(SHADOW_RATE),--shadow-rate $(SHADOW_RATE)) \
+	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS))
 # The load a test sends (loadtest/spec.py holds the defaults)
 SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(DURATION),--duration $(DURATION)) \
 	$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(WORKERS),--workers $(WORKERS)) \
@@ -101,7 +103,7 @@ bench-peers: venv ## The served model beside Ultralytics' OpenVINO INT8 export o
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages plan --force
 
-repo: venv ## Build the Triton model repository for TARGET from the gated model (ALLOW_UNGATED=1 or STAGE= override, loudly)
+repo: venv ## Build the Triton model repository for TARGET from the gated model (ALLOW_UNGATED=1 or STAGE= override, loudly); shadow parity vs the FP32 reference on SHADOW_RATE of frames (SHADOW=0: without it)
 	$(PY) -m tools.build_repo $(REPO_ARGS)
 
 demo: venv ## Start the local Triton server, run one real inference, print a summary, stop

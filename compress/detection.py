@@ -464,30 +464,106 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 AGREEMENT_IOU = 0.5
 
 
+# The candidate's side of a comparison is decoded at this share of the reference's threshold: a
+# reference box whose score moved from 0.26 to 0.24 is score drift (measured on its own), not a lost box.
+CANDIDATE_CONF_SHARE = 0.5
+
+
+@dataclass
+class AgreementCounts:
+    """What detection agreement is made of, as sums over frames (so live counters and an
+    in-process run over the same frames add up to the same numbers)."""
+
+    frames: int = 0
+    reference_boxes: int = 0
+    found: int = 0  # reference boxes the candidate has again (IoU >= AGREEMENT_IOU, same class)
+    overlapping: int = 0  # reference boxes with any candidate box at IoU >= AGREEMENT_IOU
+    class_flips: int = 0  # overlapping, but never with the same class
+    score_drift_sum: float = 0.0  # sum over found boxes of |score change|
+    served_boxes: int = 0  # the candidate's boxes at the deployed threshold
+    extra_boxes: int = 0  # ... of which no reference box is at IoU >= AGREEMENT_IOU, same class
+
+    def __add__(self, other: "AgreementCounts") -> "AgreementCounts":
+        return AgreementCounts(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+
+    @property
+    def box_recall(self) -> float:
+        return self.found / max(self.reference_boxes, 1)
+
+    def summary(self) -> dict:
+        """The gate's agreement figures (recall, score drift, class flips) and the extra-box share."""
+        return {"reference_boxes": self.reference_boxes, "box_recall": round(self.box_recall, 4),
+                "score_drift": round(self.score_drift_sum / self.found, 4) if self.found else 0.0,
+                "class_flips": round(self.class_flips / max(self.overlapping, 1), 4),
+                "extra_boxes": round(self.extra_boxes / max(self.served_boxes, 1), 4), "frames": self.frames}
+
+
+def frame_agreement(reference: Detections, candidate: Detections, served: Detections | None = None,
+                    reference_low: Detections | None = None) -> AgreementCounts:
+    """One frame: `reference` at the deployed threshold, `candidate` at CANDIDATE_CONF_SHARE of it
+    (finds the reference's boxes again); `served` (the candidate at the deployed threshold) against
+    `reference_low` (the reference at the lower one) counts the candidate's extra boxes."""
+    counts = AgreementCounts(frames=1, reference_boxes=len(reference))
+    if len(reference) and len(candidate):
+        iou = box_iou(reference.boxes, candidate.boxes)
+        same_class = reference.classes[:, None] == candidate.classes[None, :]
+        for i in range(len(reference)):
+            overlapping = iou[i] >= AGREEMENT_IOU
+            if not overlapping.any():
+                continue
+            counts.overlapping += 1
+            hits = overlapping & same_class[i]
+            if hits.any():
+                counts.found += 1
+                j = int(np.argmax(np.where(hits, iou[i], -1)))
+                counts.score_drift_sum += abs(float(reference.scores[i]) - float(candidate.scores[j]))
+            else:
+                counts.class_flips += 1
+    if served is not None:
+        counts.served_boxes = len(served)
+        low = reference if reference_low is None else reference_low
+        if len(served) and len(low):
+            iou = box_iou(served.boxes, low.boxes)
+            kept = (iou >= AGREEMENT_IOU) & (served.classes[:, None] == low.classes[None, :])
+            counts.extra_boxes = int((~kept.any(axis=1)).sum())
+        else:
+            counts.extra_boxes = len(served)
+    return counts
+
+
+def agreement_counts(reference: list[Detections], candidate: list[Detections],
+                     served: list[Detections] | None = None,
+                     reference_low: list[Detections] | None = None) -> AgreementCounts:
+    """`frame_agreement` summed over frames (the same frames, in the same order, on every side)."""
+    total = AgreementCounts()
+    for i, (ref, cand) in enumerate(zip(reference, candidate)):
+        total += frame_agreement(ref, cand, served[i] if served is not None else None,
+                                 reference_low[i] if reference_low is not None else None)
+    return total
+
+
 def detection_agreement(reference: list[Detections], candidate: list[Detections]) -> dict:
     """How far a candidate detector agrees with a reference on the same frames: recall of the
     reference's boxes (IoU >= AGREEMENT_IOU, same class), the mean |score change| of the boxes
     found, and the share of overlapping boxes whose class changed."""
-    total = found = flips = matched = 0
-    drift = []
-    for ref, cand in zip(reference, candidate):
-        total += len(ref)
-        if not len(ref) or not len(cand):
-            continue
-        iou = box_iou(ref.boxes, cand.boxes)
-        same_class = ref.classes[:, None] == cand.classes[None, :]
-        for i in range(len(ref)):
-            overlapping = iou[i] >= AGREEMENT_IOU
-            if not overlapping.any():
-                continue
-            matched += 1
-            hits = overlapping & same_class[i]
-            if hits.any():
-                found += 1
-                j = int(np.argmax(np.where(hits, iou[i], -1)))
-                drift.append(abs(float(ref.scores[i]) - float(cand.scores[j])))
-            else:
-                flips += 1
-    return {"reference_boxes": total, "box_recall": round(found / max(total, 1), 4),
-            "score_drift": round(float(np.mean(drift)) if drift else 0.0, 4),
-            "class_flips": round(flips / max(matched, 1), 4)}
+    summary = agreement_counts(reference, candidate).summary()
+    return {key: summary[key] for key in ("reference_boxes", "box_recall", "score_drift", "class_flips")}
+
+
+def compare_heads(reference_heads: dict[str, np.ndarray], candidate_heads: dict[str, np.ndarray],
+                  letterbox_params: np.ndarray, image_size: tuple[int, int], strides: tuple[int, ...],
+                  conf_threshold: float = SERVED_CONF, iou_threshold: float = SERVED_IOU,
+                  max_det: int = SERVED_MAX_DET) -> tuple[list[AgreementCounts], list[Detections], list[Detections]]:
+    """Per-frame agreement of a candidate's head outputs with a reference's on the same input
+    tensors, decoded by the served post-processing: the parity gate's comparison (`tools.agreement`)
+    and the served shadow's (`compress.shadow`) are this function. Returns (counts, the candidate's
+    detections at the deployed threshold - what was served -, the reference's)."""
+    low = conf_threshold * CANDIDATE_CONF_SHARE
+
+    def decode(heads, conf):
+        return head_detections(heads, letterbox_params, image_size, strides, conf, iou_threshold, max_det)
+
+    reference, reference_low = decode(reference_heads, conf_threshold), decode(reference_heads, low)
+    served, candidate_low = decode(candidate_heads, conf_threshold), decode(candidate_heads, low)
+    counts = [frame_agreement(*sides) for sides in zip(reference, candidate_low, served, reference_low)]
+    return counts, served, reference

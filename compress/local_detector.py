@@ -39,18 +39,26 @@ class LocalDetector:
     def detect(self, payloads: list[bytes]) -> list[Detections]:
         """Encoded frames, prepared as the served preprocess prepares them (reduced JPEG decode
         unless `reduced_decode=False`)."""
-        try:
-            return self._detect([prepare_image(p, self.info.image_size, self.info.pixel_type, reduced=self.reduced)
-                                 for p in payloads])
-        except ValueError as error:
-            raise BadImageError(str(error)) from None
+        return self.detect_prepared(*self.prepare(payloads))
 
     def _detect(self, prepared: list[tuple[np.ndarray, np.ndarray]]) -> list[Detections]:
         tensors, params = zip(*prepared)
         return self.detect_prepared(np.stack(tensors), np.stack(params))
 
+    def prepare(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded frames as the served preprocess hands them on: ([B, 3, H, W] pixels, [B, 5] letterbox)."""
+        try:
+            tensors, params = zip(*[prepare_image(p, self.info.image_size, self.info.pixel_type, reduced=self.reduced)
+                                    for p in payloads])
+        except ValueError as error:
+            raise BadImageError(str(error)) from None
+        return np.stack(tensors), np.stack(params)
+
+    def heads(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The detector's head outputs by name for a letterboxed batch."""
+        return dict(zip(self.output_names, self.session.run(None, {"images": images})))
+
     def detect_prepared(self, images: np.ndarray, letterbox_params: np.ndarray) -> list[Detections]:
         """A batch already letterboxed ([B, 3, H, W], [B, 5]): the detector and the served postprocess."""
-        outputs = dict(zip(self.output_names, self.session.run(None, {"images": images})))
-        return head_detections(outputs, letterbox_params, self.info.image_size, self.info.strides, self.conf, self.iou,
-                               self.max_det)
+        return head_detections(self.heads(images), letterbox_params, self.info.image_size, self.info.strides, self.conf,
+                               self.iou, self.max_det)

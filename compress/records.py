@@ -165,6 +165,13 @@ class GatedModel:
     gated_at: str = ""
     trt_onnx: Path | None = None  # the symmetric Q/DQ twin the TensorRT INT8 plan was built from
     trt_onnx_sha256: str | None = None
+    # the served shadow's reference (the one accuracy is budgeted against) and what the gate saw
+    # of it on the val split: agreement and drift signals (tools.agreement.shadow_baseline)
+    shadow: dict | None = None
+
+    @property
+    def shadow_reference(self) -> Path | None:
+        return self.shadow["reference_onnx"] if self.shadow else None
 
     @classmethod
     def load(cls, artifacts: Path) -> "GatedModel":
@@ -178,7 +185,9 @@ class GatedModel:
         try:
             gated = cls(record["stage"], root / record["onnx"], record["sha256"], record.get("mixed_precision", False),
                         record.get("gated_at", ""), root / record["trt_onnx"] if record.get("trt_onnx") else None,
-                        record.get("trt_onnx_sha256"))
+                        record.get("trt_onnx_sha256"),
+                        {**record["shadow"], "reference_onnx": root / record["shadow"]["reference_onnx"]}
+                        if record.get("shadow") else None)
         except (KeyError, TypeError) as error:
             raise GateFailedError(f"{path} is not a gate record this toolkit wrote (no {error})",
                                   hint="run `make parity` again") from None
@@ -189,10 +198,13 @@ class GatedModel:
 
     @staticmethod
     def record(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None = None,
-               mixed_precision: bool = False) -> Path:
+               mixed_precision: bool = False, shadow: dict | None = None) -> Path:
         """Written by the parity gate alone, tied to the exact bytes it gated."""
         record = {"stage": stage, "onnx": relative_to(artifacts, onnx), "sha256": file_hash(onnx),
                   "mixed_precision": mixed_precision, "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if shadow is not None:
+            record["shadow"] = {**shadow, "reference_onnx": relative_to(artifacts, shadow["reference_onnx"]),
+                                "reference_sha256": file_hash(shadow["reference_onnx"])}
         if trt_onnx is not None:
             record.update(trt_onnx=relative_to(artifacts, trt_onnx), trt_onnx_sha256=file_hash(trt_onnx))
         return write_json(Path(artifacts) / SERVED_FILE, record)

@@ -19,6 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from compress.defaults import DEFAULT_MAX_BATCH_SIZE
+from compress.detection import SERVED_CONF
 from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 from compress.export import read_info, with_uint8_pixels
 from compress.manifest import Manifest, file_hash
@@ -31,6 +32,8 @@ TOOLS_DIR = Path(__file__).resolve().parent
 SHARED_MATHS = TOOLS_DIR.parent / "compress" / "detection.py"
 SESSION_SETUP = TOOLS_DIR.parent / "compress" / "onnx_session.py"
 LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
+SHADOW_CODE = TOOLS_DIR.parent / "compress" / "shadow.py"
+SHADOW_FILES = ("shadow.py", "onnx_session.py", tc.SHADOW_REFERENCE_FILE)  # beside postprocess/1/model.py
 PYTHON_MODELS = (tc.PREPROCESS, tc.POSTPROCESS)
 
 
@@ -117,12 +120,44 @@ def write_warmup_files(repo: Path, settings: tc.RepositorySettings) -> None:
         path.write_bytes(data)
 
 
-def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict) -> Path:
+def served_copy(model_file: Path, dest: Path, pixel_type: str) -> Path:
+    """`model_file` as the ensemble feeds it: a Cast + Div prefix when preprocess hands over uint8 pixels."""
+    if read_info(model_file).pixel_type == "float32" and pixel_type == "uint8":
+        with_uint8_pixels(model_file, dest)
+    else:
+        shutil.copyfile(model_file, dest)
+    return dest
+
+
+def place_shadow(repo: Path, settings: tc.RepositorySettings, reference: Path | None) -> None:
+    """The shadow's code and the FP32 reference beside postprocess (or none of it, when off)."""
+    version_dir = repo / tc.POSTPROCESS / "1"
+    for name in SHADOW_FILES:
+        (version_dir / name).unlink(missing_ok=True)
+    if not settings.shadow:
+        return
+    if reference is None:
+        raise tc.ConfigError("shadow parity needs the FP32 reference to put beside the served model",
+                             hint="build from the gated artifacts, pass --shadow-reference FILE, or --no-shadow")
+    if read_info(reference).image_size != tuple(settings.image_size):
+        raise tc.ConfigError(f"the shadow reference {reference} takes {read_info(reference).image_size}, the served "
+                             f"model {tuple(settings.image_size)}: they must see the same tensor")
+    shutil.copyfile(SHADOW_CODE, version_dir / "shadow.py")
+    shutil.copyfile(SESSION_SETUP, version_dir / "onnx_session.py")
+    served_copy(reference, version_dir / tc.SHADOW_REFERENCE_FILE, settings.pixel_type)
+
+
+def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provenance: dict,
+          shadow_reference: Path | None = None) -> Path:
+    """`shadow_reference`: the FP32 model shadow parity compares with (needed when `settings.shadow`)."""
     repo = Path(repo)
     takes = read_info(model_file).pixel_type if settings.target != "tensorrt" else "float32"
     if takes == "uint8" and settings.pixel_type == "float32":  # checked before anything is written
         raise tc.ConfigError(f"{model_file} takes uint8 pixels; preprocess cannot feed it float32 ones",
                              hint="build with --pixel-type uint8")
+    if settings.shadow and shadow_reference is None:
+        raise tc.ConfigError("shadow parity needs the FP32 reference to put beside the served model",
+                             hint="build from the gated artifacts, pass --shadow-reference FILE, or --no-shadow")
     for name in PYTHON_MODELS:
         version_dir = repo / name / "1"
         if not (version_dir / "model.py").exists():
@@ -135,10 +170,11 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     (detector_dir / "1").mkdir(parents=True)
     suffix = ".plan" if settings.target == "tensorrt" else ".onnx"
     served_file = detector_dir / "1" / f"model{suffix}"
-    if takes == "float32" and settings.pixel_type == "uint8":
-        with_uint8_pixels(model_file, served_file)
-    else:
+    if settings.target == "tensorrt":
         shutil.copyfile(model_file, served_file)
+    else:
+        served_copy(model_file, served_file, settings.pixel_type)
+    place_shadow(repo, settings, shadow_reference)
     if settings.target == "local":
         shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
         shutil.copyfile(SHARED_MATHS, detector_dir / "1" / "yolo_ops.py")
@@ -148,6 +184,9 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     for config in tc.all_configs(settings):
         tc.write_config(config, repo / config.name)
     provenance = dict(provenance)
+    if settings.shadow:
+        provenance["shadow_reference"] = str(shadow_reference)
+        provenance["shadow_reference_sha256"] = file_hash(shadow_reference)
     record = RepositoryRecord(repo, provenance.pop("stage"), provenance.pop("target", settings.target),
                               Path(provenance.pop("source", model_file)), bool(provenance.pop("gated", False)),
                               file_hash(model_file), file_hash(served_file), settings, provenance.pop("tuned", None),
@@ -221,6 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-image-pixels", dest="max_image_pixels", type=int)
     parser.add_argument("--max-image-bytes", dest="max_image_bytes", type=int)
     parser.add_argument("--min-image-side", dest="min_image_side", type=int)
+    parser.add_argument("--shadow", dest="shadow", action=argparse.BooleanOptionalAction, default=True,
+                        help="shadow parity: the FP32 reference beside the served model, a sampled share of live "
+                             "frames compared with it (default on; --no-shadow builds without it)")
+    parser.add_argument("--shadow-rate", dest="shadow_rate", type=float, help="share of frames shadowed (default 0.05)")
+    parser.add_argument("--shadow-max-fps", dest="shadow_max_fps", type=float,
+                        help="at most this many shadowed frames per second (default 5)")
+    parser.add_argument("--shadow-reference", type=Path,
+                        help="the FP32 ONNX shadow parity compares with (default: the gate's reference)")
+    parser.add_argument("--evidence-dir", dest="evidence_dir",
+                        help="where low-agreement frames are kept (relative: to the repository's parent; default evidence)")
     args = parser.parse_args(argv)
     if args.onnx:
         warn_ungated(str(args.onnx))
@@ -242,14 +291,51 @@ def main(argv: list[str] | None = None) -> None:
             print("note: DEVICE=gpu, but this ONNX Runtime has no CUDA provider: the local target's detector "
                   "instances run on the CPU (install onnxruntime-gpu, or TARGET=onnxruntime for the NGC image)")
             args.device = "cpu"
+    gated = not (args.onnx or args.stage or args.allow_ungated)
+    reference, baseline = shadow_reference(args, gated, model_file) if args.shadow else (None, None)
+    args.shadow = reference is not None
+    args.shadow_baseline = baseline
     settings = settings_from_args(args, info, previous)
     tuned = previous.tuned if previous and previous.target == args.target else None
-    gated = not (args.onnx or args.stage or args.allow_ungated)
     build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
-                                            "gated": gated, **({"tuned": tuned} if tuned else {})})
+                                            "gated": gated, **({"tuned": tuned} if tuned else {})}, reference)
     print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
           f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout}, "
-          f"detector instances {settings.detector_instances} x {settings.device})")
+          f"detector instances {settings.detector_instances} x {settings.device}, shadow parity "
+          + (f"{settings.shadow_rate:.0%} of frames (<= {settings.shadow_max_fps:g}/s) vs {reference})"
+             if settings.shadow else "off)"))
+
+
+def shadow_reference(args, gated: bool, model_file: Path) -> tuple[Path | None, dict | None]:
+    """(the FP32 reference, the gate's baseline) shadow parity runs with: the gate's record when the
+    gated model is served; otherwise --shadow-reference or the search's reference, with the baseline
+    measured here on the val split (what an ungated model is held against)."""
+    if gated and args.shadow_reference is None:
+        record = GatedModel.load(args.artifacts)
+        if record.shadow is None:
+            raise GateFailedError("the parity gate's record predates shadow parity (no reference recorded)",
+                                  hint="run `make parity` again, or build with SHADOW=0")
+        return record.shadow_reference, {k: v for k, v in record.shadow.items() if k != "reference_onnx"}
+    reference = args.shadow_reference
+    if reference is None:
+        try:
+            report = Report.load(args.artifacts)
+            key = SearchRecord.load(Manifest(args.artifacts)).reference.row_key
+            reference = args.artifacts / {r["key"]: r for r in report.data["rows"]}[key]["onnx"]
+        except (InputFileError, KeyError):
+            print("note: no FP32 reference for shadow parity (no search in the artifacts): built without it; "
+                  "pass --shadow-reference FILE to add one")
+            return None, None
+    if not Path(reference).is_file():
+        raise InputFileError(f"shadow reference {reference} is missing")
+    try:
+        from tools.agreement import shadow_baseline
+
+        data_yaml = Manifest(args.artifacts).output("dataset", "data_yaml")
+        conf = args.conf_threshold if args.conf_threshold is not None else SERVED_CONF
+        return Path(reference), shadow_baseline(Path(reference), model_file, data_yaml, conf)
+    except (InputFileError, KeyError):
+        return Path(reference), None  # no val split to measure a baseline on: alerts fall back to live values only
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from compress.export import read_info
 from compress.manifest import Manifest, file_hash, relative_to
 from compress.quantize import conv_sensitivity
 from compress.records import GatedModel, GateVerdicts, Report, SearchRecord, ServedChoice
-from tools.agreement import task_parity
+from tools.agreement import shadow_baseline, task_parity
 from tools.compare import polygraphy_compare, val_feeds
 
 # With ALLOW_OVER_BUDGET=1 the served model is knowingly over the budget; the gate then only stops a
@@ -238,7 +238,11 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
         result.update(refused=refused, reference=reference.as_dict(), rounds=round_number + 1)
         failures = quantization_failures(result["checks"])
         if result["passed"]:
-            GatedModel.record(artifacts, choice.name, choice.onnx, trt_onnx, mixed_precision=bool(choice.float_convs))
+            # what the served shadow compares live frames with, and the values it is held against
+            reference_onnx = artifacts / {row["key"]: row for row in report.data["rows"]}[reference_key]["onnx"]
+            result["shadow_baseline"] = shadow_baseline(reference_onnx, choice.onnx, data_yaml, gate.detection_conf)
+            GatedModel.record(artifacts, choice.name, choice.onnx, trt_onnx, mixed_precision=bool(choice.float_convs),
+                              shadow={"reference_onnx": reference_onnx, **result["shadow_baseline"]})
             break
         if not failures:
             # Float layers can only win back what quantization lost: a pruned model that trails the

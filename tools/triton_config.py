@@ -30,6 +30,7 @@ DETECTION_OUTPUTS = (
 )
 WARMUP_DIR = "warmup"  # Triton reads warmup input files from <model>/warmup/
 WARMUP_LETTERBOX_FILE = "letterbox.bin"
+SHADOW_REFERENCE_FILE = "reference.onnx"  # in postprocess/1/: the FP32 reference shadow parity runs
 
 
 # What `make tune` measures and writes into the repository (kept by later `make repo` runs)
@@ -96,6 +97,20 @@ class RepositorySettings:
     max_image_pixels: int = ImageLimits.max_pixels
     max_image_bytes: int = ImageLimits.max_bytes
     min_image_side: int = ImageLimits.min_side
+    # Shadow parity (compress.shadow): postprocess also takes the detector's input tensor and runs a
+    # sampled share of frames through the FP32 reference off the latency path. Off unless the builder
+    # has a reference to put beside the served model (`make repo` does: SHADOW=1 by default).
+    shadow: bool = False
+    shadow_rate: float = 0.05  # share of frames shadowed (0: sampling off, the reference stays loaded)
+    shadow_max_fps: float = 5.0  # and at most this many per second per postprocess instance
+    shadow_min_frame_recall: float = 0.5  # a compared frame below this is kept as evidence
+    # Evidence frames and the agreement log; relative paths are resolved against the repository's
+    # parent (`model_repository/` -> `evidence/` beside it; /models in the container -> /evidence)
+    evidence_dir: str = "evidence"
+    evidence_max_frames: int = 200
+    evidence_max_bytes: int = 64 << 20
+    # What the gate saw on the val split (tools.agreement.shadow_baseline): exported as gauges for the alerts
+    shadow_baseline: dict | None = None
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
@@ -133,6 +148,24 @@ class RepositorySettings:
             raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
         if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
             raise ConfigError("max_image_pixels, max_image_bytes and min_image_side must be >= 1")
+        if not 0 <= self.shadow_rate <= 1 or self.shadow_max_fps < 0 or not 0 <= self.shadow_min_frame_recall <= 1:
+            raise ConfigError("shadow_rate and shadow_min_frame_recall must be in [0, 1], shadow_max_fps >= 0")
+        if min(self.evidence_max_frames, self.evidence_max_bytes) < 0:
+            raise ConfigError("evidence_max_frames and evidence_max_bytes must be >= 0")
+
+    def shadow_parameters(self) -> dict[str, object]:
+        """The postprocess parameters of shadow parity (compress.shadow.ShadowSettings reads them back)."""
+        baseline = self.shadow_baseline or {}
+        agreement, drift = baseline.get("agreement", {}), baseline.get("drift", {})
+        gate = {"box_recall": agreement.get("box_recall"), "extra_boxes": agreement.get("extra_boxes"),
+                "detections_per_frame": drift.get("detections_per_frame"),
+                "mean_confidence": drift.get("mean_confidence")}
+        return {"shadow_rate": self.shadow_rate, "shadow_max_fps": self.shadow_max_fps,
+                "shadow_min_frame_recall": self.shadow_min_frame_recall, "shadow_evidence_dir": self.evidence_dir,
+                "shadow_evidence_max_frames": self.evidence_max_frames,
+                "shadow_evidence_max_bytes": self.evidence_max_bytes, "shadow_reference_file": SHADOW_REFERENCE_FILE,
+                "shadow_providers": "cuda,cpu" if self.device == "gpu" else "cpu",
+                **{f"gate_{k}": v for k, v in gate.items() if v is not None}}
 
     @property
     def pixel_dtype(self) -> int:
@@ -254,18 +287,22 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
 
 
 def postprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
+    height, width = settings.image_size
+    # with shadow parity on, postprocess also takes the tensor the detector ran on
+    pixels = [_tensor(mc.ModelInput, "PIXELS", settings.pixel_dtype, [3, height, width])] if settings.shadow else []
     config = mc.ModelConfig(
         name=POSTPROCESS,
         backend="python",
         max_batch_size=settings.max_batch_size,
         input=[_tensor(mc.ModelInput, name, mc.TYPE_FP32, dims) for name, dims in settings.head_outputs()]
-        + [_tensor(mc.ModelInput, "LETTERBOX", mc.TYPE_FP32, [5])],
+        + [_tensor(mc.ModelInput, "LETTERBOX", mc.TYPE_FP32, [5])] + pixels,
         output=[_tensor(mc.ModelOutput, name, dtype, dims) for name, dtype, dims in DETECTION_OUTPUTS],
         instance_group=_instances(settings.postprocess_instances, mc.ModelInstanceGroup.KIND_CPU),
         dynamic_batching=_dynamic_batching(settings, wait_for_batch=False),
         model_warmup=[_warmup("zero_logits", 1, {
             **{name: (mc.TYPE_FP32, dims, None) for name, dims in settings.head_outputs()},
-            "LETTERBOX": (mc.TYPE_FP32, [len(LETTERBOX_FIELDS)], WARMUP_LETTERBOX_FILE)})],
+            "LETTERBOX": (mc.TYPE_FP32, [len(LETTERBOX_FIELDS)], WARMUP_LETTERBOX_FILE),
+            **({"PIXELS": (settings.pixel_dtype, [3, height, width], None)} if settings.shadow else {})})],
     )
     _parameters(config, {
         "conf_threshold": settings.conf_threshold,
@@ -274,6 +311,7 @@ def postprocess_config(settings: RepositorySettings) -> mc.ModelConfig:
         "image_height": settings.image_size[0],
         "image_width": settings.image_size[1],
         "strides": ",".join(str(s) for s in settings.strides),
+        **(settings.shadow_parameters() if settings.shadow else {}),
     })
     return config
 
@@ -288,7 +326,8 @@ def ensemble_config(settings: RepositorySettings) -> mc.ModelConfig:
                                 input_map={"images": "pixels"},
                                 output_map={name: f"head_{name}" for name in head}),
         mc.ModelEnsembling.Step(model_name=POSTPROCESS, model_version=-1,
-                                input_map={**{name: f"head_{name}" for name in head}, "LETTERBOX": "letterbox"},
+                                input_map={**{name: f"head_{name}" for name in head}, "LETTERBOX": "letterbox",
+                                           **({"PIXELS": "pixels"} if settings.shadow else {})},
                                 output_map={name: name for name, _, _ in DETECTION_OUTPUTS}),
     ]
     return mc.ModelConfig(

@@ -10,6 +10,7 @@ parameters) fails only itself; non-finite head values are dropped as candidates,
 import json
 import os
 import sys
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -18,6 +19,56 @@ sys.path.insert(0, os.path.dirname(__file__))
 from yolo_ops import head_detections, model_parameters, pad_detections, run_isolated  # noqa: E402  (copied in by the builder)
 
 PARAMETERS = ("conf_threshold", "iou_threshold", "max_det", "image_height", "image_width", "strides")
+FLUSH_S = 0.5
+
+
+class LiveMetrics:
+    """Counter increments added up from any thread, sent to Triton's metrics by one thread."""
+
+    def __init__(self, shadow_module, gauges: dict[str, float]):
+        kinds = {"counter": pb_utils.MetricFamily.COUNTER, "gauge": pb_utils.MetricFamily.GAUGE}
+        self.families = {name: pb_utils.MetricFamily(name=name, description=text, kind=kinds[kind])
+                         for name, (kind, text) in shadow_module.METRICS.items()}
+        self.metrics, self.pending, self.lock = {}, {}, threading.Lock()
+        for name, value in gauges.items():
+            self._metric(name).set(float(value))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+        self.thread.start()
+
+    def _metric(self, key: str):
+        """`name` or `name{label="value"}` -> its Metric (made on first use)."""
+        if key not in self.metrics:
+            name, _, labels = key.partition("{")
+            pairs = dict(part.split("=", 1) for part in labels.rstrip("}").split(",")) if labels else {}
+            self.metrics[key] = self.families[name].Metric(labels={k: v.strip('"') for k, v in pairs.items()})
+        return self.metrics[key]
+
+    def add(self, deltas: dict) -> None:
+        with self.lock:
+            for key, value in deltas.items():
+                self.pending[key] = self.pending.get(key, 0) + value
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for key, value in pending.items():
+            if key.startswith("yolo_shadow_enabled"):
+                self._metric(key).set(float(value))
+            elif value:
+                self._metric(key).increment(float(value))
+
+    def _run(self) -> None:
+        while not self.stop.wait(FLUSH_S):
+            try:
+                self.flush()
+            except Exception as error:  # noqa: BLE001 - metrics never fail the model
+                pb_utils.Logger.log_warn(f"postprocess: metrics not sent: {error}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.flush()
 
 
 def error_response(error):
@@ -34,7 +85,34 @@ class TritonPythonModel:
         self.max_det = int(params["max_det"])
         self.size = (int(params["image_height"]), int(params["image_width"]))
         self.strides = tuple(int(s) for s in params["strides"].split(","))
-        self.head_names = [i["name"] for i in config["input"] if i["name"] != "LETTERBOX"]
+        self.head_names = [i["name"] for i in config["input"] if i["name"] not in ("LETTERBOX", "PIXELS")]
+        self.shadow = self.live = None
+        # Triton runs the warmup samples before the model serves: not traffic, so not watched
+        self.unwatched = sum(int(w.get("batch_size", 1)) * int(w.get("count", 1)) for w in config.get("model_warmup", []))
+        if any(i["name"] == "PIXELS" for i in config["input"]):
+            self._start_shadow(args, params)
+
+    def _start_shadow(self, args, params):
+        import shadow
+
+        settings = shadow.ShadowSettings.from_parameters(params)
+        model_dir = os.path.dirname(__file__)
+        if settings.evidence_dir and not os.path.isabs(settings.evidence_dir):
+            # relative to the repository's parent: never a folder inside the repository Triton would read as a model
+            repository_root = os.path.dirname(os.path.abspath(args["model_repository"]))
+            settings.evidence_dir = os.path.join(os.path.dirname(repository_root), settings.evidence_dir)
+        gauges = {name: params[f"gate_{key}"] for key, name in shadow.GATE_GAUGES.items() if f"gate_{key}" in params}
+        self.live = LiveMetrics(shadow, {**gauges, "yolo_shadow_rate": settings.rate})
+        head = {"image_size": list(self.size), "strides": list(self.strides), "conf": self.conf, "iou": self.iou,
+                "max_det": self.max_det}
+        self.shadow_module = shadow
+        self.shadow = shadow.Shadow(settings, model_dir, head, self.live.add, log=pb_utils.Logger.log_info)
+        self.live.add({"yolo_shadow_enabled": int(self.shadow.available)})
+
+    def finalize(self):
+        if self.shadow is not None:
+            self.shadow.close()
+            self.live.close()
 
     def _run_batch(self, requests):
         heads = {name: [] for name in self.head_names}
@@ -45,8 +123,10 @@ class TritonPythonModel:
             letterboxes.append(pb_utils.get_input_tensor_by_name(request, "LETTERBOX").as_numpy())
             counts.append(len(letterboxes[-1]))
         stacked = {name: np.concatenate(parts) for name, parts in heads.items()}
-        detections = head_detections(stacked, np.concatenate(letterboxes), self.size, self.strides, self.conf,
-                                     self.iou, self.max_det)
+        letterbox = np.concatenate(letterboxes)
+        detections = head_detections(stacked, letterbox, self.size, self.strides, self.conf, self.iou, self.max_det)
+        if self.shadow is not None:
+            self._watch(requests, stacked, letterbox, detections)
         responses, start = [], 0
         for count in counts:
             padded = pad_detections(detections[start:start + count])
@@ -54,6 +134,21 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in padded.items()]))
         return responses
+
+    def _watch(self, requests, heads, letterbox, detections):
+        """Drift signals of every frame; the sampled ones handed to the shadow (never raises)."""
+        if self.unwatched > 0:
+            self.unwatched -= len(detections)
+            return
+        try:
+            self.live.add(self.shadow_module.drift_tally(detections))
+            if self.shadow.settings.rate <= 0:
+                return
+            pixels = np.concatenate([pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy() for r in requests])
+            for i in range(len(detections)):
+                self.shadow.offer(pixels[i], letterbox[i], {name: value[i] for name, value in heads.items()})
+        except Exception as error:  # noqa: BLE001 - watching never fails a served frame
+            pb_utils.Logger.log_warn(f"postprocess: shadow skipped a batch: {error}")
 
     def execute(self, requests):
         with np.errstate(all="ignore"):  # overflow in exp() on extreme logits is handled as non-finite

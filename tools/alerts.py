@@ -1,0 +1,192 @@
+"""The alarms on the served model's live agreement and drift: one spec, two evaluators.
+
+`ALARMS` holds every alarm once: which counters it divides, over what window, against which of
+the gate's gauges (compress.shadow.GATE_GAUGES: what the gate saw on the val split, exported by
+the server), by what margin and for how long. From it come
+- the Prometheus alerting rules shipped with the Kubernetes manifests
+  (deploy/k8s/monitoring/yolo-alerts.yaml, a PrometheusRule; `python -m tools.alerts render`
+  writes it, a test checks the committed file is the rendering, promtool tests it on synthetic
+  series: deploy/k8s/monitoring/tests/yolo-alerts-test.yaml);
+- `make watch`'s evaluation of the same alarms on scrapes of one server (`firing`).
+
+    python -m tools.alerts render    # rewrite deploy/k8s/monitoring/yolo-alerts.yaml from ALARMS
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.env import PROJECT_ROOT
+from compress.errors import cli_entry
+
+RULES_FILE = PROJECT_ROOT / "deploy" / "k8s" / "monitoring" / "yolo-alerts.yaml"
+RULES_TEST_FILE = PROJECT_ROOT / "deploy" / "k8s" / "monitoring" / "tests" / "yolo-alerts-test.yaml"
+GROUP = "yolo-served-model"
+BY = "namespace"  # pooled over a deployment's replicas
+
+
+@dataclass(frozen=True)
+class Alarm:
+    name: str
+    severity: str
+    summary: str
+    numerator: tuple[str, ...]  # counters summed: their increase over the window ...
+    denominator: tuple[str, ...]  # ... divided by these'
+    window_s: int
+    for_s: int
+    # fires when the ratio is below / above the gate's gauge (or `constant`) by `margin`, or shifted
+    # from it either way ("shifted"; `relative`: by margin x the gauge)
+    direction: str
+    margin: float
+    gauge: str | None = None
+    constant: float | None = None
+    relative: bool = False
+    min_denominator: float = 1.0  # too few frames or boxes in the window: no verdict
+
+    def threshold(self, gauge_value: float | None) -> float | None:
+        base = self.constant if self.gauge is None else gauge_value
+        if base is None:
+            return None
+        return base * self.margin if self.relative else self.margin
+
+    # -- PromQL ---------------------------------------------------------------------------------
+    def _increase(self, names: tuple[str, ...]) -> str:
+        return " + ".join(f"sum by ({BY}) (increase({n}[{self.window_s}s]))" for n in names)
+
+    def expr(self) -> str:
+        ratio = f"({self._increase(self.numerator)}) / ({self._increase(self.denominator)})"
+        base = f"max by ({BY}) ({self.gauge})" if self.gauge else str(self.constant)
+        margin = f"{self.margin} * {base}" if self.relative else str(self.margin)
+        if self.direction == "below":
+            condition = f"{ratio} < ({base} - {margin})"
+        elif self.direction == "above":
+            condition = f"{ratio} > ({base} + {margin})"
+        else:
+            condition = f"abs({ratio} - {base}) > ({margin})"
+        return f"({condition}) and ({self._increase(self.denominator)}) >= {self.min_denominator:g}"
+
+    def rule(self) -> dict:
+        return {"alert": self.name, "expr": self.expr(), "for": f"{self.for_s}s",
+                "labels": {"severity": self.severity},
+                "annotations": {"summary": self.summary,
+                                "description": "{{ $value | humanize }} in {{ $labels.namespace }} "
+                                               f"(over {self.window_s}s; see `make audit` for the frames)"}}
+
+    # -- one server's scrapes -------------------------------------------------------------------
+    def ratio(self, increases: dict[str, float]) -> tuple[float | None, float]:
+        """(ratio, denominator) of counter increases over the window; None below min_denominator."""
+        denominator = sum(increases.get(n, 0.0) for n in self.denominator)
+        if denominator < self.min_denominator or denominator <= 0:
+            return None, denominator
+        return sum(increases.get(n, 0.0) for n in self.numerator) / denominator, denominator
+
+    def breached(self, increases: dict[str, float], gauges: dict[str, float]) -> tuple[bool, float | None]:
+        value, _ = self.ratio(increases)
+        base = self.constant if self.gauge is None else gauges.get(self.gauge)
+        if value is None or base is None:
+            return False, value
+        margin = self.margin * base if self.relative else self.margin
+        if self.direction == "below":
+            return value < base - margin, value
+        if self.direction == "above":
+            return value > base + margin, value
+        return abs(value - base) > margin, value
+
+
+
+OUTCOME = 'yolo_shadow_frames_total{{outcome="{}"}}'
+ALARMS = (
+    Alarm("YoloShadowAgreementLow", "critical",
+          "The served model finds fewer of the FP32 reference's boxes on live frames than the gate saw",
+          ("yolo_shadow_found_boxes_total",), ("yolo_shadow_reference_boxes_total",), window_s=60, for_s=30,
+          direction="below", gauge="yolo_gate_box_recall", margin=0.15, min_denominator=20),
+    Alarm("YoloShadowExtraBoxesHigh", "critical",
+          "The served model reports boxes the FP32 reference does not, on live frames, beyond what the gate saw",
+          ("yolo_shadow_extra_boxes_total",), ("yolo_shadow_served_boxes_total",), window_s=60, for_s=30,
+          direction="above", gauge="yolo_gate_extra_boxes", margin=0.15, min_denominator=20),
+    Alarm("YoloDetectionsPerFrameShifted", "warning",
+          "Detections per frame moved away from what the gate saw on the val split (scene or camera drift)",
+          ("yolo_detections_total",), ("yolo_frames_total",), window_s=120, for_s=60,
+          direction="shifted", gauge="yolo_gate_detections_per_frame", margin=0.5, relative=True,
+          min_denominator=100),
+    Alarm("YoloConfidenceShifted", "warning",
+          "The served detections' mean confidence moved away from what the gate saw on the val split",
+          ("yolo_detection_confidence_total",), ("yolo_detections_total",), window_s=120, for_s=60,
+          direction="shifted", gauge="yolo_gate_mean_confidence", margin=0.1, min_denominator=100),
+    Alarm("YoloShadowMostlySkipped", "warning",
+          "Shadow parity skips most sampled frames (the server is busy): live agreement rests on few frames",
+          (OUTCOME.format("skipped_busy"),), (OUTCOME.format("skipped_busy"), OUTCOME.format("compared")),
+          window_s=300, for_s=300, direction="above", constant=0.0, margin=0.8, min_denominator=20),
+    Alarm("YoloShadowUnavailable", "warning",
+          "Shadow parity is on but its reference is not running (failed to load, or its worker exited)",
+          (OUTCOME.format("unavailable"),), (OUTCOME.format("unavailable"),), window_s=120, for_s=60,
+          direction="above", constant=0.0, margin=0.5, min_denominator=1),
+)
+
+
+def rule_groups() -> dict:
+    return {"groups": [{"name": GROUP, "rules": [alarm.rule() for alarm in ALARMS]}]}
+
+
+def prometheus_rule() -> dict:
+    """The PrometheusRule (Prometheus Operator) carrying `rule_groups()`."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "yolo-served-model", "labels": {"release": "prometheus"}},
+            "spec": rule_groups()}
+
+
+def rendered() -> str:
+    import yaml
+
+    header = ("# Generated by `python -m tools.alerts render` from tools/alerts.py (ALARMS): edit there.\n"
+              "# Alarms on the served model's live agreement with its FP32 reference and on drift, against\n"
+              "# the values the parity gate saw (gauges the server exports). Tested by promtool:\n"
+              "# tests/yolo-alerts-test.yaml.\n")
+    return header + yaml.safe_dump(prometheus_rule(), sort_keys=False, width=200)
+
+
+def firing(history: list[tuple[float, dict[str, float]]]) -> list[dict]:
+    """The alarms of `ALARMS` breached on one server's scrapes (time, samples), oldest first: each
+    alarm's window is the scrapes within window_s of the last one, and it fires when breached at
+    every scrape over its last for_s (as Prometheus' `for:` does)."""
+    if len(history) < 2:
+        return []
+    results = []
+    for alarm in ALARMS:
+        now = history[-1][0]
+        verdicts = []
+        for at, values in history:
+            if at < now - alarm.for_s:
+                continue
+            window = [(t, v) for t, v in history if at - alarm.window_s <= t <= at]
+            if len(window) < 2:
+                verdicts.append((False, None))
+                continue
+            increases = _increases(window[0][1], values)
+            verdicts.append(alarm.breached(increases, values))
+        covered = history[-1][0] - min(at for at, _ in history) >= alarm.for_s
+        results.append({"alert": alarm.name, "severity": alarm.severity,
+                         "firing": bool(verdicts) and covered and all(b for b, _ in verdicts),
+                         "value": verdicts[-1][1] if verdicts else None, "summary": alarm.summary})
+    return results
+
+
+def _increases(first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
+    """Counter increases; a counter that went down was reset (a model reload): its new value is the increase."""
+    return {key: (value - first.get(key, 0.0)) if value >= first.get(key, 0.0) else value for key, value in last.items()}
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["render"])
+    parser.add_argument("--out", type=Path, default=RULES_FILE)
+    args = parser.parse_args(argv)
+    args.out.write_text(rendered())
+    print(f"wrote {args.out} ({len(ALARMS)} alarms)")
+
+
+if __name__ == "__main__":
+    main()
