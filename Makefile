@@ -39,7 +39,7 @@ SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if
 	$(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
 FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy promtool watch audit shadow-rate test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo docs summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> docs/results.md -> summary
 
@@ -56,6 +56,8 @@ help: ## List the targets and the variables they read
 	@echo "             LATENCY_THREADS=<n> (threads every latency is measured at; default a served detector instance's share)"
 	@echo "  serving:   TARGET=local|onnxruntime|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
+	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
+	@echo "             SHADOW_MAX_FPS=<per second, default 5> (repo) METRICS_URL=<server /metrics> (watch) URL=<server HTTP> (shadow-rate)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
 	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
@@ -169,10 +171,22 @@ rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy
 
-test: venv haproxy ## Run all tests (unit + integration against the real Triton server; installs HAProxy if missing); the full run's JUnit record -> $(ARTIFACTS)/tests/
+promtool: ## Install promtool (Debian package prometheus) if missing: it tests the alert rules of deploy/k8s/monitoring
+	@./.ci/install-promtool
+
+watch: venv ## Live agreement with the FP32 reference, drift signals and the alarms of a running server (METRICS_URL, default 127.0.0.1:8002; DURATION, default until Ctrl-C)
+	$(PY) -m tools.watch $(if $(METRICS_URL),--metrics-url $(METRICS_URL)) $(if $(DURATION),--duration $(DURATION))
+
+audit: venv ## Render the shadow's evidence of REPO: agreement over time, worst frames served vs reference, and the budget on the val split + these frames -> $(ARTIFACTS)/audit/
+	$(PY) -m tools.audit --repo $(REPO) --artifacts $(ARTIFACTS) --gate
+
+shadow-rate: venv ## Change a running server's shadow sampling without a restart (SHADOW_RATE=0: off; URL, default 127.0.0.1:8000)
+	$(PY) -m tools.shadow_control --rate $(or $(SHADOW_RATE),0.05) $(if $(URL),--url $(URL))
+
+test: venv haproxy promtool ## Run all tests (unit + integration against the real Triton server; installs HAProxy and promtool if missing); the full run's JUnit record -> $(ARTIFACTS)/tests/
 	$(PY) -m pytest tests $(PYTEST_ARGS) $(if $(PYTEST_ARGS),,--junitxml=$(ARTIFACTS)/tests/junit.xml)
 
-test-unit: venv ## Fast tests only (no server, no training)
+test-unit: venv promtool ## Fast tests only (no server, no training)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: venv haproxy ## Integration tests (real Triton server on free loopback ports)

@@ -148,7 +148,7 @@ class Sampler:
 
     def __init__(self, rate: float, max_fps: float, clock=time.monotonic):
         self.rate, self.max_fps, self.clock = min(max(rate, 0.0), 1.0), max(max_fps, 0.0), clock
-        self.credit = 1.0 - self.rate  # the first frame is shadowed when rate is 1, the 1/rate-th otherwise
+        self.credit = 0.0  # the 1/rate-th frame is the first shadowed (the first one when rate is 1)
         self.tokens, self.last = max(self.max_fps, 1.0), clock()
 
     def choose(self) -> str | None:

@@ -27,6 +27,8 @@ from loadtest.spec import LoadSpec, add_spec_arguments, default_out, spec_from_a
 from tools.frame_sets import FrameSet, as_frame_set
 from tools.repository import RepositoryRecord
 from tools.server import LOOPBACK, TritonServer, free_port
+from tools.watch import ShadowWatch, live_line
+from tools.watch import markdown_line as watch_line
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -133,7 +135,8 @@ def to_markdown(summary: dict) -> str:
              f"{', shrunk to the model input by the cameras' if s.get('resize_to_model') else ''}); "
              f"client CPU {summary['client_cpu_ms_per_frame']} ms per frame",
              f"- late frames: {f['late_over_interval']} over the frame interval, {f['late_over_slo']} over the "
-             f"{f['slo_ms']:.0f} ms SLO", f"- bottleneck step: **{m['bottleneck']}**", "",
+             f"{f['slo_ms']:.0f} ms SLO", f"- bottleneck step: **{m['bottleneck']}**",
+             watch_line(summary.get("watch", {"shadow": False})), "",
              "| model | requests | failures | avg batch | queue ms/request | compute ms/request (its batch's run) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, v in m["models"].items():
@@ -164,6 +167,8 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
             print(f"==> started tritonserver for the load test (gRPC {server.grpc_url}, HTTP {server.http_url})")
         urls = split_urls(url)
         recorders = [stack.enter_context(MetricsRecorder(m)) for m in split_urls(metrics_url or "")]
+        # live agreement and the alarms (tools.watch), on the first replica's metrics, printed as it goes
+        watch = stack.enter_context(ShadowWatch(recorders[0].url, interval_s=5.0, on_sample=print_live)) if recorders else None
         print(f"==> {spec.streams} streams x {spec.fps:g} FPS of {frame_set.label()} for {spec.duration_s:.0f} s "
               f"over {spec.protocol} to {', '.join(urls)}"
               + ("" if recorders else " (no metrics endpoint: no Triton section)"), flush=True)
@@ -173,13 +178,17 @@ def load_test(spec: LoadSpec, out: Path, url: str | None = None, metrics_url: st
         raise ToolkitError("locust wrote no frame records", hint=f"see its output above and {out}")
     frames = json.loads(frames_path.read_text())
     summary = {"spec": vars(spec), "machine": describe_machine(), "frame_set": frame_set.record(), "frames": summarize(frames, spec.fps, spec.slo_ms),
-               "triton": combined_summary(recorders),
+               "triton": combined_summary(recorders), "watch": watch.summary() if watch else {"shadow": False},
                # Locust's own processes: reading, sending and receiving a frame (the camera side's cost)
                "client_cpu_ms_per_frame": round(client_cpu_s * 1e3 / max(sum(f["status"] != "dropped" for f in frames), 1), 3)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(to_markdown(summary))
     plot_latency(frames, spec, out / "latency_over_time.png")
     return summary
+
+
+def print_live(watch: ShadowWatch, values: dict) -> None:
+    print(live_line(watch, values), flush=True)
 
 
 def split_urls(text: str) -> list[str]:

@@ -9,7 +9,8 @@ the server), by what margin and for how long. From it come
   series: deploy/k8s/monitoring/tests/yolo-alerts-test.yaml);
 - `make watch`'s evaluation of the same alarms on scrapes of one server (`firing`).
 
-    python -m tools.alerts render    # rewrite deploy/k8s/monitoring/yolo-alerts.yaml from ALARMS
+    python -m tools.alerts render      # rewrite yolo-alerts.yaml and its promtool test from ALARMS, SCENARIOS
+    python -m tools.alerts rules-file  # the rules as a plain rule file beside the test, for promtool
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Alarm:
         return {"alert": self.name, "expr": self.expr(), "for": f"{self.for_s}s",
                 "labels": {"severity": self.severity},
                 "annotations": {"summary": self.summary,
-                                "description": "{{ $value | humanize }} in {{ $labels.namespace }} "
+                                "description": "in {{ $labels.namespace }} "
                                                f"(over {self.window_s}s; see `make audit` for the frames)"}}
 
     # -- one server's scrapes -------------------------------------------------------------------
@@ -126,6 +127,104 @@ ALARMS = (
 )
 
 
+# -- synthetic series both evaluators are tested on (promtool and `firing`) -------------------------------
+STEP_S = 15
+GATE = {"yolo_gate_box_recall": 0.95, "yolo_gate_extra_boxes": 0.05, "yolo_gate_detections_per_frame": 2.0,
+        "yolo_gate_mean_confidence": 0.6}
+
+
+def _healthy(step: int) -> dict[str, float]:
+    """Per-step increments of a healthy server at 10 frames/s: 150 frames, 2 boxes each, 20 compared."""
+    return {"yolo_frames_total": 150, "yolo_detections_total": 300, "yolo_detection_confidence_total": 180,
+            "yolo_shadow_reference_boxes_total": 40, "yolo_shadow_found_boxes_total": 38,
+            "yolo_shadow_served_boxes_total": 40, "yolo_shadow_extra_boxes_total": 2,
+            OUTCOME.format("compared"): 20, OUTCOME.format("skipped_busy"): 1}
+
+
+def _degraded(step: int) -> dict[str, float]:
+    """From 5 minutes on, the served model loses most of the reference's boxes and invents others."""
+    rates = _healthy(step)
+    if step * STEP_S >= 300:
+        rates.update({"yolo_shadow_found_boxes_total": 16, "yolo_shadow_extra_boxes_total": 24})
+    return rates
+
+
+def _darkened(step: int) -> dict[str, float]:
+    """From 5 minutes on, darker frames: fewer and less confident detections."""
+    rates = _healthy(step)
+    if step * STEP_S >= 300:
+        rates.update({"yolo_detections_total": 120, "yolo_detection_confidence_total": 42,
+                      "yolo_shadow_served_boxes_total": 16, "yolo_shadow_reference_boxes_total": 18,
+                      "yolo_shadow_found_boxes_total": 16, "yolo_shadow_extra_boxes_total": 1})
+    return rates
+
+
+def _busy(step: int) -> dict[str, float]:
+    return {**_healthy(step), OUTCOME.format("compared"): 2, OUTCOME.format("skipped_busy"): 19}
+
+
+def _reference_down(step: int) -> dict[str, float]:
+    rates = {k: v for k, v in _healthy(step).items() if not k.startswith("yolo_shadow")}
+    return {**rates, OUTCOME.format("unavailable"): 5}
+
+
+# name -> (per-step increments, minutes of series, {minute: alarms expected firing then})
+SCENARIOS = {
+    "healthy": (_healthy, 12, {11: set()}),
+    "degraded": (_degraded, 12, {4: set(), 7: {"YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh"}}),
+    "darkened": (_darkened, 12, {4: set(), 9: {"YoloDetectionsPerFrameShifted", "YoloConfidenceShifted"}}),
+    "busy": (_busy, 12, {4: set(), 11: {"YoloShadowMostlySkipped"}}),
+    "reference_down": (_reference_down, 6, {4: {"YoloShadowUnavailable"}}),
+}
+
+
+def scenario_series(name: str) -> dict[str, list[float]]:
+    """Counter values per step (and the gate's gauges), from 0."""
+    rates, minutes, _ = SCENARIOS[name]
+    steps = minutes * 60 // STEP_S
+    series: dict[str, list[float]] = {key: [value] * (steps + 1) for key, value in GATE.items()}
+    totals: dict[str, float] = {}
+    for step in range(steps + 1):
+        increments = rates(step) if step else {}
+        keys = set(totals) | set(increments) | set(rates(0))
+        for key in keys:
+            totals[key] = totals.get(key, 0.0) + increments.get(key, 0.0)
+            series.setdefault(key, [0.0] * (steps + 1))[step] = totals[key]
+    return series
+
+
+def scenario_history(name: str, until_minute: float) -> list[tuple[float, dict[str, float]]]:
+    """The scenario as `make watch` would have scraped it: (seconds, samples) up to `until_minute`."""
+    series = scenario_series(name)
+    steps = int(until_minute * 60 // STEP_S)
+    return [(step * STEP_S, {key: values[step] for key, values in series.items()}) for step in range(steps + 1)]
+
+
+def _with_namespace(key: str) -> str:
+    name, _, labels = key.partition("{")
+    return f'{name}{{namespace="yolo"{("," + labels.rstrip("}")) if labels else ""}}}'
+
+
+def promtool_tests(rule_file: str) -> dict:
+    """promtool's unit-test file for SCENARIOS (`promtool test rules`)."""
+    tests = []
+    for name, (_, _, expected) in SCENARIOS.items():
+        series = scenario_series(name)
+        cases = []
+        for minute, firing_now in expected.items():
+            for alarm in ALARMS:
+                exp = [{"exp_labels": {"severity": alarm.severity, "namespace": "yolo"},
+                        "exp_annotations": alarm.rule()["annotations"] | {
+                            "description": f"in yolo (over {alarm.window_s}s; see `make audit` for the frames)"}}]
+                cases.append({"eval_time": f"{minute}m", "alertname": alarm.name,
+                              "exp_alerts": exp if alarm.name in firing_now else []})
+        tests.append({"name": name, "interval": f"{STEP_S}s",
+                      "input_series": [{"series": _with_namespace(key), "values": " ".join(f"{v:g}" for v in values)}
+                                       for key, values in sorted(series.items())],
+                      "alert_rule_test": cases})
+    return {"rule_files": [rule_file], "evaluation_interval": f"{STEP_S}s", "tests": tests}
+
+
 def rule_groups() -> dict:
     return {"groups": [{"name": GROUP, "rules": [alarm.rule() for alarm in ALARMS]}]}
 
@@ -178,14 +277,38 @@ def _increases(first: dict[str, float], last: dict[str, float]) -> dict[str, flo
     return {key: (value - first.get(key, 0.0)) if value >= first.get(key, 0.0) else value for key, value in last.items()}
 
 
+def rendered_tests() -> str:
+    import yaml
+
+    header = ("# Generated by `python -m tools.alerts render` from tools/alerts.py (SCENARIOS): synthetic series\n"
+              "# the alarms are tested on. Run: promtool test rules deploy/k8s/monitoring/tests/yolo-alerts-test.yaml\n"
+              "# (after `python -m tools.alerts rules-file`, which writes the PrometheusRule's groups beside it).\n")
+    return header + yaml.safe_dump(promtool_tests(RULE_GROUPS_FILE), sort_keys=False, width=100000)
+
+
+RULE_GROUPS_FILE = "yolo-alerts.rules.yaml"  # the PrometheusRule's spec as a plain rule file, beside the test
+
+
+def write_rule_groups(folder: Path) -> Path:
+    import yaml
+
+    path = Path(folder) / RULE_GROUPS_FILE
+    path.write_text(yaml.safe_dump(rule_groups(), sort_keys=False, width=200))
+    return path
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["render"])
-    parser.add_argument("--out", type=Path, default=RULES_FILE)
+    parser.add_argument("command", choices=["render", "rules-file"])
     args = parser.parse_args(argv)
-    args.out.write_text(rendered())
-    print(f"wrote {args.out} ({len(ALARMS)} alarms)")
+    if args.command == "rules-file":
+        print(f"wrote {write_rule_groups(RULES_TEST_FILE.parent)}")
+        return
+    RULES_FILE.write_text(rendered())
+    RULES_TEST_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RULES_TEST_FILE.write_text(rendered_tests())
+    print(f"wrote {RULES_FILE} ({len(ALARMS)} alarms) and {RULES_TEST_FILE} ({len(SCENARIOS)} scenarios)")
 
 
 if __name__ == "__main__":

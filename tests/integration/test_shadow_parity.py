@@ -90,7 +90,7 @@ def payloads(val_images) -> list[bytes]:
     return [p.read_bytes() for p in val_images[:FRAMES]]
 
 
-def test_exported_agreement_is_the_in_process_agreement(models, payloads, tmp_path_factory):
+def test_exported_agreement_is_the_in_process_agreement(models, payloads, tmp_path_factory, tiny_artifacts):
     from compress.detection import AgreementCounts
     from compress.shadow import COUNT_METRICS, EvidenceStore, ShadowSettings, is_low, outcome_key
     from tools.agreement import compare_on_frames
@@ -135,6 +135,16 @@ def test_exported_agreement_is_the_in_process_agreement(models, payloads, tmp_pa
             assert frame.path.stat().st_size > 0 and {"served", "reference", "counts"} <= set(frame.record)
         log = EvidenceStore(tmp_path / "exact-evidence").agreement_log()
         assert sum(line["found"] for line in log[-len(payloads):]) == total.found
+        # `make audit`: the kept frames rendered, and the budget question answered on them
+        from tools.audit import audit
+
+        audited = audit(repo, tmp_path / "audit", artifacts=tiny_artifacts, gate=True)
+        assert audited["frames_kept"] == low and audited["compared"] == len(payloads)
+        assert (tmp_path / "audit" / "worst_frames.png").stat().st_size > 0
+        assert (tmp_path / "audit" / "agreement_over_time.png").stat().st_size > 0
+        budget = audited["budget"]
+        assert budget["frames"] == low and budget["maps"]["served"]["val_and_traffic"]["map50_95"] > 0
+        assert "Within the budget on this traffic" in (tmp_path / "audit" / "audit.md").read_text()
 
         # switched off at run time: postprocess reloads with shadow_rate 0, the server keeps answering
         assert set_shadow_rate(server.http_url, 0.0)["shadow_rate"]["string_value"] == "0.0"

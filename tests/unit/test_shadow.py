@@ -1,0 +1,126 @@
+"""Shadow parity's parts without a server: sampling, the bounded evidence store, the counts, the configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.detection import AgreementCounts, Detections, agreement_counts, detection_agreement, frame_agreement
+from compress.shadow import EvidenceStore, Sampler, ShadowSettings, drift_baseline, drift_tally, is_low
+
+
+def dets(boxes, scores, classes) -> Detections:
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32),
+                      np.array(classes, np.int32))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_sampler_takes_every_nth_frame_and_caps_per_second():
+    clock = Clock()
+    sampler = Sampler(0.25, max_fps=1000, clock=clock)
+    chosen = [sampler.choose() for _ in range(40)]
+    assert chosen.count("chosen") == 10 and chosen[3] == "chosen" and chosen[0] is None
+    capped = Sampler(1.0, max_fps=2, clock=clock)
+    outcomes = [capped.choose() for _ in range(5)]  # no time passes: two tokens, then capped
+    assert outcomes == ["chosen", "chosen", "capped", "capped", "capped"]
+    clock.now += 0.5  # one token back
+    assert [capped.choose() for _ in range(2)] == ["chosen", "capped"]
+    assert all(Sampler(0.0, 5).choose() is None for _ in range(10))
+
+
+def test_frame_agreement_counts_found_flips_drift_and_extra_boxes():
+    reference = dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.8, 0.7], [0, 1, 2])
+    # found (score 0.6), class flipped, missing; plus an extra box nowhere near the reference's
+    candidate = dets([[0, 0, 10, 10], [20, 20, 30, 30], [80, 80, 90, 90]], [0.6, 0.8, 0.5], [0, 0, 1])
+    counts = frame_agreement(reference, candidate, served=candidate, reference_low=reference)
+    assert (counts.reference_boxes, counts.found, counts.overlapping, counts.class_flips) == (3, 1, 2, 1)
+    assert counts.score_drift_sum == pytest.approx(0.3)
+    assert (counts.served_boxes, counts.extra_boxes) == (3, 2)  # the flipped one and the far one
+    summary = counts.summary()
+    assert summary["box_recall"] == pytest.approx(1 / 3, abs=1e-4) and summary["class_flips"] == 0.5
+    # the gate's figures are the same sums
+    assert detection_agreement([reference], [candidate]) == {k: summary[k] for k in
+                                                               ("reference_boxes", "box_recall", "score_drift", "class_flips")}
+    total = agreement_counts([reference, reference], [candidate, candidate])
+    assert total.frames == 2 and total.found == 2 and total + AgreementCounts() == total
+    assert is_low(counts, ShadowSettings(min_frame_recall=0.5)) and not is_low(
+        frame_agreement(reference, reference, reference, reference), ShadowSettings(min_frame_recall=1.0))
+
+
+def test_drift_tally_and_baseline():
+    frames = [dets([[0, 0, 1, 1], [1, 1, 2, 2]], [0.35, 0.95], [0, 0]), dets([], [], [])]
+    tally = drift_tally(frames)
+    assert tally["yolo_frames_total"] == 2 and tally["yolo_empty_frames_total"] == 1
+    assert tally['yolo_detections_by_confidence_total{le="0.4"}'] == 1
+    assert tally['yolo_detections_by_confidence_total{le="1.0"}'] == 2
+    baseline = drift_baseline(frames)
+    assert baseline["detections_per_frame"] == 1.0 and baseline["mean_confidence"] == pytest.approx(0.65)
+
+
+def job(size: int = 32) -> dict:
+    return {"time": 1_700_000_000.0, "pixels": np.full((3, size, size), 100, np.uint8),
+            "letterbox": np.array([1, 0, 0, size, size], np.float32)}
+
+
+def test_evidence_store_keeps_at_most_its_caps_oldest_dropped(tmp_path):
+    reference = dets([[0, 0, 10, 10]], [0.9], [0])
+    counts = frame_agreement(reference, dets([], [], []), dets([], [], []), reference)
+    store = EvidenceStore(tmp_path / "ev", max_frames=3, max_bytes=10 << 20)
+    names = []
+    for _ in range(5):
+        assert store.save(job(), counts, dets([], [], []), reference) == "stored"
+        names.append(sorted(p.name for p in (tmp_path / "ev").glob("*.png"))[-1])
+    kept = store.frames()
+    assert [f.path.name for f in kept] == names[-3:]  # the two oldest went
+    assert kept[0].record["reference"][0]["class_id"] == 0 and kept[0].record["counts"]["found"] == 0
+    tiny = EvidenceStore(tmp_path / "tiny", max_frames=100, max_bytes=1)  # no frame fits: none is kept
+    assert tiny.save(job(), counts, dets([], [], []), reference) == "stored" and tiny.frames() == []
+    for _ in range(3):
+        store.log(1.0, counts)
+    assert len(store.agreement_log()) == 3
+
+
+def test_evidence_store_disk_errors_are_an_outcome_not_an_exception(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    store = EvidenceStore(blocker / "evidence")
+    reference = dets([[0, 0, 10, 10]], [0.9], [0])
+    assert store.save(job(), frame_agreement(reference, reference), reference, reference) == "dropped_error"
+    store.log(1.0, AgreementCounts())  # swallowed too
+    assert store.frames() == [] and store.agreement_log() == []
+
+
+def test_shadow_settings_round_trip_through_config_parameters():
+    from tools import triton_config as tc
+
+    settings = tc.RepositorySettings((64, 64), 3, shadow=True, shadow_rate=0.1, shadow_max_fps=7,
+                                     shadow_baseline={"agreement": {"box_recall": 0.97, "extra_boxes": 0.03},
+                                                      "drift": {"detections_per_frame": 2.5, "mean_confidence": 0.61}})
+    configs = {c.name: tc.read_config(tc.write_config(c, _tmp(c.name))) for c in tc.all_configs(settings)}
+    post = configs[tc.POSTPROCESS]
+    assert "PIXELS" in [i.name for i in post.input]
+    params = {k: v.string_value for k, v in post.parameters.items()}
+    shadow = ShadowSettings.from_parameters(params)
+    assert (shadow.rate, shadow.max_fps, shadow.reference_file) == (0.1, 7.0, tc.SHADOW_REFERENCE_FILE)
+    assert params["gate_box_recall"] == "0.97" and params["gate_mean_confidence"] == "0.61"
+    step = [s for s in configs[tc.ENSEMBLE_NAME].ensemble_scheduling.step if s.model_name == tc.POSTPROCESS][0]
+    assert step.input_map["PIXELS"] == "pixels"
+    off = {c.name: c for c in tc.all_configs(tc.RepositorySettings((64, 64), 3))}
+    assert "PIXELS" not in [i.name for i in off[tc.POSTPROCESS].input]
+    assert not any(k.startswith("shadow_") for k in off[tc.POSTPROCESS].parameters)
+    with pytest.raises(tc.ConfigError):
+        tc.RepositorySettings((64, 64), 3, shadow_rate=1.5)
+
+
+def _tmp(name: str):
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp()) / name
