@@ -39,7 +39,7 @@ SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if
 	$(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
 FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test haproxy promtool watch audit shadow-rate test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test bench-shadow haproxy promtool watch audit shadow-rate test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo docs summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> docs/results.md -> summary
 
@@ -58,6 +58,7 @@ help: ## List the targets and the variables they read
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
 	@echo "             SHADOW_MAX_FPS=<per second, default 5> (repo) METRICS_URL=<server /metrics> (watch) URL=<server HTTP> (shadow-rate)"
+	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
 	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
@@ -167,6 +168,10 @@ rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind 
 	$(PY) -m loadtest.rollout --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) \
 		$(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
+
+bench-shadow: venv ## Shadow parity's cost (capacity at dataset and 1080p frames, p99 at 80%: on vs SHADOW=0), a HEALTHY_DURATION (default 10m) run without alarms, a degraded model's alarm time, a drift injected halfway (PHASES=cost,healthy,degraded,drift) -> $(ARTIFACTS)/shadow/
+	$(PY) -m loadtest.shadow_bench --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(PHASES),--phases $(PHASES)) \
+		$(if $(HEALTHY_DURATION),--healthy-duration $(HEALTHY_DURATION)) $(if $(DURATION),--duration $(DURATION))
 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy

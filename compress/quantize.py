@@ -92,8 +92,10 @@ def stem_conv(model) -> list[str]:
 
 def quantize(onnx_in: Path, onnx_out: Path, data_yaml: Path, image_size: tuple[int, int], method: str = "percentile",
              calibration_count: int = 64, keep_head_float: bool = True, keep_stem_float: bool = True,
-             float_nodes: list[str] | None = None, per_channel: bool = True, activation: str = "uint8") -> dict:
-    """Write a Q/DQ INT8 model; returns what was kept in float and how it was calibrated."""
+             float_nodes: list[str] | None = None, per_channel: bool = True, activation: str = "uint8",
+             images: list[Path] | None = None) -> dict:
+    """Write a Q/DQ INT8 model; returns what was kept in float and how it was calibrated (on
+    `images`, default `calibration_count` train images)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -106,7 +108,7 @@ def quantize(onnx_in: Path, onnx_out: Path, data_yaml: Path, image_size: tuple[i
                                     hint="quantize a raw-head export (box_logits, class_logits), not a decoded one")
     excluded = sorted(set((head_output_convs(graph) if keep_head_float else []) +
                           (stem_conv(graph) if keep_stem_float else []) + list(float_nodes or [])))
-    images = calibration_images(data_yaml, calibration_count)
+    images = list(images) if images is not None else calibration_images(data_yaml, calibration_count)
     reader = ImageCalibrationReader(images, image_size)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]

@@ -208,7 +208,7 @@ class Shadow:
         try:
             import subprocess
 
-            worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shadow.py")
+            worker = os.path.join(model_dir, "shadow.py")  # the builder's copy, beside yolo_ops.py and the reference
             self.process = subprocess.Popen([interpreter(), worker, "--worker", json.dumps(config)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=model_dir)
             ready = _receive(self.process.stdout)

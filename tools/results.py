@@ -42,6 +42,7 @@ SECTIONS = (
     ("Serving overhead", "bench-serving/serving.md", "make bench-serving"),
     ("Soak", "soak/soak.md", "make soak"),
     ("Bad frames and decompression bombs", "robustness/summary.md", "make bench-robustness"),
+    ("Shadow parity on live traffic: cost and alarms", "shadow/shadow.md", "make bench-shadow"),
 )
 RENDERED_PAGES = ("docs/results.md", "README.md")
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"

@@ -196,3 +196,43 @@ def test_a_reference_that_fails_or_a_disk_that_refuses_never_fails_a_frame(model
         assert server.is_ready()
     finally:
         server.stop()
+
+
+def test_a_frame_the_reference_fails_on_is_counted_and_the_next_one_compared(models, tmp_path):
+    """The worker on its own (no server): a tensor the reference cannot take fails that frame only."""
+    import shutil
+
+    from compress.export import read_info
+    from compress.shadow import Shadow, ShadowSettings, outcome_key
+    from tools.build_repo import served_copy
+
+    served, reference = models
+    info = read_info(served)
+    model_dir = tmp_path / "postprocess"
+    model_dir.mkdir()
+    for source, name in (("shadow.py", "shadow.py"), ("onnx_session.py", "onnx_session.py"), ("detection.py", "yolo_ops.py")):
+        shutil.copyfile(Path(__file__).parents[2] / "compress" / source, model_dir / name)  # as the builder lays them out
+    served_copy(reference, model_dir / "reference.onnx", "uint8")
+    reported: list[dict] = []
+    head = {"image_size": list(info.image_size), "strides": list(info.strides), "conf": TEST_CONF, "iou": 0.45,
+            "max_det": 300}
+    shadow = Shadow(ShadowSettings(rate=1.0, max_fps=1000), str(model_dir), head, reported.append)
+    try:
+        assert shadow.available
+        from compress.local_detector import LocalDetector
+
+        candidate = LocalDetector(served, conf_threshold=TEST_CONF)
+        pixels, letterbox = candidate.prepare([(Path(__file__).parents[2] / "build" / "test-artifacts" / "dataset" /
+                                                "images" / "val" / "val_00000.jpg").read_bytes()])
+        heads = {k: v[0] for k, v in candidate.heads(pixels).items()}
+        wrong = np.zeros((3, 8, 8), np.uint8)  # not the reference's input size
+        for tensor in (wrong, (pixels[0] * 255).round().astype(np.uint8)):
+            assert shadow.offer(tensor, letterbox[0], heads) == "handed"
+            deadline = time.monotonic() + 60
+            while shadow._busy.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        outcomes = [k for r in reported for k in r if k.startswith("yolo_shadow_frames_total")]
+        assert outcomes == [outcome_key("failed"), outcome_key("compared")]
+    finally:
+        shadow.close()
+    assert shadow.process.poll() is not None  # the worker ends with its model

@@ -1,0 +1,392 @@
+"""What shadow parity costs and whether its alarms work, on the real server (`make bench-shadow`).
+
+    python -m loadtest.shadow_bench --repo model_repository --artifacts artifacts [--phases cost,healthy,degraded,drift]
+
+Phases (each writes <out>/<phase>.json; all together shadow.json, shadow.md and plots):
+- cost: capacity at 10 FPS within the SLO (dataset and 1080p frames) of the repository with shadow
+  parity and of the same repository built without it (SHADOW=0), one after the other on one
+  machine; then p99 at 80% of the capacity without it, alternating the two over ROUNDS rounds (the
+  spread of the rounds without it is the run-to-run noise). Frames lost or failed are counted.
+- healthy: HEALTHY_S (default 10 min) at 80% of that capacity with shadow on: the alarms that
+  fired (tools.alerts, evaluated live by tools.watch), none expected.
+- degraded: the served model swapped for an INT8 of its own FP32 twin calibrated on blank images
+  (ungated, on purpose) at 10 streams: seconds until the agreement alarm fires, and `make audit`'s
+  worst frames of it.
+- drift: the healthy repository at 10 streams, the second half of the frames transformed (the
+  transform chosen by measuring which one moves the served model furthest from the reference
+  in-process: darkened, blurred or noised): the drift signals and agreement before and after, and
+  the alarms.
+
+The load generator (Locust) runs on the same cores as the server here: its CPU is part of every
+figure, alike for both sides of each comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from compress.env import describe_machine, machine_line
+from compress.errors import cli_entry
+from compress.plotting import saved_figure
+from loadtest.capacity import find_capacity
+from loadtest.run import load_test
+from loadtest.spec import LoadSpec, parse_duration
+from tools.frame_sets import as_frame_set
+from tools.repository import RepositoryRecord
+from tools.server import TritonServer
+from tools.watch import ShadowWatch
+
+PHASES = ("cost", "healthy", "degraded", "drift")
+ROUNDS = 3
+LOAD_SHARE = 0.8
+ALARM_STREAMS = 10
+TRANSFORMS = ("darken", "blur", "noise")
+
+
+def failed_frames(summary: dict) -> int:
+    f = summary["frames"]
+    return f["errors"] + f.get("lost", 0) + f["dropped"] + f.get("rejected", 0)
+
+
+def copy_repo(repo: Path, dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(repo, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def without_shadow(repo: Path, dest: Path) -> Path:
+    """The same repository as SHADOW=0 builds it: configs without shadow, no reference beside postprocess."""
+    from tools import build_repo
+    from tools import triton_config as tc
+
+    copy_repo(repo, dest)
+    record = RepositoryRecord.load(dest)
+    settings = replace(record.settings, shadow=False)
+    build_repo.place_shadow(dest, settings, None)
+    for config in tc.all_configs(settings):
+        tc.write_config(config, dest / config.name)
+    record.with_settings(settings, record.tuned).save()
+    return dest
+
+
+def cost(repo: Path, spec: LoadSpec, artifacts: Path, out: Path) -> dict:
+    off_repo = without_shadow(repo, out / "repo-shadow-off")
+    capacities: dict[str, dict] = {}
+    for frames in ("dataset", "1080p"):
+        frame_set = as_frame_set(frames, artifacts)
+        for mode, path in (("on", repo), ("off", off_repo)):
+            print(f"==> capacity, shadow {mode}, {frame_set.label()}", flush=True)
+            with TritonServer(path, log_path=out / f"server-{mode}.log") as server:
+                found = find_capacity(server, spec, frame_set, out / f"capacity-{mode}-{frames}")
+            capacities.setdefault(frames, {})[mode] = {"streams": found["capacity_streams"], "probes": found["probes"]}
+    for entry in capacities.values():
+        entry["ratio"] = round(entry["on"]["streams"] / max(entry["off"]["streams"], 1), 3)
+    streams = max(1, int(LOAD_SHARE * capacities["1080p"]["off"]["streams"]))
+    rounds: dict[str, list[dict]] = {"on": [], "off": []}
+    frame_set = as_frame_set("1080p", artifacts)
+    for number in range(ROUNDS):
+        for mode, path in (("off", off_repo), ("on", repo)):
+            with TritonServer(path, log_path=out / f"server-{mode}.log") as server:
+                summary = load_test(replace(spec, streams=streams), out / f"p99-{mode}-{number}", url=server.grpc_url
+                                    if spec.protocol == "grpc" else server.http_url, metrics_url=server.metrics_url,
+                                    images=frame_set)
+            rounds[mode].append({"p99_ms": summary["frames"]["latency_ms"]["p99"],
+                                 "p50_ms": summary["frames"]["latency_ms"]["p50"], "failed": failed_frames(summary),
+                                 "compared": summary["watch"].get("compared", 0),
+                                 "skipped_busy": summary["watch"].get("skipped_busy", 0)})
+            print(f"    round {number + 1} shadow {mode}: p99 {rounds[mode][-1]['p99_ms']} ms", flush=True)
+    off_p99 = [r["p99_ms"] for r in rounds["off"]]
+    on_p99 = [r["p99_ms"] for r in rounds["on"]]
+    noise = (min(off_p99), max(off_p99))
+    return {"capacity": capacities, "p99_streams": streams, "frames": "1080p", "rounds": rounds,
+            "off_p99_range_ms": list(noise), "on_p99_median_ms": float(np.median(on_p99)),
+            "off_p99_median_ms": float(np.median(off_p99)),
+            "on_within_noise": noise[0] * 0.9 <= float(np.median(on_p99)) <= noise[1] * 1.1,
+            "failed_frames": {m: sum(r["failed"] for r in rs) for m, rs in rounds.items()}}
+
+
+def watched_load(repo: Path, spec: LoadSpec, frame_sets: list, out: Path, name: str) -> tuple[ShadowWatch, list[dict]]:
+    """Load tests back to back (one per frame set) on one server, one watcher over all of them;
+    each summary records when its streams started (`started_at`)."""
+    summaries = []
+    with TritonServer(repo, log_path=out / f"server-{name}.log") as server:
+        url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+        with ShadowWatch(server.metrics_url, interval_s=2.0) as watch:
+            for index, frame_set in enumerate(frame_sets):
+                started = time.time()
+                summaries.append({**load_test(spec, out / f"{name}-{index}", url=url, metrics_url=server.metrics_url,
+                                              images=frame_set), "started_at": started})
+    return watch, summaries
+
+
+def healthy(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, streams: int, seconds: float) -> dict:
+    frame_set = as_frame_set("1080p", artifacts)
+    watch, summaries = watched_load(repo, replace(spec, streams=streams, duration_s=seconds), [frame_set], out,
+                                    "healthy")
+    summary = watch.summary()
+    return {"streams": streams, "seconds": seconds, "frames": "1080p", "watch": summary,
+            "alarms_fired": summary["alarms_fired"], "failed_frames": failed_frames(summaries[0]),
+            "p99_ms": summaries[0]["frames"]["latency_ms"]["p99"]}
+
+
+def blank_calibrated(record: RepositoryRecord, artifacts: Path, out: Path) -> Path:
+    """An INT8 of the served model's FP32 twin calibrated on blank frames: a broken model that loads fine."""
+    import cv2
+
+    from compress.manifest import Manifest
+    from compress.quantize import quantize
+    from compress.records import Report
+
+    served = Report.load(artifacts).served
+    blanks = out / "blank-calibration"
+    blanks.mkdir(parents=True, exist_ok=True)
+    images = []
+    for value in (0, 255):
+        path = blanks / f"blank_{value}.png"
+        cv2.imwrite(str(path), np.full((record.settings.image_size[0], record.settings.image_size[1], 3), value, np.uint8))
+        images.append(path)
+    target = out / "blank_int8.onnx"
+    quantize(served.fp32_onnx, target, Manifest(artifacts).output("dataset", "data_yaml"),
+             tuple(record.settings.image_size), method="minmax", images=images * 8,
+             float_nodes=(served.quantization or {}).get("float_nodes"))
+    return target
+
+
+def degraded(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, seconds: float = 180.0) -> dict:
+    from tools import build_repo
+    from tools.audit import audit
+
+    record = RepositoryRecord.load(repo)
+    broken = blank_calibrated(record, artifacts, out)
+    bad_repo = copy_repo(repo, out / "repo-degraded")
+    evidence = out / "degraded-evidence"
+    if evidence.exists():
+        shutil.rmtree(evidence)
+    settings = replace(record.settings, evidence_dir=str(evidence.resolve()))
+    build_repo.build(bad_repo, broken, settings, {"stage": "blank-calibrated", "target": record.target, "gated": False},
+                     shadow_reference=Path(record.extra["shadow_reference"]))
+    watch, summaries = watched_load(bad_repo, replace(spec, streams=ALARM_STREAMS, duration_s=seconds),
+                                    [as_frame_set("dataset", artifacts)], out, "degraded")
+    summary = watch.summary()
+    audited = audit(bad_repo, out / "degraded-audit", evidence, artifacts, gate=True)
+    fired = summary["alarms_fired"]
+    first = min((fired[a] for a in ("YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh") if a in fired), default=None)
+    return {"streams": ALARM_STREAMS, "seconds": seconds, "watch": summary, "alarms_fired": fired,
+            "agreement_alarm_after_s": first, "within_2_min": first is not None and first <= 120,
+            "failed_frames": failed_frames(summaries[0]), "audit": {k: audited[k] for k in ("frames_kept", "compared")},
+            "audit_budget": audited.get("budget", {}).get("drop_points"), "audit_dir": str(out / "degraded-audit")}
+
+
+def transform(image: np.ndarray, kind: str) -> np.ndarray:
+    import cv2
+
+    if kind == "darken":  # dusk: a quarter of the light
+        return (image.astype(np.float32) * 0.25).astype(np.uint8)
+    if kind == "blur":  # a fogged or defocused lens
+        return cv2.GaussianBlur(image, (0, 0), 4)
+    noise = np.random.default_rng(0).normal(0, 40, image.shape)  # a noisy sensor at night
+    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def frame_paths(source: Path, limit: int = 64) -> list[Path]:
+    """The first `limit` frames of a folder or a .txt list (as the load test sends them)."""
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    else:
+        paths = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
+    return paths[:limit]
+
+
+def transformed_frames(source: Path, kind: str, dest: Path) -> Path:
+    import cv2
+
+    from tools.frame_sets import CAMERA_JPEG_QUALITY
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in frame_paths(source):
+        image = cv2.imread(str(path))
+        cv2.imwrite(str(dest / path.name), transform(image, kind), [cv2.IMWRITE_JPEG_QUALITY, CAMERA_JPEG_QUALITY])
+    return dest
+
+
+def choose_drift(repo: Path, artifacts: Path, out: Path) -> dict:
+    """Which transform moves the served model furthest from the reference (in-process, same code)."""
+    from compress.detection import AgreementCounts
+    from compress.local_detector import LocalDetector
+    from tools.agreement import compare_on_frames
+
+    record = RepositoryRecord.load(repo)
+    frame_set = as_frame_set("dataset", artifacts)
+    served = record.in_process_detector()
+    reference = LocalDetector(repo / "postprocess" / "1" / "reference.onnx", conf_threshold=record.settings.conf_threshold,
+                              reduced_decode=record.settings.reduced_decode)
+    measured = {}
+    for kind in ("none",) + TRANSFORMS:
+        folder = frame_set.images if kind == "none" else transformed_frames(frame_set.images, kind, out / f"frames-{kind}")
+        paths = frame_paths(folder)
+        counts, detections = compare_on_frames(reference, served, [p.read_bytes() for p in paths], batch_size=8)
+        total = sum(counts, AgreementCounts())
+        scores = np.concatenate([d.scores for d in detections]) if detections else np.zeros(0)
+        measured[kind] = {**total.summary(), "detections_per_frame": round(sum(len(d) for d in detections) / len(paths), 3),
+                          "mean_confidence": round(float(scores.mean()), 4) if scores.size else None}
+    chosen = min(TRANSFORMS, key=lambda k: measured[k]["box_recall"] - measured[k]["extra_boxes"])
+    return {"measured": measured, "chosen": chosen}
+
+
+def drift(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, half: float = 150.0) -> dict:
+    choice = choose_drift(repo, artifacts, out)
+    frame_set = as_frame_set("dataset", artifacts)
+    drifted = as_frame_set(str(out / f"frames-{choice['chosen']}"), artifacts)
+    watch, summaries = watched_load(repo, replace(spec, streams=ALARM_STREAMS, duration_s=half), [frame_set, drifted],
+                                    out, "drift")
+    samples = watch.samples
+    onset = summaries[1]["started_at"]  # the drifted frames' streams start here
+    from tools.watch import watch_summary
+
+    before = watch_summary([s for s in samples if s[0] <= onset])
+    after = watch_summary([s for s in samples if s[0] >= onset])
+    plot_drift(samples, onset, choice["chosen"], out / "drift_over_time.png")
+    return {"streams": ALARM_STREAMS, "half_s": half, "transform": choice, "before": before, "after": after,
+            "plot": str(out / "drift_over_time.png"),
+            "alarms_fired": watch.fired, "failed_frames": sum(failed_frames(s) for s in summaries)}
+
+
+def plot_drift(samples, onset: float, kind: str, path: Path) -> None:
+    from tools import alerts
+
+    times, recall, extra, confidence, per_frame = [], [], [], [], []
+    for i in range(1, len(samples)):
+        window = [s for s in samples[:i + 1] if s[0] >= samples[i][0] - 20]
+        if len(window) < 2:
+            continue
+        inc = alerts._increases(window[0][1], window[-1][1])
+        times.append(samples[i][0] - samples[0][0])
+        recall.append(inc.get("yolo_shadow_found_boxes_total", 0) / inc["yolo_shadow_reference_boxes_total"]
+                      if inc.get("yolo_shadow_reference_boxes_total") else None)
+        extra.append(inc.get("yolo_shadow_extra_boxes_total", 0) / inc["yolo_shadow_served_boxes_total"]
+                     if inc.get("yolo_shadow_served_boxes_total") else None)
+        confidence.append(inc.get("yolo_detection_confidence_total", 0) / inc["yolo_detections_total"]
+                          if inc.get("yolo_detections_total") else None)
+        per_frame.append(inc.get("yolo_detections_total", 0) / inc["yolo_frames_total"] / 5
+                         if inc.get("yolo_frames_total") else None)
+    with saved_figure(path) as (_, ax):
+        ax.plot(times, recall, label="box recall vs the reference (20 s window)")
+        ax.plot(times, extra, label="served boxes the reference lacks")
+        ax.plot(times, confidence, label="mean confidence")
+        ax.plot(times, per_frame, label="detections per frame / 5")
+        ax.axvline(onset - samples[0][0], color="grey", linestyle="--", label=f"frames {kind} from here")
+        ax.set_xlabel("seconds")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title("Drift injected halfway: live signals on Triton's /metrics")
+
+
+def to_markdown(result: dict) -> str:
+    lines = ["# Shadow parity: cost and alarms", "", machine_line(result.get("machine")), "",
+             "The load generator runs on the same cores as the server: its CPU counts against both sides alike.", ""]
+    c = result.get("cost")
+    if c:
+        lines += ["| frames | streams within SLO, shadow on | shadow off (SHADOW=0) | on / off |", "|---|---:|---:|---:|"]
+        lines += [f"| {frames} | {v['on']['streams']} | {v['off']['streams']} | {v['ratio']:.0%} |"
+                  for frames, v in c["capacity"].items()]
+        lines += ["", f"p99 at {c['p99_streams']} streams of 1080p ({LOAD_SHARE:.0%} of the capacity without shadow), "
+                      f"{ROUNDS} alternating rounds: shadow on median {c['on_p99_median_ms']} ms, off median "
+                      f"{c['off_p99_median_ms']} ms (off range {c['off_p99_range_ms'][0]}-{c['off_p99_range_ms'][1]} ms: the "
+                      f"run-to-run noise); within the noise (10% margin): {'yes' if c['on_within_noise'] else 'no'}. "
+                      f"Frames lost or failed: on {c['failed_frames']['on']}, off {c['failed_frames']['off']}. "
+                      f"Compared per round (on): {', '.join(str(r['compared']) for r in c['rounds']['on'])}; skipped while busy: "
+                      f"{', '.join(str(r['skipped_busy']) for r in c['rounds']['on'])}.", ""]
+    h = result.get("healthy")
+    if h:
+        w = h["watch"]
+        lines += [f"Healthy: {h['seconds']:.0f} s at {h['streams']} streams of 1080p: alarms fired "
+                  f"{', '.join(h['alarms_fired']) or 'none'}; live box recall {w['box_recall']} (gate {w['gate']['box_recall']}) "
+                  f"on {w['compared']} compared frames ({w['skipped_busy']} skipped while busy), extra boxes "
+                  f"{w['extra_boxes']}; p99 {h['p99_ms']} ms; frames lost or failed {h['failed_frames']}.", ""]
+    d = result.get("degraded")
+    if d:
+        w = d["watch"]
+        lines += [f"Degraded (INT8 calibrated on blank frames, {d['streams']} streams, {d['seconds']:.0f} s): agreement alarm "
+                  f"after {d['agreement_alarm_after_s']} s (within 2 min: {'yes' if d['within_2_min'] else 'NO'}); "
+                  f"alarms fired {d['alarms_fired'] or 'none'}; live box recall {w['box_recall']}, extra boxes "
+                  f"{w['extra_boxes']} over {w['compared']} compared frames; `make audit`: {d['audit']['frames_kept']} frames "
+                  f"kept, {d['audit_budget']} points below the reference on val + these frames "
+                  f"(worst frames: `{d['audit_dir']}/worst_frames.png`); frames lost or failed {d['failed_frames']}.", ""]
+    r = result.get("drift")
+    if r:
+        lines += [f"Drift: the second half of the frames {r['transform']['chosen']} (chosen in-process as the transform "
+                  "that moves the served model furthest from the reference):", "",
+                  "| transform (in-process, 64 frames) | box recall | extra boxes | detections/frame | mean confidence |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['box_recall']} | {v['extra_boxes']} | {v['detections_per_frame']} | {v['mean_confidence']} |"
+                  for k, v in r["transform"]["measured"].items()]
+        b, a = r["before"], r["after"]
+        lines += ["", "| live, 10 streams | box recall | extra boxes | detections/frame | mean confidence | compared |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  f"| before | {b.get('box_recall')} | {b.get('extra_boxes')} | {b.get('detections_per_frame')} | "
+                  f"{b.get('mean_confidence')} | {b.get('compared')} |",
+                  f"| after | {a.get('box_recall')} | {a.get('extra_boxes')} | {a.get('detections_per_frame')} | "
+                  f"{a.get('mean_confidence')} | {a.get('compared')} |", "",
+                  f"Alarms fired: {r['alarms_fired'] or 'none'}; frames lost or failed {r['failed_frames']}. "
+                  f"Plot: `{r['plot']}`.", ""]
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
+    parser.add_argument("--healthy-duration", default="10m")
+    parser.add_argument("--duration", default="15s", help="seconds per capacity probe")
+    parser.add_argument("--alarm-duration", default="3m", help="the degraded model's load test")
+    parser.add_argument("--drift-half", default="150s", help="each half of the drift load test")
+    args = parser.parse_args(argv)
+    out = args.out or args.artifacts / "shadow"
+    out.mkdir(parents=True, exist_ok=True)
+    record = RepositoryRecord.load(args.repo)
+    if not record.settings.shadow:
+        from tools.triton_config import ConfigError
+
+        raise ConfigError(f"{args.repo} was built without shadow parity", hint="build it with `make repo` (SHADOW=1)")
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}")
+    spec = LoadSpec(duration_s=parse_duration(args.duration))
+    result_path = out / "shadow.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    result["machine"] = describe_machine()
+    started = time.time()
+    for phase in phases:
+        print(f"==> shadow bench: {phase}", flush=True)
+        if phase == "cost":
+            result["cost"] = cost(args.repo, spec, args.artifacts, out)
+        elif phase == "healthy":
+            capacity = (result.get("cost") or {}).get("capacity", {}).get("1080p", {}).get("off", {}).get("streams")
+            streams = max(1, int(LOAD_SHARE * capacity)) if capacity else ALARM_STREAMS
+            result["healthy"] = healthy(args.repo, spec, args.artifacts, out, streams,
+                                        parse_duration(args.healthy_duration))
+        elif phase == "degraded":
+            result["degraded"] = degraded(args.repo, spec, args.artifacts, out, parse_duration(args.alarm_duration))
+        else:
+            result["drift"] = drift(args.repo, spec, args.artifacts, out, parse_duration(args.drift_half))
+        result_path.write_text(json.dumps(result, indent=2, default=str))
+        (out / "shadow.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    print(f"report: {out}/shadow.md ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
