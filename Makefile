@@ -32,7 +32,8 @@ REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) $(if $(TARGET),--target $(T
 	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS)) \
 	$(if $(DEVICE),--device $(DEVICE)) $(if $(MAX_BATCH),--max-batch-size $(MAX_BATCH)) \
 	$(if $(filter 0,$(SHADOW)),--no-shadow) $(if $(SHADOW_RATE),--shadow-rate $(SHADOW_RATE)) \
-	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS))
+	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS)) $(if $(SHADOW_REFERENCE),--shadow-reference $(SHADOW_REFERENCE)) \
+	$(if $(EVIDENCE_DIR),--evidence-dir $(EVIDENCE_DIR))
 # The load a test sends (loadtest/spec.py holds the defaults)
 SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(DURATION),--duration $(DURATION)) \
 	$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(WORKERS),--workers $(WORKERS)) \
@@ -57,8 +58,9 @@ help: ## List the targets and the variables they read
 	@echo "  serving:   TARGET=local|onnxruntime|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
-	@echo "             SHADOW_MAX_FPS=<per second, default 5> (repo) METRICS_URL=<server /metrics> (watch) URL=<server HTTP> (shadow-rate)"
-	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> (bench-shadow; DURATION: per capacity probe)"
+	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_REFERENCE=<FP32 .onnx> EVIDENCE_DIR=<folder> (repo)"
+	@echo "             METRICS_URL=<host:port or URL of /metrics> (watch) URL=<server HTTP host:port> ADMIN_KEY=<key> (shadow-rate) EVIDENCE=<folder> (audit)"
+	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
 	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
@@ -171,7 +173,8 @@ rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind 
 
 bench-shadow: venv ## Shadow parity's cost (capacity at dataset and 1080p frames, p99 at 80%: on vs SHADOW=0), a HEALTHY_DURATION (default 10m) run without alarms, a degraded model's alarm time, a drift injected halfway (PHASES=cost,healthy,degraded,drift) -> $(ARTIFACTS)/shadow/
 	$(PY) -m loadtest.shadow_bench --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(PHASES),--phases $(PHASES)) \
-		$(if $(HEALTHY_DURATION),--healthy-duration $(HEALTHY_DURATION)) $(if $(DURATION),--duration $(DURATION))
+		$(if $(HEALTHY_DURATION),--healthy-duration $(HEALTHY_DURATION)) $(if $(DURATION),--duration $(DURATION)) \
+		$(if $(ALARM_DURATION),--alarm-duration $(ALARM_DURATION)) $(if $(DRIFT_HALF),--drift-half $(DRIFT_HALF))
 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy
@@ -182,11 +185,12 @@ promtool: ## Install promtool (Debian package prometheus) if missing: it tests t
 watch: venv ## Live agreement with the FP32 reference, drift signals and the alarms of a running server (METRICS_URL, default 127.0.0.1:8002; DURATION, default until Ctrl-C)
 	$(PY) -m tools.watch $(if $(METRICS_URL),--metrics-url $(METRICS_URL)) $(if $(DURATION),--duration $(DURATION))
 
-audit: venv ## Render the shadow's evidence of REPO: agreement over time, worst frames served vs reference, and the budget on the val split + these frames -> $(ARTIFACTS)/audit/
-	$(PY) -m tools.audit --repo $(REPO) --artifacts $(ARTIFACTS) --gate
+audit: venv ## Render the shadow's evidence of REPO (EVIDENCE=<folder>: another store): agreement over time, worst frames served vs reference, and the budget on the val split + these frames -> $(ARTIFACTS)/audit/
+	$(PY) -m tools.audit --repo $(REPO) --artifacts $(ARTIFACTS) --gate $(if $(EVIDENCE),--evidence $(EVIDENCE))
 
-shadow-rate: venv ## Change a running server's shadow sampling without a restart (SHADOW_RATE=0: off; URL, default 127.0.0.1:8000)
-	$(PY) -m tools.shadow_control --rate $(or $(SHADOW_RATE),0.05) $(if $(URL),--url $(URL))
+shadow-rate: venv ## Change a running server's shadow sampling without a restart: SHADOW_RATE=0 (off) or a share (URL, default 127.0.0.1:8000; ADMIN_KEY)
+	@test -n "$(SHADOW_RATE)" || { echo "error: set SHADOW_RATE= (0 switches the shadow off, 0.05 is the build default)" >&2; exit 2; }
+	$(PY) -m tools.shadow_control --rate $(SHADOW_RATE) $(if $(URL),--url $(URL)) $(if $(ADMIN_KEY),--admin-key $(ADMIN_KEY))
 
 test: venv haproxy promtool ## Run all tests (unit + integration against the real Triton server; installs HAProxy and promtool if missing); the full run's JUnit record -> $(ARTIFACTS)/tests/
 	$(PY) -m pytest tests $(PYTEST_ARGS) $(if $(PYTEST_ARGS),,--junitxml=$(ARTIFACTS)/tests/junit.xml)

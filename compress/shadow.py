@@ -46,8 +46,12 @@ except ImportError:  # in-process (tests, make audit)
 # Detections' confidence histogram: cumulative counts per upper bound (le), as Prometheus histograms
 # are (histogram_quantile() reads them), but kept as counters the model adds to once per flush
 # instead of one IPC per detection. Every counter's name ends in _total (Prometheus' convention).
-CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, "+Inf")
 SHADOW_OUTCOMES = ("compared", "skipped_busy", "skipped_cap", "failed", "unavailable")
+EVIDENCE_OUTCOMES = ("stored", "evicted", "dropped_error", "log_error")
+GAUGES = ("yolo_shadow_enabled", "yolo_shadow_rate")  # set, not added to
+EVIDENCE_ENV = "YOLO_EVIDENCE_DIR"  # overrides the repository's evidence_dir (e.g. /evidence in a pod)
+READY_TIMEOUT_S = 120.0  # the worker's reference load; past it the shadow is off, the model serves on
 COUNT_METRICS = {  # AgreementCounts field -> metric
     "reference_boxes": "yolo_shadow_reference_boxes_total",
     "found": "yolo_shadow_found_boxes_total",
@@ -67,8 +71,9 @@ METRICS = {
     **{name: ("counter", f"Shadow parity: {field.replace('_', ' ')} (sum over compared frames)")
        for field, name in COUNT_METRICS.items()},
     "yolo_shadow_low_agreement_frames_total": ("counter", "Compared frames below the evidence threshold"),
-    "yolo_evidence_frames_total": ("counter", "Evidence frames written to the store, by outcome"),
-    "yolo_shadow_enabled": ("gauge", "1 when shadow parity samples frames, 0 when off or the reference failed"),
+    "yolo_evidence_frames_total": ("counter", "Evidence writes by outcome: stored, evicted (beyond the caps at once), "
+                                              "dropped_error, log_error (the agreement log)"),
+    "yolo_shadow_enabled": ("gauge", "1 when shadow parity samples frames, 0 when off or its reference is not running"),
     "yolo_shadow_rate": ("gauge", "Share of frames chosen for shadow parity"),
     "yolo_gate_box_recall": ("gauge", "Box recall vs the reference the parity gate saw on the val split"),
     "yolo_gate_extra_boxes": ("gauge", "Extra-box share vs the reference the gate saw on the val split"),
@@ -114,7 +119,7 @@ def drift_tally(detections: list) -> dict[str, float]:
              "yolo_detections_total": int(scores.size),
              "yolo_detection_confidence_total": float(scores.astype(np.float64).sum())}
     for bound in CONFIDENCE_BUCKETS:
-        tally[bucket_key(bound)] = int((scores <= bound).sum())
+        tally[bucket_key(bound)] = int(scores.size if bound == "+Inf" else (scores <= bound).sum())
     return tally
 
 
@@ -130,6 +135,34 @@ def drift_baseline(detections: list) -> dict:
             "mean_confidence": round(tally["yolo_detection_confidence_total"] / boxes, 4) if boxes else 0.0,
             "empty_frames": round(tally["yolo_empty_frames_total"] / frames, 4),
             "confidence_buckets": {str(b): round(tally[bucket_key(b)] / max(boxes, 1), 4) for b in CONFIDENCE_BUCKETS}}
+
+
+def every_series() -> list[str]:
+    """Every metric key the server exports, created at 0 when the model loads: a series that never
+    moved still exists, so a PromQL ratio over it is 0 rather than absent (an alarm on a model
+    that never finds a box must fire)."""
+    keys = [name for name, (kind, _) in METRICS.items()
+            if name not in ("yolo_detections_by_confidence_total", "yolo_shadow_frames_total",
+                            "yolo_evidence_frames_total")]
+    keys += [bucket_key(b) for b in CONFIDENCE_BUCKETS] + [outcome_key(o) for o in SHADOW_OUTCOMES]
+    keys += [evidence_key(o) for o in EVIDENCE_OUTCOMES]
+    return keys
+
+
+def evidence_key(outcome: str) -> str:
+    return f'yolo_evidence_frames_total{{outcome="{outcome}"}}'
+
+
+def resolve_evidence_dir(setting: str, model_dir: str, environ: dict | None = None) -> str:
+    """$YOLO_EVIDENCE_DIR, else the repository's setting: absolute, or relative to the repository's
+    parent (`<repo>/postprocess` -> `<repo>/../<setting>`: never a folder Triton would read as a model)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(EVIDENCE_ENV):
+        return environ[EVIDENCE_ENV]
+    if not setting or os.path.isabs(setting):
+        return setting
+    repository_root = os.path.dirname(os.path.abspath(model_dir))
+    return os.path.join(os.path.dirname(repository_root), setting)
 
 
 def counts_tally(counts: "ops.AgreementCounts") -> dict[str, float]:
@@ -202,16 +235,19 @@ class Shadow:
         self._busy = threading.Event()
         self.available = False
         self.process = None
-        if settings.rate <= 0:
+        if settings.rate <= 0:  # off: no worker, no reference in memory
             return
         config = {"model_dir": model_dir, "settings": asdict(settings), "head": head_config}
         try:
+            import select
             import subprocess
 
             worker = os.path.join(model_dir, "shadow.py")  # the builder's copy, beside yolo_ops.py and the reference
             self.process = subprocess.Popen([interpreter(), worker, "--worker", json.dumps(config)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=model_dir)
-            ready = _receive(self.process.stdout)
+            # a reference that hangs on load must not hold the served model's load with it
+            waiting, _, _ = select.select([self.process.stdout], [], [], READY_TIMEOUT_S)
+            ready = _receive(self.process.stdout) if waiting else {"ready": False, "error": "load timed out"}
         except Exception as error:  # noqa: BLE001 - no shadow is never a failed server
             ready = {"ready": False, "error": str(error)}
         if not ready or not ready.get("ready"):
@@ -222,10 +258,11 @@ class Shadow:
         threading.Thread(target=self._write, name="shadow-writer", daemon=True).start()
         threading.Thread(target=self._read, name="shadow-reader", daemon=True).start()
         self.log(f"shadow parity on: {settings.rate:.1%} of frames (<= {settings.max_fps:g}/s) against "
-                 f"{settings.reference_file}, worker pid {self.process.pid}")
+                 f"{settings.reference_file}, worker pid {self.process.pid} at {ready.get('priority')}")
 
-    def offer(self, pixels: np.ndarray, letterbox: np.ndarray, heads: dict[str, np.ndarray]) -> str | None:
-        """One served frame; returns its outcome (None: not chosen). Never blocks, never raises."""
+    def offer(self, pixels, letterbox: np.ndarray, heads: dict[str, np.ndarray]) -> str | None:
+        """One served frame; returns its outcome (None: not chosen). Never blocks, never raises.
+        `pixels`: the frame's input tensor, or a callable returning it (read only when handed over)."""
         choice = self.sampler.choose()
         if choice is None:
             return None
@@ -237,7 +274,8 @@ class Shadow:
             outcome = "skipped_busy"
         else:
             self._busy.set()
-            job = {"time": time.time(), "pixels": np.ascontiguousarray(pixels), "letterbox": np.array(letterbox),
+            tensor = pixels() if callable(pixels) else pixels
+            job = {"time": time.time(), "pixels": np.ascontiguousarray(tensor), "letterbox": np.array(letterbox),
                    "heads": {k: np.ascontiguousarray(v) for k, v in heads.items()}}
             self._slot.put_nowait(job)  # empty: a job is only put while not busy
             return "handed"
@@ -247,6 +285,8 @@ class Shadow:
     def _write(self) -> None:
         while True:
             job = self._slot.get()
+            if job is None:
+                return
             try:
                 _send(self.process.stdin, job)
             except (OSError, ValueError):
@@ -266,8 +306,8 @@ class Shadow:
             if result["outcome"] == "compared":
                 deltas.update(counts_tally(ops.AgreementCounts(**result["counts"])))
                 deltas["yolo_shadow_low_agreement_frames_total"] = int(result["low"])
-            if result.get("evidence"):
-                deltas[f'yolo_evidence_frames_total{{outcome="{result["evidence"]}"}}'] = 1
+            for outcome in filter(None, (result.get("evidence"), result.get("log"))):
+                deltas[evidence_key(outcome)] = 1
             self.report(deltas)
             self._busy.clear()
 
@@ -275,11 +315,15 @@ class Shadow:
         if self.available:
             self.available = False
             self.log(f"shadow parity off: {why}")
-            self.report({"yolo_shadow_enabled": 0})
+            self.report({"yolo_shadow_enabled": 0, **({outcome_key("unavailable"): 1} if self._busy.is_set() else {})})
         self._busy.clear()
 
     def close(self) -> None:
         self.available = False
+        try:
+            self._slot.put_nowait(None)  # the writer's end
+        except queue.Full:
+            pass
         if self.process is not None:
             try:
                 self.process.stdin.close()
@@ -289,6 +333,7 @@ class Shadow:
                 self.process.wait(timeout=5)
             except Exception:  # noqa: BLE001
                 self.process.kill()
+                self.process.wait(timeout=5)
 
 
 # -- the worker --------------------------------------------------------------------------------------------
@@ -326,9 +371,11 @@ def is_low(counts, settings: ShadowSettings) -> bool:
 
 
 def worker_main(config: dict) -> None:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but results on the pipe
-    priority = yield_cpu()
+    stdin = sys.stdin.buffer
+    # nothing but results on the pipe: fd 1 (what native code writes to as well) becomes stderr
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     settings, head = ShadowSettings(**config["settings"]), config["head"]
     try:
         from onnx_session import create_session, execution_providers
@@ -341,6 +388,7 @@ def worker_main(config: dict) -> None:
     except Exception as error:  # noqa: BLE001 - reported to the parent, which serves on without
         _send(stdout, {"ready": False, "error": f"{type(error).__name__}: {error}"})
         return
+    priority = yield_cpu()  # after the load: a busy machine must not stall the model's start
     _send(stdout, {"ready": True, "priority": priority})
     store = EvidenceStore(settings.evidence_dir, settings.evidence_max_frames, settings.evidence_max_bytes,
                           settings.log_max_bytes) if settings.evidence_dir else None
@@ -357,7 +405,8 @@ def worker_main(config: dict) -> None:
         low = is_low(counts, settings)
         result = {"outcome": "compared", "counts": asdict(counts), "low": low}
         if store is not None:
-            store.log(job["time"], counts)
+            if not store.log(job["time"], counts):
+                result["log"] = "log_error"
             if low:
                 result["evidence"] = store.save(job, counts, served, reference)
         _send(stdout, result)
@@ -381,6 +430,8 @@ class EvidenceStore:
         self.sequence = 0
 
     def save(self, job: dict, counts, served, reference) -> str:
+        """"stored", "evicted" (it did not fit the caps at all) or "dropped_error"."""
+        png_path = None
         try:
             import cv2
 
@@ -397,12 +448,19 @@ class EvidenceStore:
             record = {"time": job["time"], "letterbox": [float(v) for v in job["letterbox"]],
                       "counts": asdict(counts), "summary": counts.summary(),
                       "served": served.to_json(), "reference": reference.to_json()}
-            (self.root / f"{stem}.png").write_bytes(png.tobytes())
+            png_path = self.root / f"{stem}.png"
+            png_path.write_bytes(png.tobytes())
             (self.root / f"{stem}.json").write_text(json.dumps(record))
+            png_path = None  # both written
             self._evict()
-            return "stored"
+            return "stored" if (self.root / f"{stem}.json").exists() else "evicted"
         except Exception as error:  # noqa: BLE001
             print(f"shadow: evidence not stored: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            if png_path is not None:  # a frame without its record is never kept
+                try:
+                    png_path.unlink(missing_ok=True)
+                except OSError:
+                    pass
             return "dropped_error"
 
     def frames(self) -> list[EvidenceFrame]:
@@ -416,9 +474,15 @@ class EvidenceStore:
         return [f for f in frames if f.path.exists()]
 
     def _evict(self) -> None:
-        records = sorted(self.root.glob("*.json"))
-        sizes = {p: p.stat().st_size + (p.with_suffix(".png").stat().st_size if p.with_suffix(".png").exists() else 0)
-                 for p in records}
+        """Oldest first until within the caps; files another instance removed meanwhile are skipped."""
+        sizes = {}
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                png = path.with_suffix(".png")
+                sizes[path] = path.stat().st_size + (png.stat().st_size if png.exists() else 0)
+            except OSError:
+                continue
+        records = list(sizes)
         total = sum(sizes.values())
         while records and (len(records) > self.max_frames or total > self.max_bytes):
             oldest = records.pop(0)
@@ -426,8 +490,9 @@ class EvidenceStore:
             oldest.with_suffix(".png").unlink(missing_ok=True)
             oldest.unlink(missing_ok=True)
 
-    def log(self, when: float, counts) -> None:
-        """One line per compared frame; rotated once past `log_max_bytes` (one old file kept)."""
+    def log(self, when: float, counts) -> bool:
+        """One line per compared frame; rotated once past `log_max_bytes` (one old file kept). False
+        when the disk refused it."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             path = self.root / AGREEMENT_LOG
@@ -435,8 +500,9 @@ class EvidenceStore:
                 path.replace(path.with_suffix(".jsonl.1"))
             with path.open("a") as out:
                 out.write(json.dumps({"time": round(when, 3), **asdict(counts)}) + "\n")
+            return True
         except OSError:
-            pass
+            return False
 
     def agreement_log(self) -> list[dict]:
         lines = []

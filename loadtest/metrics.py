@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.request
 
 from tools import triton_metrics
+from tools.periodic import PeriodicSampler  # noqa: F401  (the load tests' samplers build on it)
 from tools.triton_config import ENSEMBLE_NAME
 
 COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
@@ -22,43 +21,6 @@ def parse(text: str) -> dict[str, dict[str, float]]:
 def scrape(url: str) -> dict[str, dict[str, float]]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return parse(response.read().decode())
-
-
-class PeriodicSampler:
-    """Calls `sample()` every `interval_s` in a thread while entered, keeping (time, value) pairs.
-
-    A sample that raises OSError (an endpoint or a process that just went away) is skipped.
-    """
-
-    def __init__(self, interval_s: float = 1.0, final_sample: bool = False):
-        self.interval_s, self.final_sample = interval_s, final_sample
-        self.samples: list[tuple[float, object]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def sample(self):
-        raise NotImplementedError
-
-    def _take(self) -> None:
-        try:
-            self.samples.append((time.time(), self.sample()))
-        except OSError:
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._take()
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.final_sample:
-            self._take()
 
 
 class MetricsRecorder(PeriodicSampler):

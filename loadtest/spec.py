@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from compress.defaults import DEFAULT_CAMERA_FPS, DEFAULT_SLO_MS
-from compress.errors import ToolkitError
+from tools.periodic import parse_duration  # noqa: F401  (where every command reads DURATION)
 
 FALLBACK_STREAMS = 4  # a share of the capacity was asked for, but none was measured
 
@@ -45,18 +45,6 @@ class LoadSpec:
 
     def with_streams(self, streams: int) -> "LoadSpec":
         return replace(self, streams=streams)
-
-
-def parse_duration(text) -> float:
-    text = str(text).strip()
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        seconds = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise ToolkitError(f"cannot read duration {text!r}", hint="use e.g. 30s, 2m or 45") from None
-    if seconds <= 0:
-        raise ToolkitError(f"duration {text!r} is not positive")
-    return seconds
 
 
 def _flag(name: str, metadata) -> str:

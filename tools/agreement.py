@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.detection import SERVED_CONF, AgreementCounts, Detections, compare_heads
+from compress.detection import SERVED_CONF, SERVED_IOU, SERVED_MAX_DET, AgreementCounts, Detections, compare_heads
 from compress.evaluate import val_split
 from compress.local_detector import LocalDetector
 
@@ -52,11 +52,19 @@ def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, con
     return counts.summary()
 
 
-def shadow_baseline(reference_onnx: Path, served_onnx: Path, data_yaml: Path, conf: float) -> dict:
-    """What the served shadow is held against, as the gate saw it on the val split: agreement with
-    the reference (the one accuracy is budgeted against) and the served model's drift signals."""
+def shadow_baseline(reference_onnx: Path, served_onnx: Path, data_yaml: Path, conf: float = SERVED_CONF,
+                    iou: float = SERVED_IOU, max_det: int = SERVED_MAX_DET) -> dict:
+    """What the served shadow is held against, measured on the val split at the served thresholds:
+    agreement with the reference (the one accuracy is budgeted against; for a pruned model not the
+    FP32 twin the gate's agreement checks use) and the served model's drift signals."""
     from compress.shadow import drift_baseline
 
     payloads = [item.path.read_bytes() for item in val_split(data_yaml)]
-    counts, served = agreement_on(reference_onnx, served_onnx, payloads, conf)
-    return {"agreement": counts.summary(), "drift": drift_baseline(served), "conf": conf}
+    counts, served = agreement_on(reference_onnx, served_onnx, payloads, conf, iou_threshold=iou, max_det=max_det)
+    return {"agreement": counts.summary(), "drift": drift_baseline(served), "conf": conf, "iou": iou, "max_det": max_det}
+
+
+def baseline_matches(baseline: dict, conf: float, iou: float, max_det: int) -> bool:
+    """Was `baseline` measured at these thresholds?"""
+    return (baseline.get("conf"), baseline.get("iou", SERVED_IOU), baseline.get("max_det", SERVED_MAX_DET)) == (
+        conf, iou, max_det)

@@ -159,6 +159,12 @@ def _darkened(step: int) -> dict[str, float]:
     return rates
 
 
+def _collapsed(step: int) -> dict[str, float]:
+    """A served model that never finds the reference's boxes, from the first frame on: the found
+    counter never moves (it exists at 0: the server creates every series when it loads)."""
+    return {**_healthy(step), "yolo_shadow_found_boxes_total": 0, "yolo_shadow_extra_boxes_total": 40}
+
+
 def _busy(step: int) -> dict[str, float]:
     return {**_healthy(step), OUTCOME.format("compared"): 2, OUTCOME.format("skipped_busy"): 19}
 
@@ -173,16 +179,23 @@ SCENARIOS = {
     "healthy": (_healthy, 12, {11: set()}),
     "degraded": (_degraded, 12, {4: set(), 7: {"YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh"}}),
     "darkened": (_darkened, 12, {4: set(), 9: {"YoloDetectionsPerFrameShifted", "YoloConfidenceShifted"}}),
+    "collapsed": (_collapsed, 4, {2: {"YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh"}}),
     "busy": (_busy, 12, {4: set(), 11: {"YoloShadowMostlySkipped"}}),
     "reference_down": (_reference_down, 6, {4: {"YoloShadowUnavailable"}}),
 }
 
 
 def scenario_series(name: str) -> dict[str, list[float]]:
-    """Counter values per step (and the gate's gauges), from 0."""
+    """Counter values per step (and the gate's gauges), from 0; every series the server creates
+    at load exists from the start (compress.shadow.every_series)."""
+    from compress.shadow import every_series
+
     rates, minutes, _ = SCENARIOS[name]
     steps = minutes * 60 // STEP_S
     series: dict[str, list[float]] = {key: [value] * (steps + 1) for key, value in GATE.items()}
+    for key in every_series():
+        if key.endswith("_total") or "_total{" in key:
+            series.setdefault(key, [0.0] * (steps + 1))
     totals: dict[str, float] = {}
     for step in range(steps + 1):
         increments = rates(step) if step else {}

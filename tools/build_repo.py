@@ -19,7 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from compress.defaults import DEFAULT_MAX_BATCH_SIZE
-from compress.detection import SERVED_CONF
+from compress.detection import SERVED_CONF, SERVED_IOU, SERVED_MAX_DET
 from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
 from compress.export import read_info, with_uint8_pixels
 from compress.manifest import Manifest, file_hash
@@ -307,35 +307,48 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def shadow_reference(args, gated: bool, model_file: Path) -> tuple[Path | None, dict | None]:
-    """(the FP32 reference, the gate's baseline) shadow parity runs with: the gate's record when the
-    gated model is served; otherwise --shadow-reference or the search's reference, with the baseline
-    measured here on the val split (what an ungated model is held against)."""
+    """(the FP32 reference, the baseline) shadow parity runs with: the gate's record when the gated
+    model is served, else --shadow-reference or the search's reference. The baseline is the gate's
+    when it was measured at this repository's thresholds, else it is measured here on the val split
+    (an ungated model, or other thresholds, is held against what it does there)."""
+    from tools.agreement import baseline_matches, shadow_baseline
+
+    conf = args.conf_threshold if args.conf_threshold is not None else SERVED_CONF
+    iou = args.iou_threshold if args.iou_threshold is not None else SERVED_IOU
     if gated and args.shadow_reference is None:
         record = GatedModel.load(args.artifacts)
         if record.shadow is None:
             raise GateFailedError("the parity gate's record predates shadow parity (no reference recorded)",
                                   hint="run `make parity` again, or build with SHADOW=0")
-        return record.shadow_reference, {k: v for k, v in record.shadow.items() if k != "reference_onnx"}
-    reference = args.shadow_reference
-    if reference is None:
-        try:
-            report = Report.load(args.artifacts)
-            key = SearchRecord.load(Manifest(args.artifacts)).reference.row_key
-            reference = args.artifacts / {r["key"]: r for r in report.data["rows"]}[key]["onnx"]
-        except (InputFileError, KeyError):
-            print("note: no FP32 reference for shadow parity (no search in the artifacts): built without it; "
-                  "pass --shadow-reference FILE to add one")
-            return None, None
-    if not Path(reference).is_file():
+        reference, baseline = record.shadow_reference, {k: v for k, v in record.shadow.items() if k != "reference_onnx"}
+        if baseline_matches(baseline, conf, iou, SERVED_MAX_DET):
+            return reference, baseline
+        print(f"note: the gate measured the shadow baseline at conf {baseline.get('conf')}; this repository serves at "
+              f"conf {conf}, IoU {iou}: measuring it again on the val split")
+    else:
+        reference = args.shadow_reference
+        if reference is None:
+            try:
+                report = Report.load(args.artifacts)
+                key = SearchRecord.load(Manifest(args.artifacts)).reference.row_key
+                reference = args.artifacts / {r["key"]: r for r in report.data["rows"]}[key]["onnx"]
+            except (InputFileError, KeyError):
+                print("note: no FP32 reference for shadow parity (no search in the artifacts): built without it; "
+                      "pass --shadow-reference FILE to add one")
+                return None, None
+    reference = Path(reference)
+    if not reference.is_file():
         raise InputFileError(f"shadow reference {reference} is missing")
+    if read_info(reference).image_size != read_info(model_file).image_size:
+        raise tc.ConfigError(f"the shadow reference {reference} takes {read_info(reference).image_size}, the served "
+                             f"model {read_info(model_file).image_size}: they must see the same tensor")
     try:
-        from tools.agreement import shadow_baseline
-
         data_yaml = Manifest(args.artifacts).output("dataset", "data_yaml")
-        conf = args.conf_threshold if args.conf_threshold is not None else SERVED_CONF
-        return Path(reference), shadow_baseline(Path(reference), model_file, data_yaml, conf)
-    except (InputFileError, KeyError):
-        return Path(reference), None  # no val split to measure a baseline on: alerts fall back to live values only
+    except InputFileError:
+        print("note: no val split in the artifacts to measure the shadow baseline on: the alarms that compare "
+              "with the gate's values stay silent (no yolo_gate_* gauges)")
+        return reference, None
+    return reference, shadow_baseline(reference, model_file, data_yaml, conf, iou)
 
 
 if __name__ == "__main__":

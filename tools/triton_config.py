@@ -101,7 +101,7 @@ class RepositorySettings:
     # sampled share of frames through the FP32 reference off the latency path. Off unless the builder
     # has a reference to put beside the served model (`make repo` does: SHADOW=1 by default).
     shadow: bool = False
-    shadow_rate: float = 0.05  # share of frames shadowed (0: sampling off, the reference stays loaded)
+    shadow_rate: float = 0.05  # share of frames shadowed (0: off, no worker; drift signals still counted)
     shadow_max_fps: float = 5.0  # and at most this many per second per postprocess instance
     shadow_min_frame_recall: float = 0.5  # a compared frame below this is kept as evidence
     # Evidence frames and the agreement log; relative paths are resolved against the repository's
@@ -148,8 +148,8 @@ class RepositorySettings:
             raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
         if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
             raise ConfigError("max_image_pixels, max_image_bytes and min_image_side must be >= 1")
-        if not 0 <= self.shadow_rate <= 1 or self.shadow_max_fps < 0 or not 0 <= self.shadow_min_frame_recall <= 1:
-            raise ConfigError("shadow_rate and shadow_min_frame_recall must be in [0, 1], shadow_max_fps >= 0")
+        if not 0 <= self.shadow_rate <= 1 or self.shadow_max_fps <= 0 or not 0 <= self.shadow_min_frame_recall <= 1:
+            raise ConfigError("shadow_rate and shadow_min_frame_recall must be in [0, 1], shadow_max_fps > 0")
         if min(self.evidence_max_frames, self.evidence_max_bytes) < 0:
             raise ConfigError("evidence_max_frames and evidence_max_bytes must be >= 0")
 
@@ -164,7 +164,9 @@ class RepositorySettings:
                 "shadow_min_frame_recall": self.shadow_min_frame_recall, "shadow_evidence_dir": self.evidence_dir,
                 "shadow_evidence_max_frames": self.evidence_max_frames,
                 "shadow_evidence_max_bytes": self.evidence_max_bytes, "shadow_reference_file": SHADOW_REFERENCE_FILE,
-                "shadow_providers": "cuda,cpu" if self.device == "gpu" else "cpu",
+                # the reference runs on the CPU on every target: a few frames a second, and the
+                # image's onnxruntime (the Python models') is the CPU build
+                "shadow_providers": "cpu",
                 **{f"gate_{k}": v for k, v in gate.items() if v is not None}}
 
     @property

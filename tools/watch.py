@@ -17,10 +17,22 @@ import time
 from pathlib import Path
 
 from compress.errors import ServerError, cli_entry
-from loadtest.metrics import PeriodicSampler
 from tools import alerts, triton_metrics
+from tools.periodic import PeriodicSampler, parse_duration
 
 OUTCOME = alerts.OUTCOME
+
+
+# The alarms look back at most this far (the longest window plus its for:)
+LOOKBACK_S = max(a.window_s + a.for_s for a in alerts.ALARMS) + 60
+
+
+def metrics_url(text: str) -> str:
+    """`host:port` or a full URL -> the /metrics URL."""
+    text = text.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    return text if text.rstrip("/").endswith("/metrics") else text.rstrip("/") + "/metrics"
 
 
 class ShadowWatch(PeriodicSampler):
@@ -37,11 +49,14 @@ class ShadowWatch(PeriodicSampler):
             self.on_sample(self, values)
         return values
 
+    def recent(self) -> list:
+        return [s for s in self.samples if s[0] >= self.samples[-1][0] - LOOKBACK_S] if self.samples else []
+
     def _take(self) -> None:
         super()._take()
         if len(self.samples) >= 2:
             start = self.samples[0][0]
-            for verdict in alerts.firing(self.samples):
+            for verdict in alerts.firing(self.recent()):
                 if verdict["firing"]:
                     self.fired.setdefault(verdict["alert"], round(self.samples[-1][0] - start, 1))
 
@@ -101,7 +116,7 @@ def markdown_line(summary: dict) -> str:
 def live_line(watch: ShadowWatch, values: dict[str, float]) -> str:
     window = [s for s in watch.samples if s[0] >= time.time() - 30] or watch.samples[-1:]
     summary = watch_summary(window + [(time.time(), values)])
-    firing = [v["alert"] for v in alerts.firing(watch.samples + [(time.time(), values)]) if v["firing"]]
+    firing = [v["alert"] for v in alerts.firing(watch.recent() + [(time.time(), values)]) if v["firing"]]
     return (f"[watch] {summary.get('frames', 0) / max(summary.get('seconds', 1), 1e-9):6.1f} frames/s | recall "
             f"{summary.get('box_recall')} extra {summary.get('extra_boxes')} | det/frame {summary.get('detections_per_frame')} "
             f"conf {summary.get('mean_confidence')} | compared {summary.get('compared', 0)} skipped "
@@ -111,14 +126,13 @@ def live_line(watch: ShadowWatch, values: dict[str, float]) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    parser.add_argument("--metrics-url", type=metrics_url, default="http://127.0.0.1:8002/metrics",
+                        help="the server's metrics endpoint (host:port or a URL)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between scrapes")
     parser.add_argument("--duration", default="0", help="stop after this long (e.g. 10m; 0: until Ctrl-C)")
     parser.add_argument("--out", type=Path, help="write watch.json (summary and alarms) here at the end")
     args = parser.parse_args(argv)
-    from loadtest.spec import parse_duration
-
-    duration = parse_duration(args.duration)
+    duration = None if str(args.duration).strip() in ("", "0") else parse_duration(args.duration)
     try:
         triton_metrics.scrape(args.metrics_url)  # unreachable: one error now, not a silent watch
     except OSError as error:

@@ -51,3 +51,36 @@ def test_make_rollout_test_as_typed_runs_without_a_stream_count(served_repo, tin
     assert result["frame_set"]["name"] == "720p" and result["frames_total"] > 0
     assert set(result["record"]) == {"rolling", "sigkill", "stub-kill", "scale-down"}
     assert (artifacts / "rollout" / "rollout.md").exists() and (artifacts / "rollout" / "rollout.png").exists()
+
+
+def test_make_watch_shadow_rate_and_audit_as_typed(tiny_artifacts, val_images, tmp_path):
+    """The shadow parity commands of the README against a real server on a `make repo` repository."""
+    import numpy as np
+    import tritonclient.http as http
+
+    from tools.server import TritonServer
+
+    repo = tmp_path / "repo"
+    built = make("repo", "ALLOW_UNGATED=1", "SHADOW_RATE=1", f"ARTIFACTS={tiny_artifacts}", f"REPO={repo}")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "shadow parity 100% of frames" in built.stdout
+    with TritonServer(repo, log_path=tmp_path / "server.log", exit_timeout_s=5) as server:
+        with http.InferenceServerClient(server.http_url) as client:
+            for path in val_images[:20]:
+                image = http.InferInput("IMAGE", [1, 1], "BYTES")
+                image.set_data_from_numpy(np.array([[path.read_bytes()]], dtype=object))
+                client.infer("yolo", [image])
+        metrics_address = server.metrics_url.split("//")[1].split("/")[0]
+        watched = make("watch", f"METRICS_URL={metrics_address}", "DURATION=7s", timeout_s=120)
+        assert watched.returncode == 0, watched.stderr[-2000:]
+        assert "[watch]" in watched.stdout and "live agreement with the FP32 reference" in watched.stdout
+        unset = make("shadow-rate", f"URL={server.http_url}")
+        assert unset.returncode != 0 and "set SHADOW_RATE=" in unset.stderr
+        switched = make("shadow-rate", "SHADOW_RATE=0", f"URL={server.http_url}", timeout_s=300)
+        assert switched.returncode == 0 and "rate 0.0" in switched.stdout, switched.stderr[-2000:]
+    audited = make("audit", f"REPO={repo}", f"ARTIFACTS={tiny_artifacts}", timeout_s=600)
+    assert audited.returncode == 0, audited.stderr[-2000:]
+    assert (tiny_artifacts / "audit" / "agreement_over_time.png").exists()
+    assert "frames compared in the agreement log" in (tiny_artifacts / "audit" / "audit.md").read_text()
+    stopped = make("watch", "METRICS_URL=127.0.0.1:9", "DURATION=2s", timeout_s=60)  # nothing listens there
+    assert stopped.returncode != 0 and "cannot read" in stopped.stderr and "Traceback" not in stopped.stderr

@@ -99,6 +99,15 @@ def test_gate_passes_pipeline_int8_and_records_it_for_serving(tiny_artifacts, tm
     assert result["candidate"] == report["served"]["name"]
     record = json.loads((tiny_artifacts / "served.json").read_text())
     assert record["stage"] == report["served"]["name"]
+    # the shadow's reference and what the gate saw of the served model against it, for the repository
+    shadow = record["shadow"]
+    from compress.budget import Reference
+
+    reference_row = next(r for r in report["rows"] if r["key"] == Reference.from_dict(result["reference"]).row_key)
+    assert shadow["reference_onnx"] == reference_row["onnx"]
+    assert shadow["reference_sha256"] == file_hash(tiny_artifacts / reference_row["onnx"])
+    assert shadow["agreement"]["reference_boxes"] > 0 and shadow["drift"]["frames"] > 0
+    assert result["shadow_baseline"]["agreement"] == shadow["agreement"]
     assert record["sha256"] == file_hash(tiny_artifacts / report["served"]["onnx"])
     assert record.get("trt_onnx_sha256") is None  # no TensorRT here: no plan, no TensorRT twin
     if report["served"]["precision"] == "int8":

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import ROOT
 from tools import k8s
 
-CUSTOM_RESOURCES = ("PodMonitor/",)  # no schema bundled with kubernetes-validate
+CUSTOM_RESOURCES = ("PodMonitor/", "PrometheusRule/")  # no schema bundled with kubernetes-validate
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,8 @@ def test_evidence_store_keeps_at_most_its_caps_oldest_dropped(tmp_path):
     assert [f.path.name for f in kept] == names[-3:]  # the two oldest went
     assert kept[0].record["reference"][0]["class_id"] == 0 and kept[0].record["counts"]["found"] == 0
     tiny = EvidenceStore(tmp_path / "tiny", max_frames=100, max_bytes=1)  # no frame fits: none is kept
-    assert tiny.save(job(), counts, dets([], [], []), reference) == "stored" and tiny.frames() == []
+    assert tiny.save(job(), counts, dets([], [], []), reference) == "evicted" and tiny.frames() == []
+    assert not list((tmp_path / "tiny").glob("*.png"))
     for _ in range(3):
         store.log(1.0, counts)
     assert len(store.agreement_log()) == 3
@@ -93,7 +94,7 @@ def test_evidence_store_disk_errors_are_an_outcome_not_an_exception(tmp_path):
     store = EvidenceStore(blocker / "evidence")
     reference = dets([[0, 0, 10, 10]], [0.9], [0])
     assert store.save(job(), frame_agreement(reference, reference), reference, reference) == "dropped_error"
-    store.log(1.0, AgreementCounts())  # swallowed too
+    assert store.log(1.0, AgreementCounts()) is False  # swallowed, and said
     assert store.frames() == [] and store.agreement_log() == []
 
 
@@ -124,3 +125,24 @@ def _tmp(name: str):
     from pathlib import Path
 
     return Path(tempfile.mkdtemp()) / name
+
+
+def test_evidence_goes_beside_the_repository_never_inside_it(tmp_path):
+    from compress.shadow import EVIDENCE_ENV, resolve_evidence_dir
+
+    model_dir = str(tmp_path / "model_repository" / "postprocess")
+    assert resolve_evidence_dir("evidence", model_dir, {}) == str(tmp_path / "evidence")
+    assert resolve_evidence_dir("/var/evidence", model_dir, {}) == "/var/evidence"
+    assert resolve_evidence_dir("evidence", model_dir, {EVIDENCE_ENV: "/evidence"}) == "/evidence"
+    assert resolve_evidence_dir("", model_dir, {}) == ""
+
+
+def test_every_series_the_alarms_read_exists_from_the_start():
+    """A ratio over a series that never appeared is absent in PromQL: the server creates them all at 0."""
+    from compress.shadow import GATE_GAUGES, every_series
+    from tools.alerts import ALARMS
+
+    created = set(every_series())
+    for alarm in ALARMS:
+        assert set(alarm.numerator + alarm.denominator) <= created, alarm.name
+        assert alarm.gauge is None or alarm.gauge in GATE_GAUGES.values()

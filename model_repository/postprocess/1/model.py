@@ -29,7 +29,10 @@ class LiveMetrics:
         kinds = {"counter": pb_utils.MetricFamily.COUNTER, "gauge": pb_utils.MetricFamily.GAUGE}
         self.families = {name: pb_utils.MetricFamily(name=name, description=text, kind=kinds[kind])
                          for name, (kind, text) in shadow_module.METRICS.items()}
+        self.gauges = set(shadow_module.GAUGES) | set(gauges)
         self.metrics, self.pending, self.lock = {}, {}, threading.Lock()
+        for key in shadow_module.every_series():  # at 0 from the start: a series that never moves still exists
+            self._metric(key)
         for name, value in gauges.items():
             self._metric(name).set(float(value))
         self.stop = threading.Event()
@@ -45,15 +48,16 @@ class LiveMetrics:
         return self.metrics[key]
 
     def add(self, deltas: dict) -> None:
+        """Counter increments are added up; a gauge's value replaces the pending one."""
         with self.lock:
             for key, value in deltas.items():
-                self.pending[key] = self.pending.get(key, 0) + value
+                self.pending[key] = value if key in self.gauges else self.pending.get(key, 0) + value
 
     def flush(self) -> None:
         with self.lock:
             pending, self.pending = self.pending, {}
         for key, value in pending.items():
-            if key.startswith("yolo_shadow_enabled"):
+            if key in self.gauges:
                 self._metric(key).set(float(value))
             elif value:
                 self._metric(key).increment(float(value))
@@ -87,6 +91,7 @@ class TritonPythonModel:
         self.strides = tuple(int(s) for s in params["strides"].split(","))
         self.head_names = [i["name"] for i in config["input"] if i["name"] not in ("LETTERBOX", "PIXELS")]
         self.shadow = self.live = None
+        self._answered = []
         # Triton runs the warmup samples before the model serves: not traffic, so not watched
         self.unwatched = sum(int(w.get("batch_size", 1)) * int(w.get("count", 1)) for w in config.get("model_warmup", []))
         if any(i["name"] == "PIXELS" for i in config["input"]):
@@ -97,10 +102,7 @@ class TritonPythonModel:
 
         settings = shadow.ShadowSettings.from_parameters(params)
         model_dir = os.path.dirname(__file__)
-        if settings.evidence_dir and not os.path.isabs(settings.evidence_dir):
-            # relative to the repository's parent: never a folder inside the repository Triton would read as a model
-            repository_root = os.path.dirname(os.path.abspath(args["model_repository"]))
-            settings.evidence_dir = os.path.join(os.path.dirname(repository_root), settings.evidence_dir)
+        settings.evidence_dir = shadow.resolve_evidence_dir(settings.evidence_dir, args["model_repository"])
         gauges = {name: params[f"gate_{key}"] for key, name in shadow.GATE_GAUGES.items() if f"gate_{key}" in params}
         self.live = LiveMetrics(shadow, {**gauges, "yolo_shadow_rate": settings.rate})
         head = {"image_size": list(self.size), "strides": list(self.strides), "conf": self.conf, "iou": self.iou,
@@ -125,18 +127,19 @@ class TritonPythonModel:
         stacked = {name: np.concatenate(parts) for name, parts in heads.items()}
         letterbox = np.concatenate(letterboxes)
         detections = head_detections(stacked, letterbox, self.size, self.strides, self.conf, self.iou, self.max_det)
-        if self.shadow is not None:
-            self._watch(requests, stacked, letterbox, detections)
         responses, start = [], 0
         for count in counts:
             padded = pad_detections(detections[start:start + count])
             start += count
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in padded.items()]))
+        if self.shadow is not None:  # watched once the batch has answered: a retried request is not counted twice
+            self._answered.append((requests, counts, stacked, letterbox, detections))
         return responses
 
-    def _watch(self, requests, heads, letterbox, detections):
-        """Drift signals of every frame; the sampled ones handed to the shadow (never raises)."""
+    def _watch(self, requests, counts, heads, letterbox, detections):
+        """Drift signals of every frame; the sampled ones handed to the shadow (never raises). A
+        frame's pixels are read only when it is handed over."""
         if self.unwatched > 0:
             self.unwatched -= len(detections)
             return
@@ -144,12 +147,19 @@ class TritonPythonModel:
             self.live.add(self.shadow_module.drift_tally(detections))
             if self.shadow.settings.rate <= 0:
                 return
-            pixels = np.concatenate([pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy() for r in requests])
-            for i in range(len(detections)):
-                self.shadow.offer(pixels[i], letterbox[i], {name: value[i] for name, value in heads.items()})
+            row = 0
+            for request, count in zip(requests, counts):
+                for i in range(count):
+                    self.shadow.offer(lambda r=request, i=i: pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy()[i],
+                                      letterbox[row], {name: value[row] for name, value in heads.items()})
+                    row += 1
         except Exception as error:  # noqa: BLE001 - watching never fails a served frame
             pb_utils.Logger.log_warn(f"postprocess: shadow skipped a batch: {error}")
 
     def execute(self, requests):
+        self._answered = []
         with np.errstate(all="ignore"):  # overflow in exp() on extreme logits is handled as non-finite
-            return run_isolated(requests, self._run_batch, error_response)
+            responses = run_isolated(requests, self._run_batch, error_response)
+        for answered in self._answered:
+            self._watch(*answered)
+        return responses
