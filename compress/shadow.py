@@ -77,10 +77,12 @@ METRICS = {
     "yolo_shadow_rate": ("gauge", "Share of frames chosen for shadow parity"),
     "yolo_gate_box_recall": ("gauge", "Box recall vs the reference the parity gate saw on the val split"),
     "yolo_gate_extra_boxes": ("gauge", "Extra-box share vs the reference the gate saw on the val split"),
+    "yolo_gate_score_drift": ("gauge", "Mean |score change| of found boxes vs the reference the gate saw on the val split"),
     "yolo_gate_detections_per_frame": ("gauge", "Served detections per frame the gate saw on the val split"),
     "yolo_gate_mean_confidence": ("gauge", "Mean served confidence the gate saw on the val split"),
 }
 GATE_GAUGES = {"box_recall": "yolo_gate_box_recall", "extra_boxes": "yolo_gate_extra_boxes",
+               "score_drift": "yolo_gate_score_drift",
                "detections_per_frame": "yolo_gate_detections_per_frame",
                "mean_confidence": "yolo_gate_mean_confidence"}
 AGREEMENT_LOG = "agreement.jsonl"

@@ -107,6 +107,10 @@ ALARMS = (
           "The served model reports boxes the FP32 reference does not, on live frames, beyond what the gate saw",
           ("yolo_shadow_extra_boxes_total",), ("yolo_shadow_served_boxes_total",), window_s=60, for_s=30,
           direction="above", gauge="yolo_gate_extra_boxes", margin=0.15, min_denominator=20),
+    Alarm("YoloShadowScoreDrift", "critical",
+          "The served model's scores moved away from the FP32 reference's on the boxes both find, beyond what the gate saw",
+          ("yolo_shadow_score_drift_total",), ("yolo_shadow_found_boxes_total",), window_s=60, for_s=30,
+          direction="above", gauge="yolo_gate_score_drift", margin=0.1, min_denominator=20),
     Alarm("YoloDetectionsPerFrameShifted", "warning",
           "Detections per frame moved away from what the gate saw on the val split (scene or camera drift)",
           ("yolo_detections_total",), ("yolo_frames_total",), window_s=120, for_s=60,
@@ -129,8 +133,8 @@ ALARMS = (
 
 # -- synthetic series both evaluators are tested on (promtool and `firing`) -------------------------------
 STEP_S = 15
-GATE = {"yolo_gate_box_recall": 0.95, "yolo_gate_extra_boxes": 0.05, "yolo_gate_detections_per_frame": 2.0,
-        "yolo_gate_mean_confidence": 0.6}
+GATE = {"yolo_gate_box_recall": 0.95, "yolo_gate_extra_boxes": 0.05, "yolo_gate_score_drift": 0.01,
+        "yolo_gate_detections_per_frame": 2.0, "yolo_gate_mean_confidence": 0.6}
 
 
 def _healthy(step: int) -> dict[str, float]:
@@ -138,14 +142,24 @@ def _healthy(step: int) -> dict[str, float]:
     return {"yolo_frames_total": 150, "yolo_detections_total": 300, "yolo_detection_confidence_total": 180,
             "yolo_shadow_reference_boxes_total": 40, "yolo_shadow_found_boxes_total": 38,
             "yolo_shadow_served_boxes_total": 40, "yolo_shadow_extra_boxes_total": 2,
-            OUTCOME.format("compared"): 20, OUTCOME.format("skipped_busy"): 1}
+            "yolo_shadow_score_drift_total": 38 * 0.01, OUTCOME.format("compared"): 20, OUTCOME.format("skipped_busy"): 1}
 
 
 def _degraded(step: int) -> dict[str, float]:
     """From 5 minutes on, the served model loses most of the reference's boxes and invents others."""
     rates = _healthy(step)
     if step * STEP_S >= 300:
-        rates.update({"yolo_shadow_found_boxes_total": 16, "yolo_shadow_extra_boxes_total": 24})
+        rates.update({"yolo_shadow_found_boxes_total": 16, "yolo_shadow_extra_boxes_total": 24,
+                      "yolo_shadow_score_drift_total": 16 * 0.05})
+    return rates
+
+
+def _rescored(step: int) -> dict[str, float]:
+    """From 5 minutes on, the served model still finds the reference's boxes, at much lower scores
+    (seen with an INT8 calibrated on blank frames: recall 0.99, mean confidence 0.92 -> 0.55)."""
+    rates = _healthy(step)
+    if step * STEP_S >= 300:
+        rates.update({"yolo_shadow_score_drift_total": 38 * 0.37, "yolo_detection_confidence_total": 300 * 0.3})
     return rates
 
 
@@ -180,6 +194,7 @@ SCENARIOS = {
     "degraded": (_degraded, 12, {4: set(), 7: {"YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh"}}),
     "darkened": (_darkened, 12, {4: set(), 9: {"YoloDetectionsPerFrameShifted", "YoloConfidenceShifted"}}),
     "collapsed": (_collapsed, 4, {2: {"YoloShadowAgreementLow", "YoloShadowExtraBoxesHigh"}}),
+    "rescored": (_rescored, 12, {4: set(), 8: {"YoloShadowScoreDrift", "YoloConfidenceShifted"}}),
     "busy": (_busy, 12, {4: set(), 11: {"YoloShadowMostlySkipped"}}),
     "reference_down": (_reference_down, 6, {4: {"YoloShadowUnavailable"}}),
 }

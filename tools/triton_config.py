@@ -158,6 +158,7 @@ class RepositorySettings:
         baseline = self.shadow_baseline or {}
         agreement, drift = baseline.get("agreement", {}), baseline.get("drift", {})
         gate = {"box_recall": agreement.get("box_recall"), "extra_boxes": agreement.get("extra_boxes"),
+                "score_drift": agreement.get("score_drift"),
                 "detections_per_frame": drift.get("detections_per_frame"),
                 "mean_confidence": drift.get("mean_confidence")}
         return {"shadow_rate": self.shadow_rate, "shadow_max_fps": self.shadow_max_fps,
