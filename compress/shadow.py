@@ -364,12 +364,18 @@ def compare_frame(reference_session, input_name: str, output_names: list[str], j
     return counts[0], served[0], reference[0]
 
 
+# A frame whose found boxes' scores moved this much on average is evidence too (the boxes are there,
+# their scores are not: a broken calibration looks like this)
+FRAME_SCORE_DRIFT = 0.25
+
+
 def is_low(counts, settings: ShadowSettings) -> bool:
     """Evidence: the frame's recall of the reference's boxes, or the share of served boxes the
-    reference has, below the threshold."""
+    reference has, below the threshold; or its found boxes' mean score drift above FRAME_SCORE_DRIFT."""
     recall = counts.found / counts.reference_boxes if counts.reference_boxes else 1.0
     kept = 1 - counts.extra_boxes / counts.served_boxes if counts.served_boxes else 1.0
-    return min(recall, kept) < settings.min_frame_recall
+    drifted = counts.found and counts.score_drift_sum / counts.found > FRAME_SCORE_DRIFT
+    return min(recall, kept) < settings.min_frame_recall or bool(drifted)
 
 
 def worker_main(config: dict) -> None:

@@ -38,11 +38,13 @@ def evidence_dir(record: RepositoryRecord) -> Path:
 
 
 def frame_score(record: dict) -> float:
-    """Lower is worse: the frame's recall of the reference's boxes or its share of boxes the reference has."""
+    """Lower is worse: the frame's recall of the reference's boxes, its share of boxes the reference
+    has, or 1 - its found boxes' mean score drift."""
     counts = record["counts"]
     recall = counts["found"] / counts["reference_boxes"] if counts["reference_boxes"] else 1.0
     kept = 1 - counts["extra_boxes"] / counts["served_boxes"] if counts["served_boxes"] else 1.0
-    return min(recall, kept)
+    scored = 1 - counts["score_drift_sum"] / counts["found"] if counts["found"] else 1.0
+    return min(recall, kept, scored)
 
 
 def to_input_pixels(boxes: list[dict], letterbox: list[float]) -> np.ndarray:

@@ -50,6 +50,8 @@ def test_frame_agreement_counts_found_flips_drift_and_extra_boxes():
                                                                ("reference_boxes", "box_recall", "score_drift", "class_flips")}
     total = agreement_counts([reference, reference], [candidate, candidate])
     assert total.frames == 2 and total.found == 2 and total + AgreementCounts() == total
+    rescored = frame_agreement(reference, dets(reference.boxes, [0.5, 0.4, 0.3], [0, 1, 2]))  # all found, scores down
+    assert rescored.found == 3 and is_low(rescored, ShadowSettings(min_frame_recall=0.5))
     assert is_low(counts, ShadowSettings(min_frame_recall=0.5)) and not is_low(
         frame_agreement(reference, reference, reference, reference), ShadowSettings(min_frame_recall=1.0))
 
