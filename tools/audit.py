@@ -47,6 +47,19 @@ def frame_score(record: dict) -> float:
     return min(recall, kept, scored)
 
 
+def distinct(frames: list) -> list:
+    """One of each frame (by the bytes of its PNG), the first kept."""
+    import hashlib
+
+    seen, unique = set(), []
+    for frame in frames:
+        digest = hashlib.sha256(frame.path.read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            unique.append(frame)
+    return unique
+
+
 def to_input_pixels(boxes: list[dict], letterbox: list[float]) -> np.ndarray:
     """Boxes in original-image pixels -> the letterboxed frame's pixels (gain, pad_x, pad_y)."""
     gain, pad_x, pad_y = letterbox[:3]
@@ -139,6 +152,7 @@ def budget_on_traffic(record: RepositoryRecord, frames: list, artifacts: Path) -
 
 def to_markdown(result: dict) -> str:
     lines = ["# Shadow parity audit", "", f"Evidence: `{result['evidence_dir']}`: {result['frames_kept']} frames kept "
+             f"({result['distinct_frames']} distinct) "
              f"(agreement below {result['min_frame_recall']}); {result['compared']} frames compared in the agreement log.",
              "", "![agreement over time](agreement_over_time.png)", ""]
     if result["worst"]:
@@ -167,7 +181,9 @@ def audit(repo: Path, out: Path, evidence: Path | None = None, artifacts: Path =
                              hint="rebuild it with `make repo` (SHADOW=1, the default)")
     folder = Path(evidence) if evidence else evidence_dir(record)
     store = EvidenceStore(folder)
-    frames = sorted(store.frames(), key=lambda f: frame_score(f.record))
+    kept = store.frames()
+    # the same frame comes back when cameras repeat a scene (a load test loops its frames): shown once
+    frames = sorted(distinct(kept), key=lambda f: frame_score(f.record))
     log = store.agreement_log() if folder.exists() else []
     if not frames and not log:
         raise InputFileError(f"no evidence in {folder}: nothing was compared yet",
@@ -177,7 +193,7 @@ def audit(repo: Path, out: Path, evidence: Path | None = None, artifacts: Path =
     plot_over_time(minutes, out / "agreement_over_time.png")
     if frames:
         plot_worst(frames, out / "worst_frames.png")
-    result = {"evidence_dir": str(folder), "frames_kept": len(frames), "compared": len(log),
+    result = {"evidence_dir": str(folder), "frames_kept": len(kept), "distinct_frames": len(frames), "compared": len(log),
               "min_frame_recall": record.settings.shadow_min_frame_recall, "per_minute": minutes,
               "worst": [{"frame": f.path.name, "score": round(frame_score(f.record), 4),
                          "served_boxes": len(f.record["served"]), "reference_boxes": len(f.record["reference"]),
