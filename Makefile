@@ -60,7 +60,7 @@ help: ## List the targets and the variables they read
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
 	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_REFERENCE=<FP32 .onnx> EVIDENCE_DIR=<folder> (repo)"
 	@echo "             METRICS_URL=<host:port or URL of /metrics> (watch) URL=<server HTTP host:port> ADMIN_KEY=<key> (shadow-rate) EVIDENCE=<folder> (audit)"
-	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> (bench-shadow; DURATION: per capacity probe)"
+	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> CAPACITY_ROUNDS=<3> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
 	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
@@ -171,10 +171,11 @@ rollout-test: venv haproxy ## Two replicas of REPO (drain launcher each) behind 
 		$(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
 
-bench-shadow: venv ## Shadow parity's cost (capacity at dataset and 1080p frames, p99 at 80%: on vs SHADOW=0), a HEALTHY_DURATION (default 10m) run without alarms, a degraded model's alarm time, a drift injected halfway (PHASES=cost,healthy,degraded,drift) -> $(ARTIFACTS)/shadow/
+bench-shadow: venv ## Shadow parity's cost (capacity at dataset and 1080p frames over CAPACITY_ROUNDS alternating rounds, p99 at 80%: on vs SHADOW=0), a HEALTHY_DURATION (default 10m) run without alarms, a degraded model's alarm time, a drift injected halfway (PHASES=cost,healthy,degraded,drift) -> $(ARTIFACTS)/shadow/
 	$(PY) -m loadtest.shadow_bench --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(PHASES),--phases $(PHASES)) \
 		$(if $(HEALTHY_DURATION),--healthy-duration $(HEALTHY_DURATION)) $(if $(DURATION),--duration $(DURATION)) \
-		$(if $(ALARM_DURATION),--alarm-duration $(ALARM_DURATION)) $(if $(DRIFT_HALF),--drift-half $(DRIFT_HALF))
+		$(if $(ALARM_DURATION),--alarm-duration $(ALARM_DURATION)) $(if $(DRIFT_HALF),--drift-half $(DRIFT_HALF)) \
+		$(if $(CAPACITY_ROUNDS),--capacity-rounds $(CAPACITY_ROUNDS))
 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy

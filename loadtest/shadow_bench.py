@@ -4,9 +4,11 @@
 
 Phases (each writes <out>/<phase>.json; all together shadow.json, shadow.md and plots):
 - cost: capacity at 10 FPS within the SLO (dataset and 1080p frames) of the repository with shadow
-  parity and of the same repository built without it (SHADOW=0), one after the other on one
-  machine; then p99 at 80% of the capacity without it, alternating the two over ROUNDS rounds (the
-  spread of the rounds without it is the run-to-run noise). Frames lost or failed are counted.
+  parity and of the same repository built without it (SHADOW=0), alternating the two over
+  CAPACITY_ROUNDS rounds (which side goes first alternates too; the ratio is of the medians, the
+  rounds' spread is the probe noise); then p99 at 80% of the capacity without it, alternating the
+  two over ROUNDS rounds (the spread of the rounds without it is the run-to-run noise). Frames lost
+  or failed are counted.
 - healthy: HEALTHY_S (default 10 min) at 80% of that capacity with shadow on: the alarms that
   fired (tools.alerts, evaluated live by tools.watch), none expected.
 - degraded: the served model swapped for an INT8 of its own FP32 twin calibrated on blank images
@@ -45,6 +47,8 @@ from tools.watch import ShadowWatch
 
 PHASES = ("cost", "healthy", "degraded", "drift")
 ROUNDS = 3
+# capacity probes are single 15 s runs: one bisection step can flip on noise, so each side is measured this often
+CAPACITY_ROUNDS = 3
 LOAD_SHARE = 0.8
 ALARM_STREAMS = 10
 TRANSFORMS = ("darken", "blur", "noise")
@@ -79,18 +83,33 @@ def without_shadow(repo: Path, dest: Path) -> Path:
     return dest
 
 
-def cost(repo: Path, spec: LoadSpec, artifacts: Path, out: Path) -> dict:
+def capacity_rounds(repos: dict[str, Path], spec: LoadSpec, frame_set, out: Path, rounds: int) -> dict:
+    """Capacity of each side over `rounds` rounds, the sides alternating (and which goes first
+    alternating too, so neither always runs on a machine warmed by the other)."""
+    sides: dict[str, dict] = {mode: {"rounds": [], "probes": []} for mode in repos}
+    for number in range(rounds):
+        order = list(repos) if number % 2 == 0 else list(reversed(repos))
+        for mode in order:
+            print(f"==> capacity, shadow {mode}, {frame_set.label()}, round {number + 1}/{rounds}", flush=True)
+            with TritonServer(repos[mode], log_path=out / f"server-{mode}.log") as server:
+                found = find_capacity(server, spec, frame_set, out / f"capacity-{mode}-{frame_set.name}-{number}")
+            sides[mode]["rounds"].append(found["capacity_streams"])
+            sides[mode]["probes"].append(found["probes"])
+    for side in sides.values():
+        side["streams"] = float(np.median(side["rounds"]))
+    entry = {**sides, "ratio": round(sides["on"]["streams"] / max(sides["off"]["streams"], 1), 3),
+             # every round's on against every round's off: how far the verdict could swing on probe noise
+             "ratio_range": [round(min(sides["on"]["rounds"]) / max(max(sides["off"]["rounds"]), 1), 3),
+                             round(max(sides["on"]["rounds"]) / max(min(sides["off"]["rounds"]), 1), 3)]}
+    print(f"    {frame_set.name}: on {sides['on']['rounds']} off {sides['off']['rounds']} -> {entry['ratio']:.0%}", flush=True)
+    return entry
+
+
+def cost(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, rounds: int = CAPACITY_ROUNDS) -> dict:
     off_repo = without_shadow(repo, out / "repo-shadow-off")
-    capacities: dict[str, dict] = {}
-    for frames in ("dataset", "1080p"):
-        frame_set = as_frame_set(frames, artifacts)
-        for mode, path in (("on", repo), ("off", off_repo)):
-            print(f"==> capacity, shadow {mode}, {frame_set.label()}", flush=True)
-            with TritonServer(path, log_path=out / f"server-{mode}.log") as server:
-                found = find_capacity(server, spec, frame_set, out / f"capacity-{mode}-{frames}")
-            capacities.setdefault(frames, {})[mode] = {"streams": found["capacity_streams"], "probes": found["probes"]}
-    for entry in capacities.values():
-        entry["ratio"] = round(entry["on"]["streams"] / max(entry["off"]["streams"], 1), 3)
+    capacities = {frames: capacity_rounds({"on": repo, "off": off_repo}, spec, as_frame_set(frames, artifacts), out,
+                                          rounds)
+                  for frames in ("dataset", "1080p")}
     streams = max(1, int(LOAD_SHARE * capacities["1080p"]["off"]["streams"]))
     rounds: dict[str, list[dict]] = {"on": [], "off": []}
     frame_set = as_frame_set("1080p", artifacts)
@@ -297,8 +316,12 @@ def to_markdown(result: dict) -> str:
              "The load generator runs on the same cores as the server: its CPU counts against both sides alike.", ""]
     c = result.get("cost")
     if c:
-        lines += ["| frames | streams within SLO, shadow on | shadow off (SHADOW=0) | on / off |", "|---|---:|---:|---:|"]
-        lines += [f"| {frames} | {v['on']['streams']} | {v['off']['streams']} | {v['ratio']:.0%} |"
+        lines += ["| frames | streams within SLO, shadow on (median; rounds) | shadow off, SHADOW=0 (median; rounds) | "
+                  "on / off (medians) | range over rounds | >= 95% |", "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {frames} | {v['on']['streams']:g}; {', '.join(map(str, v['on'].get('rounds', [])))} | "
+                  f"{v['off']['streams']:g}; {', '.join(map(str, v['off'].get('rounds', [])))} | {v['ratio']:.0%} | "
+                  + (f"{v['ratio_range'][0]:.0%}-{v['ratio_range'][1]:.0%}" if 'ratio_range' in v else "-")
+                  + f" | {'yes' if v['ratio'] >= 0.95 else 'no'} |"
                   for frames, v in c["capacity"].items()]
         lines += ["", f"p99 at {c['p99_streams']} streams of 1080p ({LOAD_SHARE:.0%} of the capacity without shadow), "
                       f"{ROUNDS} alternating rounds: shadow on median {c['on_p99_median_ms']} ms, off median "
@@ -352,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
     parser.add_argument("--healthy-duration", default="10m")
     parser.add_argument("--duration", default="15s", help="seconds per capacity probe")
+    parser.add_argument("--capacity-rounds", type=int, default=CAPACITY_ROUNDS,
+                        help="cost: capacity rounds per side (alternating)")
     parser.add_argument("--alarm-duration", default="3m", help="the degraded model's load test")
     parser.add_argument("--drift-half", default="150s", help="each half of the drift load test")
     args = parser.parse_args(argv)
@@ -374,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     for phase in phases:
         print(f"==> shadow bench: {phase}", flush=True)
         if phase == "cost":
-            result["cost"] = cost(args.repo, spec, args.artifacts, out)
+            result["cost"] = cost(args.repo, spec, args.artifacts, out, args.capacity_rounds)
         elif phase == "healthy":
             capacity = (result.get("cost") or {}).get("capacity", {}).get("1080p", {}).get("off", {}).get("streams")
             streams = max(1, int(LOAD_SHARE * capacity)) if capacity else ALARM_STREAMS
