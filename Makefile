@@ -32,7 +32,7 @@ REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) $(if $(TARGET),--target $(T
 	$(if $(ALLOW_UNGATED),--allow-ungated) $(if $(ORT_THREADS),--ort-threads $(ORT_THREADS)) \
 	$(if $(DEVICE),--device $(DEVICE)) $(if $(MAX_BATCH),--max-batch-size $(MAX_BATCH)) \
 	$(if $(filter 0,$(SHADOW)),--no-shadow) $(if $(SHADOW_RATE),--shadow-rate $(SHADOW_RATE)) \
-	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS)) $(if $(SHADOW_REFERENCE),--shadow-reference $(SHADOW_REFERENCE)) \
+	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS)) $(if $(SHADOW_MAX_CPU),--shadow-max-cpu $(SHADOW_MAX_CPU)) $(if $(SHADOW_REFERENCE),--shadow-reference $(SHADOW_REFERENCE)) \
 	$(if $(EVIDENCE_DIR),--evidence-dir $(EVIDENCE_DIR))
 # The load a test sends (loadtest/spec.py holds the defaults)
 SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(DURATION),--duration $(DURATION)) \
@@ -58,12 +58,14 @@ help: ## List the targets and the variables they read
 	@echo "  serving:   TARGET=local|onnxruntime|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
-	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_REFERENCE=<FP32 .onnx> EVIDENCE_DIR=<folder> (repo)"
+	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_MAX_CPU=<busy share of the cores above which none, default 0.8>"
+	@echo "             SHADOW_REFERENCE=<FP32 .onnx> EVIDENCE_DIR=<folder> (repo)"
 	@echo "             METRICS_URL=<host:port or URL of /metrics> (watch) URL=<server HTTP host:port> ADMIN_KEY=<key> (shadow-rate) EVIDENCE=<folder> (audit)"
 	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> CAPACITY_ROUNDS=<3> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
-	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS (plan-capacity)"
+	@echo "             PLACEMENT=shared,isolated (capacity: load generator on the server's cores / on a core of its own)"
+	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS PLACEMENT=isolated|shared (plan-capacity)"
 	@echo "  tests:     PYTEST_ARGS='<pytest options>' FUZZ_EXAMPLES=<n> (fuzz)   set-up: PYTHON_BOOT=$(PYTHON_BOOT) VENV=$(VENV)"
 
 venv: $(VENV)/.installed ## Create the project virtualenv with pinned versions (idempotent)
@@ -129,8 +131,9 @@ serve-docker: venv ## Run the server image on REPO: ports on 127.0.0.1 (HOST=0.0
 k8s: venv ## Render deploy/k8s (cpu, gpu, monitoring, loadtest) offline to build/k8s, validate (Kubernetes 1.31 schemas) and scan (checkov)
 	$(PY) -m tools.k8s check --out build/k8s
 
-plan-capacity: venv ## CAMERAS=N FPS=F: replicas, HPA and resources from the capacity measured at FRAMES (default 1080p) -> build/k8s/plan-<OVERLAY>
+plan-capacity: venv ## CAMERAS=N FPS=F: replicas, HPA and resources from the capacity measured at FRAMES (default 1080p) and PLACEMENT (default isolated where measured, else shared) -> build/k8s/plan-<OVERLAY>
 	$(PY) -m tools.capacity_plan $(if $(CAMERAS),--cameras $(CAMERAS)) $(if $(FPS),--fps $(FPS)) $(if $(OVERLAY),--overlay $(OVERLAY)) $(FRAMES_ARG) \
+		$(if $(PLACEMENT),--placement $(PLACEMENT)) \
 		--artifacts $(ARTIFACTS) --repo $(REPO) $(if $(PER_REPLICA_STREAMS),--per-replica-streams $(PER_REPLICA_STREAMS)) \
 		$(if $(REPLICA_CPUS),--replica-cpus $(REPLICA_CPUS))
 
@@ -140,8 +143,9 @@ infer: venv ## Send IMAGES=<files or folders> (default: Ultralytics' two sample 
 loadtest: venv ## Locust camera streams (STREAMS=16 FPS=10 DURATION=60s PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES, default 1080p; RESIZE_TO_MODEL=1: cameras send model-sized frames) -> $(ARTIFACTS)/loadtest[-resized]/
 	$(PY) -m loadtest.run $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) $(if $(RESIZE_TO_MODEL),--resize-to-model)
 
-capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p side by side; DURATION per probe, default 15s)
-	$(PY) -m loadtest.capacity capacity $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG)
+capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p) and PLACEMENT (default shared,isolated: the load generator on the server's cores, and on a core of its own) side by side; DURATION per probe, default 15s
+	$(PY) -m loadtest.capacity capacity $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) \
+		$(if $(PLACEMENT),--placement $(PLACEMENT))
 
 tune: venv ## Sweep batching/instance configs at STREAMS on the real server (FRAMES, default 1080p; DURATION per config, default 15s); best goes into the repository
 	$(PY) -m loadtest.capacity tune $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG)

@@ -7,7 +7,10 @@ reference on the *same tensor*, decodes both heads with the served post-processi
 them with the parity gate's code (compress.detection.compare_heads). The worker runs under
 SCHED_IDLE (nice 19 where that is refused): it only gets CPU time nothing else wants, so under
 load it falls behind, and a frame offered while it still works on the last one is skipped and
-counted (`skipped_busy`), never queued. At most one shadow frame exists at a time.
+counted (`skipped_busy`), never queued. At most one shadow frame exists at a time. Idle priority
+alone still costs a loaded server (measured: its caches and the preemptions slowed every step by
+8-20% near capacity), so a frame is also skipped as busy while the server's cores were more than
+`max_cpu` busy over the last fraction of a second (`CpuLoad`, the worker's own CPU taken out).
 
 Frames whose agreement falls below `min_frame_recall` go to the bounded evidence store
 (`EvidenceStore`, rendered by `make audit`); every shadowed frame's counts go to a bounded
@@ -94,6 +97,7 @@ class ShadowSettings:
 
     rate: float = 0.05  # share of frames shadowed
     max_fps: float = 5.0  # and at most this many per second
+    max_cpu: float = 0.8  # skipped as busy while the server's cores are busier than this (1: never)
     min_frame_recall: float = 0.5  # a compared frame below this (or with extra boxes beyond it) is evidence
     evidence_dir: str = ""  # "" keeps no evidence
     evidence_max_frames: int = 200
@@ -201,6 +205,77 @@ class Sampler:
         return "chosen"
 
 
+# -- how busy the server's cores are ---------------------------------------------------------------------
+
+CPU_INTERVAL_S = 0.25  # the busy share is re-read at most this often (one small file read)
+
+
+def _cgroup_quota_cores(cgroup: str) -> float | None:
+    """Cores of a cgroup v2 CPU quota (a Kubernetes CPU limit), None without one."""
+    try:
+        quota, period = open(f"{cgroup}/cpu.max").read().split()[:2]
+        return int(quota) / int(period) if quota != "max" else None
+    except (OSError, ValueError):
+        return None
+
+
+class CpuLoad:
+    """Share of the server's CPU busy since the last reading, without `exclude_pid`'s (the shadow
+    worker's) own time: in a container with a CPU quota, the cgroup's usage against the quota;
+    else /proc/stat's counters of the cores this process may run on."""
+
+    def __init__(self, exclude_pid: int | None = None, proc: str = "/proc", cgroup: str = "/sys/fs/cgroup",
+                 clock=time.monotonic, interval_s: float = CPU_INTERVAL_S):
+        self.exclude_pid, self.proc, self.cgroup, self.clock, self.interval_s = exclude_pid, proc, cgroup, clock, interval_s
+        self.quota = _cgroup_quota_cores(cgroup)
+        self.cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+        self.tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+        self.last = self._read()
+        self.value = 0.0
+
+    def _excluded_s(self) -> float:
+        if not self.exclude_pid:
+            return 0.0
+        try:  # utime and stime: fields 14 and 15, after the parenthesised command name
+            fields = open(f"{self.proc}/{self.exclude_pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * self.tick_s
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _read(self) -> tuple[float, float, float, float] | None:
+        """(clock, busy CPU seconds, CPU seconds available, the excluded process's seconds)."""
+        now = self.clock()
+        try:
+            if self.quota:
+                stat = dict(line.split() for line in open(f"{self.cgroup}/cpu.stat"))
+                return now, int(stat["usage_usec"]) / 1e6, now * self.quota, self._excluded_s()
+            busy = total = 0.0
+            for line in open(f"{self.proc}/stat"):
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (self.cpus is not None and name not in self.cpus):
+                    continue
+                ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]
+            return now, busy * self.tick_s, total * self.tick_s, self._excluded_s()
+        except (OSError, ValueError, KeyError):
+            return None  # unreadable: never busy (the worker's own skip still applies)
+
+    def busy(self) -> float:
+        """The share, refreshed when the last reading is older than `interval_s`."""
+        if self.last is None or self.clock() - self.last[0] < self.interval_s:
+            return self.value
+        current = self._read()
+        if current is None:
+            return self.value
+        available = current[2] - self.last[2]
+        if available > 0:
+            used = (current[1] - self.last[1]) - max(current[3] - self.last[3], 0.0)
+            self.value = min(max(used / available, 0.0), 1.0)
+        self.last = current
+        return self.value
+
+
 # -- the parent's side: hand frames over, collect results -------------------------------------------------
 
 def _send(stream, message) -> None:
@@ -235,6 +310,7 @@ class Shadow:
         self.sampler = Sampler(settings.rate, settings.max_fps)
         self._slot: queue.Queue = queue.Queue(maxsize=1)
         self._busy = threading.Event()
+        self.load: CpuLoad | None = None
         self.available = False
         self.process = None
         if settings.rate <= 0:  # off: no worker, no reference in memory
@@ -257,9 +333,11 @@ class Shadow:
             self.close()
             return
         self.available = True
+        self.load = CpuLoad(exclude_pid=self.process.pid)
         threading.Thread(target=self._write, name="shadow-writer", daemon=True).start()
         threading.Thread(target=self._read, name="shadow-reader", daemon=True).start()
-        self.log(f"shadow parity on: {settings.rate:.1%} of frames (<= {settings.max_fps:g}/s) against "
+        self.log(f"shadow parity on: {settings.rate:.1%} of frames (<= {settings.max_fps:g}/s, none while the cores are "
+                 f"over {settings.max_cpu:.0%} busy) against "
                  f"{settings.reference_file}, worker pid {self.process.pid} at {ready.get('priority')}")
 
     def offer(self, pixels, letterbox: np.ndarray, heads: dict[str, np.ndarray]) -> str | None:
@@ -272,7 +350,7 @@ class Shadow:
             outcome = "unavailable"
         elif choice == "capped":
             outcome = "skipped_cap"
-        elif self._busy.is_set():
+        elif self._busy.is_set() or (self.load is not None and self.load.busy() > self.settings.max_cpu):
             outcome = "skipped_busy"
         else:
             self._busy.set()

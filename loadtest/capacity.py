@@ -4,7 +4,10 @@
     python -m loadtest.capacity tune --streams 8 --fps 10               # `make tune`
 
 capacity: the largest stream count whose run keeps p99 (from due time) within the SLO, late
-frames within the budget, and no drops or errors: doubling, then bisection.
+frames within the budget, and no drops or errors: doubling, then bisection. Measured per frame
+size and per placement (tools.placement): the load generator on the server's cores (shared, the
+conservative figure) and on a core of its own (isolated: what a replica holds when the cameras
+are elsewhere), side by side in one run.
 tune: sweeps the detector's dynamic batching (queue delay, preferred sizes) and the instance
 counts of every step at a given stream count, reloading configs through Triton's repository
 API (explicit model control); writes a table, puts the best config into the repository, and
@@ -30,6 +33,7 @@ from loadtest.spec import LoadSpec, add_spec_arguments, spec_from_args
 from tools import triton_config as tc
 from tools.capacity_plan import capacity_table
 from tools.frame_sets import FrameSet, as_frame_set, resolve_frames
+from tools.placement import PLACEMENTS, Placement, client_side, default_placements, placement
 from tools.repository import RepositoryRecord
 from tools.server import TritonServer
 from tools.triton_config import TUNED_KEYS
@@ -52,8 +56,10 @@ def within_slo(summary: dict, late_budget: float) -> bool:
 
 
 def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path | str, out: Path,
-                  late_budget: float = 0.01, max_streams: int = 64) -> dict:
+                  late_budget: float = 0.01, max_streams: int = 64, where: Placement | None = None) -> dict:
+    """`where`: how the caller placed `server` and this process (default: both on every core)."""
     images = as_frame_set(images)
+    where = where or placement("shared")
     url = server.grpc_url if spec.protocol == "grpc" else server.http_url
     probes: dict[int, dict] = {}
 
@@ -88,54 +94,75 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path 
             middle = (good + bad) // 2
             good, bad = (middle, bad) if probe(middle) else (good, middle)
     # The machine the capacity belongs to: a replica needs as much to serve as many streams.
+    server_cores = cpu_threads() if where.name == "shared" else len(where.server_cpus)
     return {"capacity_streams": good, "fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget,
-            "frame_set": images.record(), "machine": {"cpus": cpu_threads()},
+            "frame_set": images.record(), "machine": {"cpus": server_cores}, "placement": where.record(),
             "probes": {str(k): v for k, v in sorted(probes.items())}}
 
 
 def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], out: Path, late_budget: float,
-                       max_streams: int) -> dict:
-    """Capacity per frame set, one server, one run: the sizes side by side on the same machine state."""
+                       max_streams: int, placements: list[str] | None = None) -> dict:
+    """Capacity per placement and frame set, one run: the sizes and placements side by side on the
+    same machine state (one server per placement, pinned to its cores)."""
     from compress.env import describe_machine
 
-    by_frames = {}
-    with TritonServer(repo, log_path=out / "server.log") as server:
-        for frame_set in frame_sets:
-            print(f"==> capacity with {frame_set.label()}", flush=True)
-            by_frames[frame_set.name] = find_capacity(server, spec, frame_set, out / frame_set.name, late_budget,
-                                                      max_streams)
-            (out / frame_set.name / "capacity.json").write_text(json.dumps(by_frames[frame_set.name], indent=2))
-    first = next(iter(by_frames.values()))
+    by_placement: dict[str, dict] = {}
+    for name in placements or default_placements():
+        where = placement(name)
+        print(f"==> placement {name}: {where.describe()}", flush=True)
+        folder = out if name == "shared" else out / name
+        by_frames = {}
+        with TritonServer(repo, log_path=folder / "server.log", cpus=where.server_cpus) as server, client_side(where):
+            for frame_set in frame_sets:
+                print(f"==> capacity with {frame_set.label()} ({name})", flush=True)
+                by_frames[frame_set.name] = find_capacity(server, spec, frame_set, folder / frame_set.name, late_budget,
+                                                          max_streams, where)
+                (folder / frame_set.name / "capacity.json").write_text(json.dumps(by_frames[frame_set.name], indent=2))
+        by_placement[name] = {**where.record(), "by_frames": by_frames}
+    # the conservative figure (shared cores) leads; `by_frames` is it, or the only placement measured
+    lead = by_placement.get("shared") or next(iter(by_placement.values()))
+    first = next(iter(lead["by_frames"].values()))
     return {"fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget, "machine": describe_machine(),
-            "by_frames": by_frames, **{k: first[k] for k in ("capacity_streams", "frame_set")}}
+            "by_placement": by_placement, "by_frames": lead["by_frames"],
+            **{k: first[k] for k in ("capacity_streams", "frame_set")}}
 
 
 def capacity_markdown(result: dict) -> str:
     lines = [f"# Capacity at {result['fps']:g} FPS per stream, p99 <= {result['slo_ms']:.0f} ms", "",
              machine_line(result["machine"]), "", *capacity_table(result)]
     lines += ["", "Per-step compute is Triton's compute time per frame at the largest stream count held "
-                  "(the batch's run divided by its frames); client CPU is Locust's processes per frame sent."]
+                  "(the batch's run divided by its frames); client CPU is Locust's processes per frame sent. "
+                  "shared: the load generator runs on the server's cores (its CPU counts against the server: the "
+                  "conservative figure); isolated: on a core of its own, the server on the rest (what a replica "
+                  "with that many cores holds when the cameras are elsewhere)."]
     return "\n".join(lines) + "\n"
 
 
 def plot_capacity(result: dict, path: Path) -> None:
+    placements = result.get("by_placement") or {"shared": {"by_frames": result["by_frames"]}}
     names = list(result["by_frames"])
+    lead = next(iter(placements))
     with saved_figure(path, columns=2, size=(11, 4)) as (_, axes):
-        held = [result["by_frames"][n]["capacity_streams"] for n in names]
-        axes[0].bar(names, held, color="C0")
+        width = 0.8 / len(placements)
+        for index, (label, entry) in enumerate(placements.items()):
+            held = [entry["by_frames"][n]["capacity_streams"] if n in entry["by_frames"] else 0 for n in names]
+            axes[0].bar([i + index * width for i in range(len(names))], held, width=width, color=f"C{index}",
+                        label=f"{label} ({len(entry.get('server_cpus', [])) or '-'} server cores)")
+        axes[0].set_xticks([i + width * (len(placements) - 1) / 2 for i in range(len(names))], names)
         axes[0].set_ylabel(f"streams held at {result['fps']:g} FPS")
         axes[0].set_title(f"capacity within p99 <= {result['slo_ms']:.0f} ms")
+        axes[0].legend(fontsize=8)
         bottom = [0.0] * len(names)
         for step, colour in (("preprocess", "C1"), ("detector", "C2"), ("postprocess", "C3")):
             values = []
             for n in names:
-                r = result["by_frames"][n]
+                r = placements[lead]["by_frames"][n]
                 probe = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
                 values.append(probe["compute_ms_per_frame"][step] or 0.0)
             axes[1].bar(names, values, bottom=bottom, color=colour, label=step)
             bottom = [b + v for b, v in zip(bottom, values)]
         axes[1].set_ylabel("server compute per frame (ms)")
-        axes[1].set_title("where a frame's time goes")
+        axes[1].set_title(f"where a frame's time goes ({lead})")
         axes[1].legend(fontsize=8)
 
 
@@ -219,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", "--images", dest="frames", default=None,
                         help="comma-separated frame sets: dataset (alias 256), 720p, 1080p, or folders of your own "
                              f"(capacity default: {','.join(CAPACITY_FRAME_SETS)}; tune default: 1080p)")
+    parser.add_argument("--placement", default=None,
+                        help=f"capacity: comma-separated, of {', '.join(PLACEMENTS)} (default: both where there are "
+                             "cores to isolate the load generator on, else shared)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
     spec = spec_from_args(args)
@@ -228,7 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "capacity":
         RepositoryRecord.load(args.repo)  # built, or one error saying how
         frame_sets = [resolve_frames(name, args.artifacts) for name in names or CAPACITY_FRAME_SETS]
-        result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams)
+        placements = [n.strip() for n in (args.placement or "").split(",") if n.strip()] or None
+        for name in placements or []:
+            placement(name)  # an unknown name or too few cores: one error before any server starts
+        result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams, placements)
         (out / "capacity.json").write_text(json.dumps(result, indent=2))
         (out / "capacity.md").write_text(capacity_markdown(result))
         plot_capacity(result, out / "capacity.png")

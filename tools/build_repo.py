@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shadow-rate", dest="shadow_rate", type=float, help="share of frames shadowed (default 0.05)")
     parser.add_argument("--shadow-max-fps", dest="shadow_max_fps", type=float,
                         help="at most this many shadowed frames per second (default 5)")
+    parser.add_argument("--shadow-max-cpu", dest="shadow_max_cpu", type=float,
+                        help="no shadowed frame while the server's cores are busier than this share (default 0.8; "
+                             "1: only the worker being busy skips)")
     parser.add_argument("--shadow-reference", type=Path,
                         help="the FP32 ONNX shadow parity compares with (default: the gate's reference)")
     parser.add_argument("--evidence-dir", dest="evidence_dir",

@@ -45,57 +45,74 @@ def master_args() -> list[str]:
     return job["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def capacity_for(artifacts: Path, frames: str | None = None) -> dict | None:
-    """The capacity `make capacity` measured with frame set `frames` (a name as FRAMES= takes it);
-    without one, the largest frames measured. None if not measured."""
+def _by_placement(record: dict) -> dict[str, dict]:
+    """capacity.json's measurements per placement (tools.placement); one written before placements
+    were measured is the shared one."""
+    return record.get("by_placement") or {"shared": {"name": "shared", "by_frames": record.get("by_frames", {})}}
+
+
+def capacity_for(artifacts: Path, frames: str | None = None, placement: str | None = "shared") -> dict | None:
+    """The capacity `make capacity` measured with frame set `frames` (a name as FRAMES= takes it;
+    without one, the largest frames measured) at `placement` (shared: the load generator on the
+    server's cores; isolated: on a core of its own; None: isolated where measured, else shared).
+    None if not measured."""
     path = Path(artifacts) / "capacity" / "capacity.json"
     if not path.exists():
         return None
     record = json.loads(path.read_text())
     if "by_frames" not in record and "capacity_streams" in record:  # written before frame sets: frames unknown
-        return {**record, "source": str(path)} if frames in (None, "") else None
-    by_frames = record.get("by_frames", {})
+        return {**record, "source": str(path)} if frames in (None, "") and placement in (None, "shared") else None
+    placements = _by_placement(record)
+    placement = placement or ("isolated" if "isolated" in placements else "shared")
+    by_frames = placements.get(placement, {}).get("by_frames", {})
     if frames in (None, ""):
         if not by_frames:
             return None
         frames = max(by_frames, key=lambda n: by_frames[n]["frame_set"]["width"] * by_frames[n]["frame_set"]["height"])
     name = "dataset" if str(frames) in ("256", "dataset") else Path(str(frames)).name
     found = by_frames.get(name)
-    return {**found, "source": str(path)} if found else None
+    return {"placement": {"name": placement}, **found, "source": str(path)} if found else None
 
 
 def capacity_table(result: dict) -> list[str]:
-    """The capacity per frame size (capacity.json) as markdown table lines: `make capacity`'s
-    report and the README's headline print the same lines."""
-    by_frames = result["by_frames"]
-    base = by_frames.get("dataset", {}).get("capacity_streams")
-    lines = ["| frames | size | KiB/frame | streams held | vs dataset | bottleneck | preprocess ms/frame | "
-             "detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for name, r in by_frames.items():
-        held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
-        compute, fs = held["compute_ms_per_frame"], r["frame_set"]
-        ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
-        lines.append(f"| {name} | {fs['width']}x{fs['height']} | {fs['mean_kib']} | {r['capacity_streams']} | {ratio} | "
-                     f"{held['bottleneck']} | {compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
-                     f"{held['client_cpu_ms_per_frame']} |")
+    """The capacity per placement and frame size (capacity.json) as markdown table lines: `make
+    capacity`'s report and the README's headline print the same lines."""
+    lines = ["| frames | load generator | server cores | size | KiB/frame | streams held | vs dataset | bottleneck | "
+             "preprocess ms/frame | detector ms/frame | postprocess ms/frame | client CPU ms/frame |",
+             "|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for label, entry in _by_placement(result).items():
+        by_frames = entry["by_frames"]
+        base = by_frames.get("dataset", {}).get("capacity_streams")
+        where = "on the server's cores" if label == "shared" else f"isolated (cores {','.join(map(str, entry['client_cpus']))})"
+        for name, r in by_frames.items():
+            held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
+            compute, fs = held["compute_ms_per_frame"], r["frame_set"]
+            ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
+            lines.append(f"| {name} | {where} | {r.get('machine', {}).get('cpus', '-')} | {fs['width']}x{fs['height']} | "
+                         f"{fs['mean_kib']} | {r['capacity_streams']} | {ratio} | {held['bottleneck']} | "
+                         f"{compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
+                         f"{held['client_cpu_ms_per_frame']} |")
     return lines
 
 
-def measured_capacity(artifacts: Path, frames: str | None = None) -> dict:
+def measured_capacity(artifacts: Path, frames: str | None = None, placement: str | None = None) -> dict:
     """The best capacity measurement there is for the frames the cameras send (`frames`; default
-    1080p, else the largest measured): tuned (make tune) over untuned (make capacity)."""
-    wanted = frames or ("1080p" if capacity_for(artifacts, "1080p") else None)
+    1080p, else the largest measured) at `placement` (None: isolated where measured, else shared):
+    at shared cores, tuned (make tune measures there) over untuned (make capacity)."""
+    if placement is None:
+        placement = "isolated" if capacity_for(artifacts, frames, "isolated") else "shared"
+    wanted = frames or ("1080p" if capacity_for(artifacts, "1080p", placement) else None)
     tune = artifacts / "tune" / "tune.json"
-    if tune.exists():
+    if tune.exists() and placement == "shared":
         tuned = json.loads(tune.read_text())
         tuned_frames = tuned.get("frame_set", {}).get("name")
         if "tuned_capacity" in tuned and (wanted is None or tuned_frames == wanted):
-            return {**tuned["tuned_capacity"], "source": str(tune)}
-    found = capacity_for(artifacts, wanted)
+            return {"placement": {"name": "shared"}, **tuned["tuned_capacity"], "source": str(tune)}
+    found = capacity_for(artifacts, wanted, placement)
     if found:
         return found
-    raise InputFileError(f"no capacity measurement{' with ' + wanted + ' frames' if wanted else ''} in {artifacts}",
+    raise InputFileError(f"no capacity measurement{' with ' + wanted + ' frames' if wanted else ''} "
+                         f"at placement {placement} in {artifacts}",
                          hint=f"run `make capacity{' FRAMES=' + wanted if wanted else ''}` (or `make tune`) first, "
                               "or pass --per-replica-streams (assumed)")
 
@@ -130,6 +147,9 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
                                          "kind": capacity.get("kind", "measured"), "source": capacity.get("source")},
             # the frames the capacity was measured with: a plan holds only for frames that size
             "frames": _frames_label(capacity),
+            # where the load generator ran while it was measured (tools.placement)
+            "placement": capacity.get("placement", {}).get("name", "assumed" if capacity.get("kind") == "assumed"
+                                                            else "shared"),
             "slo_ms": capacity.get("slo_ms"),
             "replica_cpus": {"value": cpus, "kind": cpus_kind},
             "replica_memory_mb": {"value": memory, "kind": "measured (soak RSS)" if memory_mb else "assumed"},
@@ -156,6 +176,22 @@ def plan(cameras: int, fps: float, capacity: dict, memory_mb: float | None, sett
                       "shm_mb": shm_size_bytes(settings) // 2**20},
         "loadtest": {"streams": cameras, "workers": max(1, math.ceil(cameras / STREAMS_PER_LOCUST_WORKER))},
     }
+
+
+def with_conservative_line(result: dict, artifacts: Path, capacity: dict, memory_mb: float | None,
+                           settings: tc.RepositorySettings) -> dict:
+    """A plan on the isolated figure keeps the shared-core one beside it (`conservative`): the
+    replicas and cores it would take if the load generator's CPU were the replica's."""
+    if result["inputs"]["placement"] != "isolated":
+        return result
+    shared = capacity_for(artifacts, capacity.get("frame_set", {}).get("name"), "shared")
+    if shared and shared["capacity_streams"] > 0:
+        i = result["inputs"]
+        other = plan(i["cameras"], i["fps"], shared, memory_mb, settings, i["overlay"])
+        result["conservative"] = {"placement": "shared", "streams": shared["capacity_streams"],
+                                  "cpus": other["resources"]["cpu"], "replicas": other["replicas"],
+                                  "cores": other["replicas"] * float(other["resources"]["cpu"])}
+    return result
 
 
 def _frames_label(capacity: dict) -> str:
@@ -205,6 +241,20 @@ def frames_line(result: dict) -> str:
     return f"- frames this plan assumes: **{result['inputs']['frames']}** (the size the capacity was measured with)"
 
 
+def placement_line(result: dict) -> str:
+    i = result["inputs"]
+    said = {"isolated": "isolated: the load generator on a core of its own while it was measured, as cameras "
+                        "elsewhere are", "shared": "shared: the load generator on the replica's cores while it was "
+                                                   "measured (its CPU counted against the replica: conservative)",
+            "assumed": "assumed (not measured)"}
+    line = f"- capacity measured with the load generator {said.get(i.get('placement', 'shared'), i.get('placement'))}"
+    other = result.get("conservative")
+    if other:
+        line += (f"; sized on the shared-core figure instead ({other['streams']} streams on {other['cpus']} CPUs) it "
+                 f"would be {other['replicas']} replicas, {other['cores']:g} cores (the conservative line)")
+    return line
+
+
 def replicas_line(result: dict) -> str:
     i = result["inputs"]
     return (f"- replicas = max(2, ceil({result['demand_fps']:g} / ({result['replica_fps']:g} x {i['target_utilisation']})))"
@@ -217,6 +267,7 @@ def to_markdown(result: dict) -> str:
     lines = [f"# {plan_title(result)}", "",
              f"- demand: {i['cameras']} x {i['fps']:g} = **{result['demand_fps']:g} frames/s**",
              frames_line(result),
+             placement_line(result),
              f"- one replica ({cap['kind']}, {cap['source']}): {cap['value']} streams x {cap['at_fps']:g} FPS within "
              f"p99 <= {i['slo_ms']} ms = **{result['replica_fps']:g} frames/s** on {i['replica_cpus']['value']} CPUs "
              f"({i['replica_cpus']['kind']})",
@@ -249,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=Path, help="a capacity.json (default: the artifacts' tune or capacity)")
     parser.add_argument("--frames", help="the frames the cameras send, as measured by `make capacity FRAMES=...` "
                                          "(default: 1080p when measured, else the largest measured)")
+    parser.add_argument("--placement", choices=["shared", "isolated"],
+                        help="which measured capacity to plan on: the load generator isolated (default where "
+                             "measured: cameras are elsewhere in a cluster) or on the server's cores (conservative)")
     parser.add_argument("--per-replica-streams", type=int, help="assumed capacity (streams at --fps), e.g. for GPU "
                                                                 "replicas not measured here")
     parser.add_argument("--replica-cpus", type=int, help="with --per-replica-streams: CPUs of that replica")
@@ -261,10 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.capacity:
         capacity = {**json.loads(args.capacity.read_text()), "source": str(args.capacity)}
     else:
-        capacity = measured_capacity(args.artifacts, args.frames)
+        capacity = measured_capacity(args.artifacts, args.frames, args.placement)
     settings = RepositoryRecord.load(args.repo).settings  # the plan sizes /dev/shm from it
-    result = plan(args.cameras, args.fps, capacity, None if args.per_replica_streams else soak_memory_mb(args.artifacts),
-                  settings, args.overlay)
+    memory = None if args.per_replica_streams else soak_memory_mb(args.artifacts)
+    result = plan(args.cameras, args.fps, capacity, memory, settings, args.overlay)
+    with_conservative_line(result, args.artifacts, capacity, memory, settings)
     folder = args.out / f"plan-{args.overlay}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kustomization.yaml").write_text(

@@ -28,15 +28,16 @@ from compress.errors import ServerError
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent():
-    """A Popen `preexec_fn`: the child gets SIGTERM when the thread that started it dies.
+def die_with_parent(cpus: tuple[int, ...] | None = None):
+    """A Popen `preexec_fn`: the child gets SIGTERM when the thread that started it dies (and,
+    given `cpus`, runs on those cores only: its children inherit them).
 
     Without it a toolkit killed by SIGKILL or an OOM would leave its servers running with their
     ports bound. SIGTERM lets Triton drain and stop its Python stubs. Linux only; elsewhere
     returns None. The libc call is resolved before fork: nothing is loaded in the child.
     """
     if not sys.platform.startswith("linux"):
-        return None
+        return None if not cpus else (lambda: os.sched_setaffinity(0, cpus))
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
 
@@ -44,6 +45,8 @@ def die_with_parent():
         prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return preexec
 
@@ -52,8 +55,10 @@ class ManagedProcess:
     """A child process with a name, a log and an orderly stop."""
 
     def __init__(self, name: str, command: list[str], env: dict | None = None, cwd: Path | None = None,
-                 log_path: Path | None = None, capture: bool = False, new_session: bool = True):
+                 log_path: Path | None = None, capture: bool = False, new_session: bool = True,
+                 cpus: tuple[int, ...] | None = None):
         self.name, self.command, self.env, self.cwd = name, [str(c) for c in command], env, cwd
+        self.cpus = tuple(cpus) if cpus else None  # None: the cores this process has
         self.log_path = Path(log_path) if log_path else None
         self.capture, self.new_session = capture, new_session
         self.process: subprocess.Popen | None = None
@@ -71,7 +76,7 @@ class ManagedProcess:
         output = subprocess.PIPE if self.capture else (self._log or subprocess.DEVNULL)
         self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=output,
                                         stderr=subprocess.STDOUT, start_new_session=self.new_session,
-                                        preexec_fn=die_with_parent(), **({"text": True, "bufsize": 1}
+                                        preexec_fn=die_with_parent(self.cpus), **({"text": True, "bufsize": 1}
                                                                          if self.capture else {}))
         self.started_at = time.monotonic()
         if self.capture:

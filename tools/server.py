@@ -98,7 +98,7 @@ class TritonServer:
 
     def __init__(self, repository: Path, models: tuple[str, ...] = ("yolo",), http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, log_path: Path | None = None,
-                 exit_timeout_s: int = 10, admin_key: str | None = None):
+                 exit_timeout_s: int = 10, admin_key: str | None = None, cpus: tuple[int, ...] | None = None):
         self.repository = require_file(repository, "model repository").resolve()
         self.models = models
         self.http_port = http_port or free_port()
@@ -107,6 +107,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.exit_timeout_s = exit_timeout_s
         self.admin_key = admin_key  # set: operator APIs need it (restricted), and `load` sends it
+        self.cpus = cpus  # the cores the server (and its stubs) run on; None: this process's (tools.placement)
         self._process: ManagedProcess | None = None
 
     @property
@@ -147,7 +148,7 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(paths["libs"]), env.get("LD_LIBRARY_PATH")) if p)
         env.setdefault("OMP_NUM_THREADS", "1")
         self._process = ManagedProcess("tritonserver", self.command(paths["binary"], paths["backends"]), env=env,
-                                       log_path=self.log_path).start()
+                                       log_path=self.log_path, cpus=self.cpus).start()
         try:
             self._process.wait_until(lambda: self._ask("is_server_live"), timeout_s, "start", poll_s=0.2)
             for model in self.models:

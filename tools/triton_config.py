@@ -103,6 +103,7 @@ class RepositorySettings:
     shadow: bool = False
     shadow_rate: float = 0.05  # share of frames shadowed (0: off, no worker; drift signals still counted)
     shadow_max_fps: float = 5.0  # and at most this many per second per postprocess instance
+    shadow_max_cpu: float = 0.8  # none while the server's cores are busier than this share (1: never skip for load)
     shadow_min_frame_recall: float = 0.5  # a compared frame below this is kept as evidence
     # Evidence frames and the agreement log; relative paths are resolved against the repository's
     # parent (`model_repository/` -> `evidence/` beside it; /models in the container -> /evidence)
@@ -148,8 +149,10 @@ class RepositorySettings:
             raise ConfigError("max_queue_size, queue_timeout_us and the queue delays must be >= 0")
         if min(self.max_image_pixels, self.max_image_bytes, self.min_image_side) < 1:
             raise ConfigError("max_image_pixels, max_image_bytes and min_image_side must be >= 1")
-        if not 0 <= self.shadow_rate <= 1 or self.shadow_max_fps <= 0 or not 0 <= self.shadow_min_frame_recall <= 1:
-            raise ConfigError("shadow_rate and shadow_min_frame_recall must be in [0, 1], shadow_max_fps > 0")
+        if not 0 <= self.shadow_rate <= 1 or self.shadow_max_fps <= 0 or not 0 <= self.shadow_min_frame_recall <= 1 \
+                or not 0 < self.shadow_max_cpu <= 1:
+            raise ConfigError("shadow_rate and shadow_min_frame_recall must be in [0, 1], shadow_max_fps > 0, "
+                              "shadow_max_cpu in (0, 1]")
         if min(self.evidence_max_frames, self.evidence_max_bytes) < 0:
             raise ConfigError("evidence_max_frames and evidence_max_bytes must be >= 0")
 
@@ -162,6 +165,7 @@ class RepositorySettings:
                 "detections_per_frame": drift.get("detections_per_frame"),
                 "mean_confidence": drift.get("mean_confidence")}
         return {"shadow_rate": self.shadow_rate, "shadow_max_fps": self.shadow_max_fps,
+                "shadow_max_cpu": self.shadow_max_cpu,
                 "shadow_min_frame_recall": self.shadow_min_frame_recall, "shadow_evidence_dir": self.evidence_dir,
                 "shadow_evidence_max_frames": self.evidence_max_frames,
                 "shadow_evidence_max_bytes": self.evidence_max_bytes, "shadow_reference_file": SHADOW_REFERENCE_FILE,

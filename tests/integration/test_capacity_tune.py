@@ -104,3 +104,35 @@ def test_serving_overhead_alternates_in_process_and_served_rounds(served_repo, t
     steps = result["sweep"][str(result["best_concurrency"])]["steps"]
     assert {"preprocess", "detector", "postprocess"} <= set(steps) and "yolo" not in steps
     assert steps["detector"]["requests"] > 0 and steps["detector"]["busy_s"] > 0
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="isolating the load generator needs two cores")
+def test_capacity_side_by_side_with_the_load_generator_isolated(served_repo, tmp_path, val_images):
+    """Both placements in one run; the isolated server (and every stub it starts) runs on its own
+    cores, the load generator on the rest, and each record says where it ran."""
+    import os
+
+    import psutil
+
+    from loadtest.capacity import measure_capacities
+    from tools.frame_sets import as_frame_set
+    from tools.placement import placement
+    from tools.server import TritonServer
+
+    isolated = placement("isolated")
+    with TritonServer(served_repo, log_path=tmp_path / "pinned.log", cpus=isolated.server_cpus) as server:
+        processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+        assert len(processes) >= 4  # the server and its steps' stubs
+        assert all(tuple(sorted(p.cpu_affinity())) == isolated.server_cpus for p in processes)
+    before = os.sched_getaffinity(0)
+    result = measure_capacities(served_repo, LoadSpec(fps=4, duration_s=3, slo_ms=2000),
+                                [as_frame_set(val_images[0].parent)], tmp_path / "capacity", 0.05, 1,
+                                ["shared", "isolated"])
+    assert os.sched_getaffinity(0) == before
+    assert list(result["by_placement"]) == ["shared", "isolated"]
+    entry = result["by_placement"]["isolated"]
+    assert entry["server_cpus"] == list(isolated.server_cpus) and entry["client_cpus"] == list(isolated.client_cpus)
+    held = next(iter(entry["by_frames"].values()))
+    assert held["capacity_streams"] == 1 and held["machine"]["cpus"] == len(isolated.server_cpus)
+    assert held["placement"]["name"] == "isolated" and held["probes"]["1"]["client_cpu_ms_per_frame"] > 0
+    assert result["by_frames"] == result["by_placement"]["shared"]["by_frames"]  # the conservative figure leads

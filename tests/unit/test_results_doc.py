@@ -64,7 +64,7 @@ def test_results_gather_each_report_under_its_section_and_name_what_was_not_meas
     fake_artifacts(tmp_path)
     text = render(tmp_path)
     assert text.startswith("# Results") and "from commit " in text and "cores;" in text
-    assert "| 1080p | 1920x1080 | 239.9 | 9 | 45% |" in text and "### Capacity at 10 FPS" in text  # title demoted
+    assert "| 1080p | on the server's cores | - | 1920x1080 | 239.9 | 9 | 45% |" in text and "### Capacity at 10 FPS" in text  # title demoted
     assert "**Served: ReLU student**" in text and "| 1 | relu_1x |" in text
     assert "Conv 61%" not in text  # only the named parts of the compression report
     assert "| baseline | 12.0 |" in text and "**34.0 minutes**" in text  # stage times from the manifest
@@ -80,7 +80,7 @@ def test_headline_comes_from_the_records_and_every_line_is_in_the_results(tmp_pa
     block = headline(tmp_path, stamp)
     assert block.startswith(stamp) and "Each section below" not in block
     assert "**Served: ReLU student**, +0.30 points of mAP50-95 against the reference (budget 1), 2.07x / 2.303x" in block
-    assert "| 1080p | 1920x1080 | 239.9 | 9 | 45% | detector |" in block and "| dataset | 320x320 | 40.1 | 20 | 100% |" in block
+    assert "| 1080p | on the server's cores | - | 1920x1080 | 239.9 | 9 | 45% | detector |" in block and "| dataset | on the server's cores | - | 320x320 | 40.1 | 20 | 100% |" in block
     assert "**34.0 minutes**" in block and "**21.5 minutes**" in block
     assert "Capacity plan: 500 cameras x 10 FPS on cpu nodes:" in block
     assert "= **80**" in block and "HPA" not in block  # 5000 / (9 x 10 x 0.7) -> 80 replicas

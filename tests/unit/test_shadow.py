@@ -103,7 +103,7 @@ def test_evidence_store_disk_errors_are_an_outcome_not_an_exception(tmp_path):
 def test_shadow_settings_round_trip_through_config_parameters():
     from tools import triton_config as tc
 
-    settings = tc.RepositorySettings((64, 64), 3, shadow=True, shadow_rate=0.1, shadow_max_fps=7,
+    settings = tc.RepositorySettings((64, 64), 3, shadow=True, shadow_rate=0.1, shadow_max_fps=7, shadow_max_cpu=0.6,
                                      shadow_baseline={"agreement": {"box_recall": 0.97, "extra_boxes": 0.03},
                                                       "drift": {"detections_per_frame": 2.5, "mean_confidence": 0.61}})
     configs = {c.name: tc.read_config(tc.write_config(c, _tmp(c.name))) for c in tc.all_configs(settings)}
@@ -111,7 +111,8 @@ def test_shadow_settings_round_trip_through_config_parameters():
     assert "PIXELS" in [i.name for i in post.input]
     params = {k: v.string_value for k, v in post.parameters.items()}
     shadow = ShadowSettings.from_parameters(params)
-    assert (shadow.rate, shadow.max_fps, shadow.reference_file) == (0.1, 7.0, tc.SHADOW_REFERENCE_FILE)
+    assert (shadow.rate, shadow.max_fps, shadow.max_cpu, shadow.reference_file) == (0.1, 7.0, 0.6,
+                                                                                   tc.SHADOW_REFERENCE_FILE)
     assert params["gate_box_recall"] == "0.97" and params["gate_mean_confidence"] == "0.61"
     step = [s for s in configs[tc.ENSEMBLE_NAME].ensemble_scheduling.step if s.model_name == tc.POSTPROCESS][0]
     assert step.input_map["PIXELS"] == "pixels"
@@ -120,6 +121,76 @@ def test_shadow_settings_round_trip_through_config_parameters():
     assert not any(k.startswith("shadow_") for k in off[tc.POSTPROCESS].parameters)
     with pytest.raises(tc.ConfigError):
         tc.RepositorySettings((64, 64), 3, shadow_rate=1.5)
+    with pytest.raises(tc.ConfigError):
+        tc.RepositorySettings((64, 64), 3, shadow_max_cpu=0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _proc_stat(root, cpus: dict[int, tuple[int, int]]) -> None:
+    """/proc/stat with per-CPU (busy, idle) ticks; the worker's stat with 5 ticks."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{c} {busy} 0 0 {idle} 0 0 0 0 0 0" for c, (busy, idle) in cpus.items()]
+    (root / "stat").write_text("\n".join(lines) + "\nintr 1 2 3\n")
+
+
+def test_cpu_load_is_the_busy_share_of_the_servers_cores_without_the_worker(tmp_path, monkeypatch):
+    import os
+
+    from compress.shadow import CpuLoad
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    (tmp_path / "42").mkdir()
+    worker = tmp_path / "42" / "stat"
+    worker.write_text("42 (python3 shadow.py) S 1 2 3 4 5 6 7 8 9 10 0 0 0 0 20 0")
+    _proc_stat(tmp_path, {0: (0, 0), 1: (0, 0), 2: (0, 0)})
+    clock = FakeClock()
+    load = CpuLoad(exclude_pid=42, proc=str(tmp_path), cgroup=str(tmp_path / "no-cgroup"), clock=clock)
+    # 1 s later: cores 0 and 1 each 90 of 100 ticks busy; core 2 (not ours) idle; the worker used 10 ticks of it
+    _proc_stat(tmp_path, {0: (90, 10), 1: (90, 10), 2: (0, 100)})
+    worker.write_text("42 (python3 shadow.py) S 1 2 3 4 5 6 7 8 9 10 6 4 0 0 20 0")
+    assert load.busy() == 0.0  # read again only after the interval
+    clock.now += 1.0
+    assert load.busy() == pytest.approx((180 - 10) / 200)
+    # a container with a CPU limit: the cgroup's usage against its quota (1.5 cores)
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "cpu.max").write_text("150000 100000\n")
+    (cgroup / "cpu.stat").write_text("usage_usec 1000000\nuser_usec 1\n")
+    limited = CpuLoad(proc=str(tmp_path), cgroup=str(cgroup), clock=clock)
+    (cgroup / "cpu.stat").write_text("usage_usec 1750000\nuser_usec 1\n")
+    clock.now += 1.0
+    assert limited.busy() == pytest.approx(0.75 / 1.5)
+    (cgroup / "cpu.stat").unlink()  # unreadable: the last value stands, never an exception
+    clock.now += 1.0
+    assert limited.busy() == pytest.approx(0.5)
+
+
+def test_a_sampled_frame_is_skipped_as_busy_while_the_cores_are_loaded():
+    from compress.shadow import Shadow, ShadowSettings
+
+    shadow = Shadow(ShadowSettings(rate=0.0), "/nonexistent", {}, report=lambda deltas: seen.append(deltas))
+    seen: list = []
+    shadow.sampler.rate = 1.0  # every frame chosen; no worker needed to reach the decision
+    shadow.available = True
+
+    class Loaded:
+        def busy(self):
+            return 0.95
+
+    shadow.load = Loaded()
+    assert shadow.offer(np.zeros((3, 8, 8), np.uint8), np.zeros(4), {}) == "skipped_busy"
+    from compress.shadow import outcome_key
+
+    assert seen == [{outcome_key("skipped_busy"): 1}]
+    Loaded.busy = lambda self: 0.5
+    assert shadow.offer(np.zeros((3, 8, 8), np.uint8), np.zeros(4), {}) == "handed"
 
 
 def _tmp(name: str):
