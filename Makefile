@@ -104,7 +104,7 @@ summary: venv ## Print what is served, its accuracy against the budget, its spee
 bench: venv ## Re-measure the report (interleaved latency with spread, op profile, mAP, front) into $(ARTIFACTS)/report/
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages report --force
 
-bench-peers: venv ## The served model beside Ultralytics' OpenVINO INT8 export of the same baseline (NNCF), and both files on ONNX Runtime and OpenVINO: latency side by side (each in its own process), mAP by one evaluator -> $(ARTIFACTS)/peers/
+bench-peers: venv ## The served model beside Ultralytics' OpenVINO INT8 export of the same baseline (NNCF), both files on ONNX Runtime and OpenVINO, and the served model's FP32 twin quantized by NNCF for OpenVINO: latency side by side (each in its own process), mAP by one evaluator -> $(ARTIFACTS)/peers/
 	$(PY) -m compress.peer_bench --artifacts $(ARTIFACTS) $(if $(LATENCY_THREADS),--threads $(LATENCY_THREADS))
 
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
@@ -215,6 +215,7 @@ lock: venv ## Re-pin requirements.lock from the current virtualenv
 clean: ## Remove artifacts and the generated parts of the model repository
 	rm -rf $(ARTIFACTS) build runs $(REPO)/detector $(REPO)/yolo $(REPO)/repository.json
 	rm -f $(REPO)/*/config.pbtxt $(REPO)/*/1/yolo_ops.py
+	rm -f $(REPO)/postprocess/1/shadow.py $(REPO)/postprocess/1/onnx_session.py $(REPO)/postprocess/1/reference.onnx
 	rm -rf $(REPO)/*/warmup
 
 clean-all: clean ## Also remove the virtualenv and caches

@@ -146,11 +146,18 @@ def read_openvino_info(xml: Path) -> OnnxInfo:
     imgsz = meta["imgsz"]
     image_size = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) else (int(imgsz), int(imgsz))
     outputs = _openvino().Core().read_model(str(xml)).outputs
+    text_meta = {key: str(value) for key, value in meta.items()}
+    if meta.get("head_layout") == "raw":  # the project's own raw-head export, as an IR (compress/openvino_quantize.py)
+        if len(outputs) != 2:
+            raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected box_logits and class_logits")
+        shape = outputs[1].get_partial_shape()
+        anchors = shape[2].get_length() if len(shape) == 3 and shape[2].is_static else None
+        return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
+                        head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "raw", text_meta)
     if len(outputs) != 1:
         raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected a YOLO detect head (output0)")
     shape = outputs[0].get_partial_shape()
     anchors = shape[2].get_length() if len(shape) == 3 and shape[2].is_static else None
-    text_meta = {key: str(value) for key, value in meta.items()}
     return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
                     head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "decoded", text_meta)
 

@@ -15,6 +15,9 @@ instance; compress/benchmark.py):
     served model on ONNX Runtime           what `make repo` serves (the gate's record)
     Ultralytics OpenVINO INT8 (NNCF)       the peer, at OpenVINO's default precision and at f32
     served model's file on OpenVINO f32    is OpenVINO a faster runtime for the project's own file?
+    served model's FP32 twin, NNCF INT8    ... or for the same model quantized the way OpenVINO runs
+      on OpenVINO (default and f32)        fastest (compress/openvino_quantize.py: same images and
+                                           float layers as the served Q/DQ file)
     baseline FP32 on OpenVINO f32          ... and for the FP32 model?
 Each is timed twice: the detector file alone, and end to end (detector plus the served
 post-processing on real val frames): the peer's graph decodes boxes inside, the served one leaves
@@ -46,6 +49,8 @@ PEER = "peer_openvino"
 PEER_F32 = "peer_openvino_f32"
 SERVED_OPENVINO = "served_openvino_f32"
 BASELINE_OPENVINO = "baseline_openvino_f32"
+SERVED_NNCF = "served_nncf_openvino"
+SERVED_NNCF_F32 = "served_nncf_openvino_f32"
 CALIBRATION_SPLIT = "train"
 # `yolo export format=openvino quantize=8` (the older spelling: int8=True), calibrated on the train split
 EXPORT_ARGS = {"format": "openvino", "quantize": 8, "split": CALIBRATION_SPLIT, "batch": 1, "device": "cpu"}
@@ -114,6 +119,23 @@ def peer_rows(baseline_onnx: Path, served_onnx: Path, peer_xml: Path) -> dict[st
     }
 
 
+def nncf_twin(artifacts: Path, data_yaml: Path, image_size: tuple[int, int], out_dir: Path) -> tuple[Path, dict] | None:
+    """The served INT8 model's FP32 twin quantized by NNCF for OpenVINO with the served recipe
+    (its calibration images and float layers); None when the served model is not INT8."""
+    from compress.openvino_quantize import nncf_quantize
+    from compress.quantize import calibration_images
+
+    served = Report.load(artifacts).served
+    if served.precision != "int8" or not served.quantization:
+        return None
+    recipe = served.quantization
+    xml = out_dir / "served_nncf" / "model.xml"
+    with stage("peer: the served model's FP32 twin, NNCF INT8 for OpenVINO"):
+        record = nncf_quantize(served.fp32_onnx, xml, image_size,
+                               calibration_images(data_yaml, recipe["calibration_images"]), recipe.get("float_nodes"))
+    return xml, record
+
+
 def served_model(artifacts: Path) -> tuple[Path, str, bool]:
     """(file, label, gated): what `make repo` serves (the gate's record, labelled by the report's
     row for that file), else the report's choice, said to be ungated."""
@@ -157,6 +179,14 @@ def comparison(rows: dict[str, dict], latency: dict[str, dict], end_to_end: dict
     for batch in BATCH_SIZES:
         lines.append(f"batch {batch}, detector only: " + _ratio_words(
             speedup(latency, SERVED_OPENVINO, SERVED, batch), "the served file on ONNX Runtime", "OpenVINO f32"))
+    if SERVED_NNCF in rows:
+        for batch in BATCH_SIZES:
+            lines.append(f"batch {batch}, end to end: " + _ratio_words(
+                speedup(end_to_end, SERVED_NNCF, SERVED, batch), "the served model on ONNX Runtime",
+                "its NNCF INT8 on OpenVINO"))
+        points = round(100 * (served["map50_95"] - rows[SERVED_NNCF]["map50_95"]), 2)
+        lines.append(f"mAP50-95: the served Q/DQ file {points:+.2f} points against its NNCF INT8 on OpenVINO "
+                     f"({served['map50_95']:.4f} vs {rows[SERVED_NNCF]['map50_95']:.4f})")
     if reference is not None and budget_points is not None:
         def held(key: str) -> str:
             drop = points_below(reference.map50_95, rows[key]["map50_95"])
@@ -185,6 +215,12 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
     rows = peer_rows(baseline_onnx, served_onnx, peer_xml)
     rows[SERVED]["label"] = f"served: {served_label}"
     rows[SERVED_OPENVINO]["label"] = f"served file on OpenVINO: {served_label}"
+    twin = nncf_twin(artifacts, data_yaml, image_size, out_dir)
+    if twin is not None:
+        rows[SERVED_NNCF] = {"label": "served model's FP32 twin, NNCF INT8 on OpenVINO", "short": "served NNCF, OV default",
+                             "path": twin[0], "runtime": "openvino", "precision": "default"}
+        rows[SERVED_NNCF_F32] = {**rows[SERVED_NNCF], "label": "served model's FP32 twin, NNCF INT8 on OpenVINO, f32 "
+                                 "float layers", "short": "served NNCF, OV f32", "precision": "f32"}
     for row in rows.values():
         row["file_mb"] = _folder_mb(Path(row["path"]))
         row.update(evaluate_onnx(row["path"], data_yaml, threads=threads, limit=limit, runtime=row["runtime"],
@@ -215,6 +251,7 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
               "rounds": rounds or ROUNDS, "versions": _versions(), "calibration_split": CALIBRATION_SPLIT,
               "calibration_images": {"peer": export_record.get("calibration_images"),
                                      "served": served_quantization.get("calibration_images")},
+              "nncf_twin": twin[1] if twin else None,
               "rows": rows, "ultralytics_validator": validator, "machine_load": machine_load,
               "comparison": comparison(rows, latency, end_to_end, search.reference, search.budget_points),
               "latency": latency, "end_to_end": end_to_end}
@@ -259,7 +296,10 @@ def markdown(result: dict) -> str:
               f"{validator['baseline_pt']['map50_95']:.4f} (its letterbox and decode differ from the served ones).",
               f"Calibration: the peer by NNCF on all {counts['peer']} images of the `{result['calibration_split']}` "
               "split (Ultralytics' default split, val, is the one measured here); the served model's INT8 on "
-              f"{counts['served'] if counts['served'] is not None else 'no'} images of the same split.", "",
+              f"{counts['served'] if counts['served'] is not None else 'no'} images of the same split"
+              + (", and its NNCF twin on the same images with the same layers kept float "
+                 f"({len(result['nncf_twin']['openvino_float_ops'])} OpenVINO ops)" if result.get("nncf_twin") else "")
+              + ".", "",
               "Where the served model wins and where it loses:", ""]
     lines += [f"- {line}" for line in result["comparison"]]
     load = result.get("machine_load") or {}

@@ -12,7 +12,8 @@ import pytest
 
 from compress.benchmark import ROUNDS
 from compress.manifest import Manifest, file_hash
-from compress.peer_bench import BASELINE, BASELINE_OPENVINO, PEER, PEER_F32, SERVED, SERVED_OPENVINO, export_peer
+from compress.peer_bench import (BASELINE, BASELINE_OPENVINO, PEER, PEER_F32, SERVED, SERVED_NNCF, SERVED_NNCF_F32,
+                                 SERVED_OPENVINO, export_peer)
 from compress.records import GatedModel, Report
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,7 +67,8 @@ def test_every_row_is_timed_in_its_own_process_at_the_precision_openvino_chose(p
     default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
     rows = peers["rows"]
     assert rows[PEER]["facts"]["inference_precision"] == default  # as Ultralytics' runtime runs it
-    for key in (PEER_F32, SERVED_OPENVINO, BASELINE_OPENVINO):
+    assert rows[SERVED_NNCF]["facts"]["inference_precision"] == default
+    for key in (PEER_F32, SERVED_OPENVINO, BASELINE_OPENVINO, SERVED_NNCF_F32):
         assert rows[key]["facts"]["inference_precision"] == "f32"
     pids = {row["facts"]["pid"] for row in rows.values()}
     assert len(pids) == len(rows) and os.getpid() not in pids
@@ -87,7 +89,7 @@ def test_the_report_says_where_the_served_model_wins_and_loses(peers, tiny_artif
         assert f"| {row['label']} | {row['runtime']}" in text
     assert "Where the served model wins and where it loses" in text
     verdicts = [line for line in text.splitlines() if line.startswith("- batch ")]
-    assert len(verdicts) == 4 and all(("faster than" in v) != ("slower than" in v) for v in verdicts)
+    assert len(verdicts) == 6 and all(("faster than" in v) != ("slower than" in v) for v in verdicts)
     assert f"all {peers['calibration_images']['peer']} images of the `train` split" in text
     assert (tiny_artifacts / "peers" / "peers.png").stat().st_size > 10_000
 
@@ -115,3 +117,25 @@ def test_end_to_end_timing_runs_the_served_post_processing_on_the_frames_it_save
     finally:
         timer.close()
     assert end_to_end > detector_only  # the decode and NMS are inside the end-to-end figure
+
+
+def test_the_served_models_nncf_twin_is_quantized_with_the_served_recipe(peers, tiny_artifacts):
+    """Same FP32 twin, same calibration images, the same layers float: only the quantizer and the
+    runtime differ from the served row."""
+    import openvino as ov
+
+    served = Report.load(tiny_artifacts).served
+    assert served.precision == "int8"  # the tiny pipeline serves an INT8 model, so the twin row exists
+    record = peers["nncf_twin"]
+    assert record["float_nodes"] == served.quantization["float_nodes"]
+    assert record["calibration_images"] == served.quantization["calibration_images"]
+    model = ov.Core().read_model(peers["rows"][SERVED_NNCF]["path"])
+    convolutions = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"}
+    fed = {name: any(op.input_value(i).get_node().get_type_name() == "FakeQuantize" for i in range(op.get_input_size()))
+           for name, op in convolutions.items()}
+    float_convs = [name for name in record["openvino_float_ops"] if name in convolutions]
+    assert len(float_convs) == len(served.quantization["float_nodes"])
+    assert not any(fed[name] for name in float_convs)  # kept float, as in the served Q/DQ file
+    assert sum(fed.values()) >= len(convolutions) - len(float_convs) - 2  # the rest quantized (NNCF may skip a few)
+    assert peers["rows"][SERVED_NNCF]["map50_95"] > 0
+    assert "NNCF INT8 on OpenVINO" in (tiny_artifacts / "peers" / "peers.md").read_text()

@@ -105,3 +105,98 @@ def test_a_bad_runtime_for_a_worker_is_refused_by_its_parser(conv_model):
     with pytest.raises(SystemExit):
         __import__("compress.benchmark", fromlist=["main"]).main(["--worker", "--runtime", "tvm", "--imgsz", "16",
                                                                   f"model={conv_model}"])
+
+
+@pytest.fixture(scope="module")
+def two_conv_model(tmp_path_factory):
+    """images [N, 3, 32, 32] -> Conv "stem" (bias) -> Relu -> Conv "head" (bias) -> box_logits."""
+    rng = np.random.default_rng(1)
+    tensors = [helper.make_tensor("w1", TensorProto.FLOAT, (8, 3, 3, 3), rng.normal(0, 0.3, 216)),
+               helper.make_tensor("b1", TensorProto.FLOAT, (8,), rng.normal(0, 0.1, 8)),
+               helper.make_tensor("w2", TensorProto.FLOAT, (4, 8, 1, 1), rng.normal(0, 0.3, 32)),
+               helper.make_tensor("b2", TensorProto.FLOAT, (4,), rng.normal(0, 0.1, 4))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w1", "b1"], ["stem_out"], name="stem", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["stem_out"], ["relu_out"], name="relu"),
+         helper.make_node("Conv", ["relu_out", "w2", "b2"], ["box_logits"], name="head")],
+        "two_conv", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("box_logits", TensorProto.FLOAT, ["batch", 4, 32, 32])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path_factory.mktemp("two_conv")
+    onnx.save(model, str(folder / "fp32.onnx"))
+    import cv2
+
+    images = []
+    for index in range(8):
+        path = folder / f"calib{index}.jpg"
+        cv2.imwrite(str(path), np.random.default_rng(index).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        images.append(path)
+    return folder / "fp32.onnx", images
+
+
+def _feeds_fake_quantize(op) -> list[bool]:
+    return [op.input_value(i).get_node().get_type_name() == "FakeQuantize" for i in range(op.get_input_size())]
+
+
+def test_nncf_int8_keeps_the_served_float_layers_float_and_quantizes_the_rest(two_conv_model, tmp_path):
+    import openvino as ov
+
+    from compress.openvino_quantize import nncf_quantize
+
+    fp32, images = two_conv_model
+    record = nncf_quantize(fp32, tmp_path / "model.xml", (32, 32), images, float_nodes=["head"])
+    quantized = ov.Core().read_model(str(tmp_path / "model.xml"))
+    convolutions = [op for op in quantized.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    assert len(convolutions) == 2 and record["fake_quantize_ops"] > 0
+    stem, head = convolutions  # graph order
+    assert any(_feeds_fake_quantize(stem)), "the stem was not quantized"
+    assert not any(_feeds_fake_quantize(head)), "the layer kept float in the Q/DQ file was quantized here"
+    assert record["float_nodes"] == ["head"] and record["calibration_images"] == len(images)
+    # still the same model: close to the FP32 answer on a calibration-like input
+    batch = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    expected = create_session(fp32, 1).run(None, {"images": batch})[0]
+    got = create_runtime_session(tmp_path / "model.xml", "openvino", threads=1, precision="f32").run(
+        None, {"images": batch})[0]
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_nncf_int8_refuses_a_float_layer_it_cannot_find(two_conv_model, tmp_path):
+    from compress.openvino_quantize import nncf_quantize
+
+    fp32, images = two_conv_model
+    with pytest.raises(UnsupportedModelError, match="0 of the 1 layers to keep float"):
+        nncf_quantize(fp32, tmp_path / "model.xml", (32, 32), images, float_nodes=["renamed_head"])
+    assert not (tmp_path / "model.xml").exists()
+
+
+def test_an_nncf_ir_is_read_like_the_raw_head_onnx_it_came_from(tmp_path):
+    from compress.export import read_info
+    from compress.openvino_quantize import write_metadata
+
+    # metadata as export_raw_onnx writes it, on a two-output raw-head graph
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["box_logits"], name="box"),
+         helper.make_node("Conv", ["images", "v"], ["c"], name="cls"),
+         helper.make_node("Reshape", ["c", "shape"], ["class_logits"])],
+        "raw", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("box_logits", TensorProto.FLOAT, ["batch", 64, 8, 8]),
+         helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["batch", 2, 64])],
+        [helper.make_tensor("w", TensorProto.FLOAT, (64, 3, 1, 1), rng.normal(0, 1, 192)),
+         helper.make_tensor("v", TensorProto.FLOAT, (2, 3, 1, 1), rng.normal(0, 1, 6)),
+         helper.make_tensor("shape", TensorProto.INT64, (3,), [0, 2, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {"names": "{0: 'a', 1: 'b'}", "imgsz": "[8, 8]", "strides": "[1]", "stride": "1",
+                       "reg_max": "16", "head_layout": "raw"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "raw.onnx"))
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(tmp_path / "raw.onnx")), str(tmp_path / "ir" / "model.xml"))
+    write_metadata(tmp_path / "raw.onnx", tmp_path / "ir" / "metadata.yaml")
+    onnx_info, ir_info = read_info(tmp_path / "raw.onnx"), read_info(tmp_path / "ir" / "model.xml")
+    for field in ("image_size", "names", "strides", "reg_max", "head_layout"):
+        assert getattr(ir_info, field) == getattr(onnx_info, field), field
+    assert ir_info.head_layout == "raw"
