@@ -317,14 +317,17 @@ class Shadow:
             return
         config = {"model_dir": model_dir, "settings": asdict(settings), "head": head_config}
         try:
-            import select
+            import selectors
             import subprocess
 
             worker = os.path.join(model_dir, "shadow.py")  # the builder's copy, beside yolo_ops.py and the reference
             self.process = subprocess.Popen([interpreter(), worker, "--worker", json.dumps(config)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=model_dir)
             # a reference that hangs on load must not hold the served model's load with it
-            waiting, _, _ = select.select([self.process.stdout], [], [], READY_TIMEOUT_S)
+            # (a selector, not select(): a process with over 1024 open files has pipe fds select() refuses)
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.process.stdout, selectors.EVENT_READ)
+                waiting = selector.select(READY_TIMEOUT_S)
             ready = _receive(self.process.stdout) if waiting else {"ready": False, "error": "load timed out"}
         except Exception as error:  # noqa: BLE001 - no shadow is never a failed server
             ready = {"ready": False, "error": str(error)}
