@@ -150,10 +150,15 @@ def read_openvino_info(xml: Path) -> OnnxInfo:
     if meta.get("head_layout") == "raw":  # the project's own raw-head export, as an IR (compress/openvino_quantize.py)
         if len(outputs) != 2:
             raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected box_logits and class_logits")
-        shape = outputs[1].get_partial_shape()
-        anchors = shape[2].get_length() if len(shape) == 3 and shape[2].is_static else None
+        by_name = {name: port for port in outputs for name in port.get_names()}
+        if not {"box_logits", "class_logits"} <= set(by_name):
+            raise UnsupportedModelError(f"{xml} has no box_logits and class_logits outputs")
+        box, scores = by_name["box_logits"].get_partial_shape(), by_name["class_logits"].get_partial_shape()
+        anchors = scores[2].get_length() if len(scores) == 3 and scores[2].is_static else None
+        # as read_info does for the ONNX: DFL bins from box_logits' channels (4 sides)
+        reg_max = box[1].get_length() // 4 if len(box) == 3 and box[1].is_static else int(meta.get("reg_max", 16))
         return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
-                        head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "raw", text_meta)
+                        head_strides(text_meta, image_size, anchors, xml), reg_max, "raw", text_meta)
     if len(outputs) != 1:
         raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected a YOLO detect head (output0)")
     shape = outputs[0].get_partial_shape()

@@ -1,10 +1,12 @@
 """INT8 for OpenVINO the way OpenVINO runs it fastest: NNCF post-training quantization of the FP32
 twin (FakeQuantize in an OpenVINO IR), instead of ONNX Runtime's Q/DQ file.
 
-The same recipe as the served Q/DQ model, so the two compare like with like: the same FP32 twin,
-the same calibration images (the train split, letterboxed as served), the same layers kept float
-(the head's output convolutions and the stem: `float_nodes`, ONNX node names), symmetric
-weights and asymmetric activations (NNCF's `mixed` preset; the Q/DQ file's uint8 activations).
+The served Q/DQ model's recipe where the two quantizers share a setting: the same FP32 twin, the
+same calibration images (the train split, letterboxed as served), the same layers kept float (the
+head's output convolutions and the stem: `float_nodes`, ONNX node names), symmetric weights and
+asymmetric activations (NNCF's `mixed` preset; the Q/DQ file's uint8 activations). The ranges
+are NNCF's own (its default statistics and fast bias correction), not the served percentile
+calibration: part of any accuracy gap between the two is the quantizer's.
 openvino and nncf are imported only here, and only when a model is quantized.
 """
 
@@ -85,13 +87,19 @@ def nncf_quantize(fp32_onnx: Path, xml_out: Path, image_size: tuple[int, int], i
                                     f"in OpenVINO's graph of {fp32_onnx}",
                                     hint="the ONNX node names and OpenVINO's op names no longer line up")
     reader = ImageCalibrationReader(images, image_size)
-    batches = [feed[reader.input_name] for feed in reader]
-    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
-                              subset_size=len(batches),
-                              ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    # one image per sample: NNCF counts samples and reduces statistics over them
+    samples = [image[None] for feed in reader for image in feed[reader.input_name]]
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(samples),
+                                  ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    except Exception as error:  # NNCF raises many kinds; one line for the user
+        raise UnsupportedModelError(f"NNCF could not quantize {fp32_onnx}: "
+                                    f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}") from None
     xml_out.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(xml_out))
     write_metadata(fp32_onnx, xml_out.parent / "metadata.yaml")
     fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
-    return {"quantizer": f"nncf {nncf.__version__}", "preset": "mixed", "calibration_images": len(images),
+    return {"quantizer": f"nncf {nncf.__version__}", "preset": "mixed", "calibration_images": len(samples),
+            "float_convolutions": sorted(convolutions),
             "float_nodes": float_nodes, "openvino_float_ops": ignored, "fake_quantize_ops": fake_quantize}

@@ -119,14 +119,17 @@ def peer_rows(baseline_onnx: Path, served_onnx: Path, peer_xml: Path) -> dict[st
     }
 
 
-def nncf_twin(artifacts: Path, data_yaml: Path, image_size: tuple[int, int], out_dir: Path) -> tuple[Path, dict] | None:
+def nncf_twin(artifacts: Path, data_yaml: Path, image_size: tuple[int, int], out_dir: Path,
+              served_onnx: Path) -> tuple[Path, dict] | None:
     """The served INT8 model's FP32 twin quantized by NNCF for OpenVINO with the served recipe
-    (its calibration images and float layers); None when the served model is not INT8."""
+    (its calibration images and float layers); None when the served model is not INT8, or is not
+    the report's choice (a gate record of another stage: its recipe is not in the report)."""
     from compress.openvino_quantize import nncf_quantize
     from compress.quantize import calibration_images
 
     served = Report.load(artifacts).served
-    if served.precision != "int8" or not served.quantization:
+    if served.precision != "int8" or not served.quantization or Path(served.onnx) != Path(served_onnx) \
+            or "calibration_images" not in served.quantization:
         return None
     recipe = served.quantization
     xml = out_dir / "served_nncf" / "model.xml"
@@ -215,7 +218,7 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
     rows = peer_rows(baseline_onnx, served_onnx, peer_xml)
     rows[SERVED]["label"] = f"served: {served_label}"
     rows[SERVED_OPENVINO]["label"] = f"served file on OpenVINO: {served_label}"
-    twin = nncf_twin(artifacts, data_yaml, image_size, out_dir)
+    twin = nncf_twin(artifacts, data_yaml, image_size, out_dir, served_onnx)
     if twin is not None:
         rows[SERVED_NNCF] = {"label": "served model's FP32 twin, NNCF INT8 on OpenVINO", "short": "served NNCF, OV default",
                              "path": twin[0], "runtime": "openvino", "precision": "default"}
@@ -298,7 +301,7 @@ def markdown(result: dict) -> str:
               "split (Ultralytics' default split, val, is the one measured here); the served model's INT8 on "
               f"{counts['served'] if counts['served'] is not None else 'no'} images of the same split"
               + (", and its NNCF twin on the same images with the same layers kept float "
-                 f"({len(result['nncf_twin']['openvino_float_ops'])} OpenVINO ops)" if result.get("nncf_twin") else "")
+                 f"({len(result['nncf_twin']['float_convolutions'])} convolutions)" if result.get("nncf_twin") else "")
               + ".", "",
               "Where the served model wins and where it loses:", ""]
     lines += [f"- {line}" for line in result["comparison"]]

@@ -177,19 +177,21 @@ def test_an_nncf_ir_is_read_like_the_raw_head_onnx_it_came_from(tmp_path):
     # metadata as export_raw_onnx writes it, on a two-output raw-head graph
     rng = np.random.default_rng(2)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["images", "w"], ["box_logits"], name="box"),
+        [helper.make_node("Conv", ["images", "w"], ["b"], name="box"),
+         helper.make_node("Reshape", ["b", "box_shape"], ["box_logits"]),
          helper.make_node("Conv", ["images", "v"], ["c"], name="cls"),
          helper.make_node("Reshape", ["c", "shape"], ["class_logits"])],
         "raw", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("box_logits", TensorProto.FLOAT, ["batch", 64, 8, 8]),
+        [helper.make_tensor_value_info("box_logits", TensorProto.FLOAT, ["batch", 64, 64]),
          helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["batch", 2, 64])],
         [helper.make_tensor("w", TensorProto.FLOAT, (64, 3, 1, 1), rng.normal(0, 1, 192)),
          helper.make_tensor("v", TensorProto.FLOAT, (2, 3, 1, 1), rng.normal(0, 1, 6)),
-         helper.make_tensor("shape", TensorProto.INT64, (3,), [0, 2, 64])])
+         helper.make_tensor("shape", TensorProto.INT64, (3,), [0, 2, 64]),
+         helper.make_tensor("box_shape", TensorProto.INT64, (3,), [0, 64, 64])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in {"names": "{0: 'a', 1: 'b'}", "imgsz": "[8, 8]", "strides": "[1]", "stride": "1",
-                       "reg_max": "16", "head_layout": "raw"}.items():
+                       "head_layout": "raw"}.items():  # reg_max: from box_logits' 64 channels
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(tmp_path / "raw.onnx"))
     import openvino as ov
@@ -199,4 +201,4 @@ def test_an_nncf_ir_is_read_like_the_raw_head_onnx_it_came_from(tmp_path):
     onnx_info, ir_info = read_info(tmp_path / "raw.onnx"), read_info(tmp_path / "ir" / "model.xml")
     for field in ("image_size", "names", "strides", "reg_max", "head_layout"):
         assert getattr(ir_info, field) == getattr(onnx_info, field), field
-    assert ir_info.head_layout == "raw"
+    assert ir_info.head_layout == "raw" and ir_info.reg_max == onnx_info.reg_max == 16
