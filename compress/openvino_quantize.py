@@ -54,9 +54,8 @@ def write_metadata(onnx_path: Path, path: Path) -> None:
     metadata.yaml OpenVINO folders carry, so the IR is read like the file it came from."""
     import ast
 
-    import yaml
-
     import onnx
+    import yaml
 
     meta = {prop.key: prop.value for prop in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     for key in ("names", "imgsz", "strides"):
@@ -80,8 +79,8 @@ def nncf_quantize(fp32_onnx: Path, xml_out: Path, image_size: tuple[int, int], i
         raise UnsupportedModelError(f"OpenVINO cannot read {fp32_onnx}: {str(error).splitlines()[0]}") from None
     float_nodes = list(float_nodes or [])
     ignored = openvino_ops_of(model, fp32_onnx, float_nodes)
-    convolutions = {n for n in ignored if n in {op.get_friendly_name() for op in model.get_ordered_ops()
-                                                 if op.get_type_name() == "Convolution"}}
+    all_convolutions = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"}
+    convolutions = all_convolutions.intersection(ignored)
     if len(convolutions) < len(float_nodes):
         raise UnsupportedModelError(f"only {len(convolutions)} of the {len(float_nodes)} layers to keep float were found "
                                     f"in OpenVINO's graph of {fp32_onnx}",
