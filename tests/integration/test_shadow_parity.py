@@ -28,7 +28,8 @@ def build_shadowed(tmp_path: Path, served: Path, reference: Path, name: str, **s
 
     repo = copy_committed_repository(tmp_path / name)
     config = build_repo.settings_for(read_info(served), conf_threshold=TEST_CONF, max_batch_size=8, shadow=True,
-                                     shadow_rate=1.0, shadow_max_fps=1000.0, shadow_max_cpu=1.0,  # every frame compared: the CPU gate off (its own tests in tests/unit/test_shadow.py)
+                                     # every frame compared: the CPU gate off (its own tests are in tests/unit/test_shadow.py)
+                                     shadow_rate=1.0, shadow_max_fps=1000.0, shadow_max_cpu=1.0,
                                      evidence_dir=str(tmp_path / f"{name}-evidence"),
                                      # correctness on 2 busy cores: no load shedding (test_loadtest covers it)
                                      queue_timeout_us=0, **settings)
