@@ -61,7 +61,7 @@ help: ## List the targets and the variables they read
 	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_MAX_CPU=<busy share of the cores above which none, default 0.8>"
 	@echo "             SHADOW_REFERENCE=<FP32 .onnx> EVIDENCE_DIR=<folder> (repo)"
 	@echo "             METRICS_URL=<host:port or URL of /metrics> (watch) URL=<server HTTP host:port> ADMIN_KEY=<key> (shadow-rate) EVIDENCE=<folder> (audit)"
-	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> CAPACITY_ROUNDS=<3> (bench-shadow; DURATION: per capacity probe)"
+	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> CAPACITY_ROUNDS=<3> P99_RATES=<other rates, e.g. 0.01,0.02> P99_DURATION=<60s> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
 	@echo "             PLACEMENT=shared,isolated (capacity: load generator on the server's cores / on a core of its own)"
@@ -179,7 +179,7 @@ bench-shadow: venv ## Shadow parity's cost (capacity at dataset and 1080p frames
 	$(PY) -m loadtest.shadow_bench --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(PHASES),--phases $(PHASES)) \
 		$(if $(HEALTHY_DURATION),--healthy-duration $(HEALTHY_DURATION)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(ALARM_DURATION),--alarm-duration $(ALARM_DURATION)) $(if $(DRIFT_HALF),--drift-half $(DRIFT_HALF)) \
-		$(if $(CAPACITY_ROUNDS),--capacity-rounds $(CAPACITY_ROUNDS))
+		$(if $(CAPACITY_ROUNDS),--capacity-rounds $(CAPACITY_ROUNDS)) $(if $(P99_RATES),--p99-rates $(P99_RATES)) $(if $(P99_DURATION),--p99-duration $(P99_DURATION))
 
 haproxy: ## Install HAProxy (Debian package) if missing: the load balancer of the rollout tests
 	@./.ci/install-haproxy
