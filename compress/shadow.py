@@ -93,7 +93,8 @@ AGREEMENT_LOG = "agreement.jsonl"
 
 @dataclass
 class ShadowSettings:
-    """From the postprocess config's parameters (the repository builder writes them all)."""
+    """From the postprocess config's parameters (the repository builder writes all but
+    log_max_bytes, which keeps its default here)."""
 
     rate: float = 0.05  # share of frames shadowed
     max_fps: float = 5.0  # and at most this many per second
@@ -147,9 +148,11 @@ def every_series() -> list[str]:
     """Every metric key the server exports, created at 0 when the model loads: a series that never
     moved still exists, so a PromQL ratio over it is 0 rather than absent (an alarm on a model
     that never finds a box must fire)."""
+    # not the gate's gauges: made only when the gate measured them; at 0 they would be a baseline of
+    # 0 (no detections, no confidence) and every drift alarm against them would fire
     keys = [name for name, (kind, _) in METRICS.items()
             if name not in ("yolo_detections_by_confidence_total", "yolo_shadow_frames_total",
-                            "yolo_evidence_frames_total")]
+                            "yolo_evidence_frames_total", *GATE_GAUGES.values())]
     keys += [bucket_key(b) for b in CONFIDENCE_BUCKETS] + [outcome_key(o) for o in SHADOW_OUTCOMES]
     keys += [evidence_key(o) for o in EVIDENCE_OUTCOMES]
     return keys
@@ -339,6 +342,7 @@ class Shadow:
         self.load = CpuLoad(exclude_pid=self.process.pid)
         threading.Thread(target=self._write, name="shadow-writer", daemon=True).start()
         threading.Thread(target=self._read, name="shadow-reader", daemon=True).start()
+        threading.Thread(target=self._watch_load, name="shadow-load", daemon=True).start()
         self.log(f"shadow parity on: {settings.rate:.1%} of frames (<= {settings.max_fps:g}/s, none while the cores are "
                  f"over {settings.max_cpu:.0%} busy) against "
                  f"{settings.reference_file}, worker pid {self.process.pid} at {ready.get('priority')}")
@@ -353,7 +357,7 @@ class Shadow:
             outcome = "unavailable"
         elif choice == "capped":
             outcome = "skipped_cap"
-        elif self._busy.is_set() or (self.load is not None and self.load.busy() > self.settings.max_cpu):
+        elif self._busy.is_set() or (self.load is not None and self.load.value > self.settings.max_cpu):
             outcome = "skipped_busy"
         else:
             self._busy.set()
@@ -364,6 +368,16 @@ class Shadow:
             return "handed"
         self.report({outcome_key(outcome): 1})
         return outcome
+
+    def _watch_load(self) -> None:
+        """The busy share re-read every `interval_s` (a frame sampled after an idle spell is judged on
+        the last quarter second, not on an average reaching back into the idle time)."""
+        while self.available:
+            try:
+                self.load.busy()
+            except Exception:  # noqa: BLE001 - CpuLoad keeps its last value; this thread must outlive any read
+                pass
+            time.sleep(self.load.interval_s)
 
     def _write(self) -> None:
         while True:
@@ -385,14 +399,18 @@ class Shadow:
             if result is None:
                 self._gone("the worker exited")
                 return
-            deltas = {outcome_key(result["outcome"]): 1}
-            if result["outcome"] == "compared":
-                deltas.update(counts_tally(ops.AgreementCounts(**result["counts"])))
-                deltas["yolo_shadow_low_agreement_frames_total"] = int(result["low"])
-            for outcome in filter(None, (result.get("evidence"), result.get("log"))):
-                deltas[evidence_key(outcome)] = 1
-            self.report(deltas)
-            self._busy.clear()
+            try:
+                deltas = {outcome_key(result["outcome"]): 1}
+                if result["outcome"] == "compared":
+                    deltas.update(counts_tally(ops.AgreementCounts(**result["counts"])))
+                    deltas["yolo_shadow_low_agreement_frames_total"] = int(result["low"])
+                for outcome in filter(None, (result.get("evidence"), result.get("log"))):
+                    deltas[evidence_key(outcome)] = 1
+                self.report(deltas)
+            except Exception as error:  # noqa: BLE001 - one result lost, never the reader (it would leave _busy set)
+                self.log(f"shadow: a result was not counted: {type(error).__name__}: {error}")
+            finally:
+                self._busy.clear()
 
     def _gone(self, why: str) -> None:
         if self.available:

@@ -144,21 +144,30 @@ def cost(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, rounds: int = C
             runs[mode].append(p99_round(sides[mode], replace(spec, streams=streams, duration_s=p99_seconds), frame_set,
                                         out / f"p99-{mode.replace(' ', '-')}-{number}"))
             print(f"    round {number + 1} shadow {mode}: p99 {runs[mode][-1]['p99_ms']} ms", flush=True)
+    return {"capacity": capacities, "p99_streams": streams, "p99_seconds": p99_seconds, "frames": "1080p",
+            **p99_verdicts(runs, rate)}
+
+
+NOISE_MARGIN = 0.1  # beyond the spread of shadow off's rounds by this share
+
+
+def p99_verdicts(runs: dict[str, list[dict]], rate: float) -> dict:
+    """Each shadowed side's p99 median against the run-to-run noise of shadow off (the spread of its
+    rounds, NOISE_MARGIN wider); `runs`: "off", "on" (the repository's `rate`), "rate <r>" sides."""
     off_p99 = [r["p99_ms"] for r in runs["off"]]
     noise = (min(off_p99), max(off_p99))
-
-    def within(mode: str) -> bool:
-        return noise[0] * 0.9 <= float(np.median([r["p99_ms"] for r in runs[mode]])) <= noise[1] * 1.1
-
-    by_rate = {mode: {"rate": rate if mode == "on" else float(mode.split()[1]),
-                      "p99_median_ms": float(np.median([r["p99_ms"] for r in rs])),
-                      "p50_median_ms": float(np.median([r["p50_ms"] for r in rs])),
-                      "compared": [r["compared"] for r in rs], "within_noise": within(mode)}
-               for mode, rs in runs.items() if mode != "off"}
-    return {"capacity": capacities, "p99_streams": streams, "p99_seconds": p99_seconds, "frames": "1080p", "rate": rate,
-            "rounds": {m: runs[m] for m in ("on", "off")}, "rates": by_rate,
+    by_rate = {}
+    for mode, rs in runs.items():
+        if mode == "off":
+            continue
+        median = float(np.median([r["p99_ms"] for r in rs]))
+        by_rate[mode] = {"rate": rate if mode == "on" else float(mode.split()[1]), "p99_median_ms": median,
+                         "p50_median_ms": float(np.median([r["p50_ms"] for r in rs])),
+                         "compared": [r["compared"] for r in rs],
+                         "within_noise": noise[0] * (1 - NOISE_MARGIN) <= median <= noise[1] * (1 + NOISE_MARGIN)}
+    return {"rate": rate, "rounds": {m: runs[m] for m in ("on", "off")}, "rates": by_rate,
             "off_p99_range_ms": list(noise), "on_p99_median_ms": by_rate["on"]["p99_median_ms"],
-            "off_p99_median_ms": float(np.median(off_p99)), "on_within_noise": within("on"),
+            "off_p99_median_ms": float(np.median(off_p99)), "on_within_noise": by_rate["on"]["within_noise"],
             "failed_frames": {m: sum(r["failed"] for r in rs) for m, rs in runs.items()}}
 
 

@@ -188,6 +188,10 @@ def _reference_down(step: int) -> dict[str, float]:
     return {**rates, OUTCOME.format("unavailable"): 5}
 
 
+def _degraded_and_darkened(step: int) -> dict[str, float]:
+    return {**_darkened(step), **{k: v for k, v in _degraded(step).items() if k.startswith("yolo_shadow")}}
+
+
 # name -> (per-step increments, minutes of series, {minute: alarms expected firing then})
 SCENARIOS = {
     "healthy": (_healthy, 12, {11: set()}),
@@ -197,7 +201,11 @@ SCENARIOS = {
     "rescored": (_rescored, 12, {4: set(), 8: {"YoloShadowScoreDrift", "YoloConfidenceShifted"}}),
     "busy": (_busy, 12, {4: set(), 11: {"YoloShadowMostlySkipped"}}),
     "reference_down": (_reference_down, 6, {4: {"YoloShadowUnavailable"}}),
+    # built without the gate's values (no val split to measure them on): the server exports no
+    # yolo_gate_* gauge, so the alarms held against them stay silent rather than fire on a baseline of 0
+    "no_gate_values": (_degraded_and_darkened, 12, {4: set(), 9: set()}),
 }
+WITHOUT_GATE_VALUES = {"no_gate_values"}
 
 
 def scenario_series(name: str) -> dict[str, list[float]]:
@@ -207,7 +215,8 @@ def scenario_series(name: str) -> dict[str, list[float]]:
 
     rates, minutes, _ = SCENARIOS[name]
     steps = minutes * 60 // STEP_S
-    series: dict[str, list[float]] = {key: [value] * (steps + 1) for key, value in GATE.items()}
+    series: dict[str, list[float]] = {key: [value] * (steps + 1) for key, value in GATE.items()
+                                      if name not in WITHOUT_GATE_VALUES}
     for key in every_series():
         if key.endswith("_total") or "_total{" in key:
             series.setdefault(key, [0.0] * (steps + 1))

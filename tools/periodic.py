@@ -14,12 +14,14 @@ from compress.errors import ToolkitError
 class PeriodicSampler:
     """Calls `sample()` every `interval_s` in a thread while entered, keeping (time, value) pairs.
 
-    A sample that raises OSError (an endpoint or a process that just went away) is skipped.
+    A sample that raises (an endpoint or a process that just went away, a scrape cut short) is
+    skipped and counted: the thread outlives it, so a run never goes on with stale samples unsaid.
     """
 
     def __init__(self, interval_s: float = 1.0, final_sample: bool = False):
         self.interval_s, self.final_sample = interval_s, final_sample
         self.samples: list[tuple[float, object]] = []
+        self.errors, self.last_error = 0, ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -29,8 +31,9 @@ class PeriodicSampler:
     def _take(self) -> None:
         try:
             self.samples.append((time.time(), self.sample()))
-        except OSError:
-            pass
+        except Exception as error:  # noqa: BLE001 - one bad sample must not end the sampling
+            self.errors += 1
+            self.last_error = f"{type(error).__name__}: {error}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -56,12 +56,21 @@ class ShadowWatch(PeriodicSampler):
         super()._take()
         if len(self.samples) >= 2:
             start = self.samples[0][0]
-            for verdict in alerts.firing(self.recent()):
+            try:
+                verdicts = alerts.firing(self.recent())
+            except Exception as error:  # noqa: BLE001 - counted like a failed scrape; the watch goes on
+                self.errors += 1
+                self.last_error = f"alarms: {type(error).__name__}: {error}"
+                return
+            for verdict in verdicts:
                 if verdict["firing"]:
                     self.fired.setdefault(verdict["alert"], round(self.samples[-1][0] - start, 1))
 
     def summary(self) -> dict:
-        return watch_summary(self.samples, self.fired)
+        summary = watch_summary(self.samples, self.fired)
+        if self.errors:
+            summary["sampling_errors"] = {"count": self.errors, "last": self.last_error}
+        return summary
 
 
 def watch_summary(samples: list[tuple[float, dict[str, float]]], fired: dict[str, float] | None = None) -> dict:

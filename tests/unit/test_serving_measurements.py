@@ -228,3 +228,23 @@ def test_the_same_model_naive_repository_serves_the_file_the_repository_was_buil
     model.write_bytes(b"another model")
     with pytest.raises(InputFileError, match="changed since the repository was built"):
         record.source_unchanged()
+
+
+def test_a_sampler_outlives_a_sample_that_raises():
+    """A scrape cut short (any exception, not only OSError) is counted and the sampling goes on."""
+    from tools.periodic import PeriodicSampler
+
+    class Flaky(PeriodicSampler):
+        calls = 0
+
+        def sample(self):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise ValueError("a truncated /metrics page")
+            return Flaky.calls
+
+    sampler = Flaky(interval_s=0.01)
+    for _ in range(3):
+        sampler._take()
+    assert [value for _, value in sampler.samples] == [2, 3]
+    assert sampler.errors == 1 and sampler.last_error == "ValueError: a truncated /metrics page"

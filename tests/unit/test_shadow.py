@@ -181,15 +181,14 @@ def test_a_sampled_frame_is_skipped_as_busy_while_the_cores_are_loaded():
     shadow.available = True
 
     class Loaded:
-        def busy(self):
-            return 0.95
+        value = 0.95  # the share the load thread read last
 
     shadow.load = Loaded()
     assert shadow.offer(np.zeros((3, 8, 8), np.uint8), np.zeros(4), {}) == "skipped_busy"
     from compress.shadow import outcome_key
 
     assert seen == [{outcome_key("skipped_busy"): 1}]
-    Loaded.busy = lambda self: 0.5
+    Loaded.value = 0.5
     assert shadow.offer(np.zeros((3, 8, 8), np.uint8), np.zeros(4), {}) == "handed"
 
 
@@ -216,6 +215,33 @@ def test_every_series_the_alarms_read_exists_from_the_start():
     from tools.alerts import ALARMS
 
     created = set(every_series())
+    # the gate's gauges are not among them: made only with the gate's values, a 0 would be a baseline
+    assert not created & set(GATE_GAUGES.values())
     for alarm in ALARMS:
         assert set(alarm.numerator + alarm.denominator) <= created, alarm.name
         assert alarm.gauge is None or alarm.gauge in GATE_GAUGES.values()
+
+
+def test_a_result_the_reader_cannot_count_is_logged_and_the_shadow_goes_on():
+    """The reader thread outlives a malformed result: the worker is free for the next frame again."""
+    import io
+    import pickle
+    import struct
+
+    from compress.shadow import Shadow, ShadowSettings, outcome_key
+
+    seen, logged = [], []
+    shadow = Shadow(ShadowSettings(rate=0.0), "/nonexistent", {}, report=seen.append, log=logged.append)
+    results = [{"outcome": "compared", "counts": {"no_such_count": 1}, "low": False}, {"outcome": "failed"}]
+    stream = b"".join(struct.pack("<Q", len(d)) + d for d in (pickle.dumps(r) for r in results))
+
+    class Worker:
+        stdout = io.BytesIO(stream)  # then end of file: the worker exited
+
+    shadow.process, shadow.available = Worker(), True
+    shadow._busy.set()
+    shadow._read()
+    assert any("a result was not counted: TypeError" in line for line in logged)
+    assert {outcome_key("failed"): 1} in seen  # the result after the bad one was counted
+    assert not shadow._busy.is_set() and not shadow.available  # then the end of the stream: off, said once
+    assert any("shadow parity off: the worker exited" in line for line in logged)

@@ -48,6 +48,20 @@ def _run(p99: float, compared: int = 0) -> dict:
     return {"p99_ms": p99, "p50_ms": p99 / 3, "failed": 0, "compared": compared, "skipped_busy": 0}
 
 
+def test_a_rates_p99_is_judged_against_the_spread_of_shadow_offs_rounds():
+    runs = {"off": [_run(30), _run(40), _run(35)], "on": [_run(43), _run(45), _run(44, 60)],
+            "rate 0.01": [_run(50), _run(26), _run(27)], "rate 0.2": [_run(45), _run(40), _run(50)]}
+    verdicts = shadow_bench.p99_verdicts(runs, 0.05)
+    assert verdicts["off_p99_range_ms"] == [30, 40] and verdicts["off_p99_median_ms"] == 35
+    on, low, high = verdicts["rates"]["on"], verdicts["rates"]["rate 0.01"], verdicts["rates"]["rate 0.2"]
+    assert (on["rate"], on["p99_median_ms"], on["within_noise"]) == (0.05, 44, True)  # 44 <= 40 x 1.1
+    assert (low["rate"], low["p99_median_ms"], low["within_noise"]) == (0.01, 27, True)  # 27 >= 30 x 0.9
+    assert (high["rate"], high["p99_median_ms"], high["within_noise"]) == (0.2, 45, False)
+    assert verdicts["on_within_noise"] is True and on["compared"] == [0, 0, 60]
+    runs["on"] = [_run(45)] * 3  # just beyond the margin
+    assert shadow_bench.p99_verdicts(runs, 0.05)["on_within_noise"] is False
+
+
 def test_the_report_shows_each_rates_p99_against_the_noise_of_shadow_off():
     side = {"streams": 10.0, "rounds": [10, 10, 10]}
     cost = {"capacity": {"1080p": {"on": side, "off": side, "ratio": 1.0, "ratio_range": [1.0, 1.0]}},

@@ -56,11 +56,17 @@ class LiveMetrics:
     def flush(self) -> None:
         with self.lock:
             pending, self.pending = self.pending, {}
+        failed = []
         for key, value in pending.items():
-            if key in self.gauges:
-                self._metric(key).set(float(value))
-            elif value:
-                self._metric(key).increment(float(value))
+            try:  # each series on its own: one that cannot be sent does not take the others' increments
+                if key in self.gauges:
+                    self._metric(key).set(float(value))
+                elif value:
+                    self._metric(key).increment(float(value))
+            except Exception as error:  # noqa: BLE001
+                failed.append(f"{key}: {error}")
+        if failed:
+            raise RuntimeError(f"{len(failed)} series not sent ({failed[0]})")
 
     def _run(self) -> None:
         while not self.stop.wait(FLUSH_S):
@@ -95,7 +101,17 @@ class TritonPythonModel:
         # Triton runs the warmup samples before the model serves: not traffic, so not watched
         self.unwatched = sum(int(w.get("batch_size", 1)) * int(w.get("count", 1)) for w in config.get("model_warmup", []))
         if any(i["name"] == "PIXELS" for i in config["input"]):
-            self._start_shadow(args, params)
+            try:
+                self._start_shadow(args, params)
+            except Exception as error:  # noqa: BLE001 - no shadow (or no metrics API: Triton < 23.05) is never a failed model
+                pb_utils.Logger.log_warn(f"postprocess: shadow parity and drift signals off: {type(error).__name__}: {error}")
+                for part in (self.shadow, self.live):
+                    try:
+                        if part is not None:
+                            part.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                self.shadow = self.live = None
 
     def _start_shadow(self, args, params):
         import shadow
@@ -133,7 +149,7 @@ class TritonPythonModel:
             start += count
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, value) for name, value in padded.items()]))
-        if self.shadow is not None:  # watched once the batch has answered: a retried request is not counted twice
+        if self.shadow is not None:  # watched once the whole batch has its answers: a retried request is not counted twice
             self._answered.append((requests, counts, stacked, letterbox, detections))
         return responses
 
