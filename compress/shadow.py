@@ -362,7 +362,8 @@ class Shadow:
         else:
             self._busy.set()
             tensor = pixels() if callable(pixels) else pixels
-            job = {"time": time.time(), "pixels": np.ascontiguousarray(tensor), "letterbox": np.array(letterbox),
+            # a copy, not a view: the request's input memory is Triton's again once execute() returns
+            job = {"time": time.time(), "pixels": np.array(tensor, copy=True), "letterbox": np.array(letterbox),
                    "heads": {k: np.ascontiguousarray(v) for k, v in heads.items()}}
             self._slot.put_nowait(job)  # empty: a job is only put while not busy
             return "handed"

@@ -61,9 +61,13 @@ def test_make_watch_shadow_rate_and_audit_as_typed(tiny_artifacts, val_images, t
     from tools.server import TritonServer
 
     repo = tmp_path / "repo"
-    built = make("repo", "ALLOW_UNGATED=1", "SHADOW_RATE=1", f"ARTIFACTS={tiny_artifacts}", f"REPO={repo}")
+    # every frame compared: the CPU gate off (back-to-back frames keep 2 cores over its 0.8, and
+    # `make audit` below needs compared frames; the gate has its own tests)
+    built = make("repo", "ALLOW_UNGATED=1", "SHADOW_RATE=1", "SHADOW_MAX_CPU=1", f"ARTIFACTS={tiny_artifacts}",
+                 f"REPO={repo}")
     assert built.returncode == 0, built.stderr[-2000:]
     assert "shadow parity 100% of frames" in built.stdout
+    assert json.loads((repo / "repository.json").read_text())["settings"]["shadow_max_cpu"] == 1.0
     with TritonServer(repo, log_path=tmp_path / "server.log", exit_timeout_s=5) as server:
         with http.InferenceServerClient(server.http_url) as client:
             for path in val_images[:20]:
