@@ -248,3 +248,13 @@ def test_a_sampler_outlives_a_sample_that_raises():
         sampler._take()
     assert [value for _, value in sampler.samples] == [2, 3]
     assert sampler.errors == 1 and sampler.last_error == "ValueError: a truncated /metrics page"
+
+
+def test_the_watch_summary_says_how_many_scrapes_failed():
+    from tools.watch import ShadowWatch
+
+    watch = ShadowWatch("http://127.0.0.1:9/metrics", interval_s=0.01)  # nothing listens there
+    watch._take()
+    watch._take()
+    summary = watch.summary()
+    assert summary["sampling_errors"]["count"] == 2 and "URLError" in summary["sampling_errors"]["last"]

@@ -245,3 +245,29 @@ def test_a_result_the_reader_cannot_count_is_logged_and_the_shadow_goes_on():
     assert {outcome_key("failed"): 1} in seen  # the result after the bad one was counted
     assert not shadow._busy.is_set() and not shadow.available  # then the end of the stream: off, said once
     assert any("shadow parity off: the worker exited" in line for line in logged)
+
+
+def test_the_busy_share_is_re_read_by_its_own_thread_while_the_shadow_is_on():
+    """Not only when a frame is sampled: after an idle spell the share is the last quarter second's."""
+    import threading
+    import time
+
+    from compress.shadow import Shadow, ShadowSettings
+
+    shadow = Shadow(ShadowSettings(rate=0.0), "/nonexistent", {}, report=lambda deltas: None)
+
+    class Readings:
+        interval_s, value, reads = 0.01, 0.0, 0
+
+        def busy(self):
+            self.reads += 1
+            self.value = 0.9 if self.reads >= 3 else 0.1
+            return self.value
+
+    shadow.load, shadow.available = Readings(), True
+    thread = threading.Thread(target=shadow._watch_load, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    shadow.available = False  # off: the thread ends
+    thread.join(timeout=2)
+    assert not thread.is_alive() and shadow.load.reads >= 3 and shadow.load.value == 0.9
