@@ -55,36 +55,12 @@ def within_slo(summary: dict, late_budget: float) -> bool:
     return failed == 0 and p99 is not None and p99 <= frames["slo_ms"] and frames["late_over_slo"] <= allowed_late
 
 
-def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path | str, out: Path,
-                  late_budget: float = 0.01, max_streams: int = 64, where: Placement | None = None) -> dict:
-    """`where`: how the caller placed `server` and this process (default: both on every core)."""
-    images = as_frame_set(images)
-    where = where or placement("shared")
-    url = server.grpc_url if spec.protocol == "grpc" else server.http_url
-    probes: dict[int, dict] = {}
-
-    def probe(streams: int) -> bool:
-        if streams not in probes:
-            summary = load_test(replace(spec, streams=streams), out / f"streams_{streams}", url=url,
-                                metrics_url=server.metrics_url, images=images)
-            models = summary["triton"]["models"]
-            probes[streams] = {"ok": within_slo(summary, late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
-                               "p50_ms": summary["frames"]["latency_ms"]["p50"],
-                               "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
-                               "detector_queue_ms": models.get(tc.DETECTOR, {}).get("queue_ms_per_request"),
-                               "bottleneck": summary["triton"].get("bottleneck"),
-                               # where a frame's server time goes, per step (Triton's compute statistics)
-                               "compute_ms_per_frame": {name: models.get(name, {}).get("compute_ms_per_frame")
-                                                        for name in (tc.PREPROCESS, tc.DETECTOR, tc.POSTPROCESS)},
-                               "client_cpu_ms_per_frame": summary["client_cpu_ms_per_frame"]}
-            print(f"    {streams:3d} streams: p99 {probes[streams]['p99_ms']} ms, dropped {probes[streams]['dropped']} "
-                  f"-> {'holds' if probes[streams]['ok'] else 'over'}", flush=True)
-        return probes[streams]["ok"]
-
-    good, bad = 0, None
-    streams = 1
+def bisection(max_streams: int = 64):
+    """The stream counts to probe, in order; `send()` each probe's verdict (True: held). Doubles from 1
+    until a count fails, then halves the gap; returns the largest count held. No count comes twice."""
+    good, bad, streams = 0, None, 1
     while streams <= max_streams:
-        if probe(streams):
+        if (yield streams):
             good, streams = streams, streams * 2
         else:
             bad = streams
@@ -92,12 +68,84 @@ def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path 
     if bad is not None:
         while bad - good > 1:
             middle = (good + bad) // 2
-            good, bad = (middle, bad) if probe(middle) else (good, middle)
-    # The machine the capacity belongs to: a replica needs as much to serve as many streams.
-    server_cores = cpu_threads() if where.name == "shared" else len(where.server_cpus)
-    return {"capacity_streams": good, "fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget,
-            "frame_set": images.record(), "machine": {"cpus": server_cores}, "placement": where.record(),
-            "probes": {str(k): v for k, v in sorted(probes.items())}}
+            good, bad = (middle, bad) if (yield middle) else (good, middle)
+    return good
+
+
+class CapacityProbe:
+    """Load tests of one server at a stream count each, and the capacity record they add up to."""
+
+    def __init__(self, server: TritonServer, spec: LoadSpec, images: FrameSet | Path | str, out: Path,
+                 late_budget: float = 0.01, where: Placement | None = None):
+        self.server, self.spec, self.images, self.out = server, spec, as_frame_set(images), out
+        self.late_budget, self.where = late_budget, where or placement("shared")
+        self.url = server.grpc_url if spec.protocol == "grpc" else server.http_url
+        self.probes: dict[int, dict] = {}
+
+    def __call__(self, streams: int) -> bool:
+        if streams not in self.probes:
+            summary = load_test(replace(self.spec, streams=streams), self.out / f"streams_{streams}", url=self.url,
+                                metrics_url=self.server.metrics_url, images=self.images)
+            models = summary["triton"]["models"]
+            self.probes[streams] = {
+                "ok": within_slo(summary, self.late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
+                "p50_ms": summary["frames"]["latency_ms"]["p50"],
+                "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
+                "detector_queue_ms": models.get(tc.DETECTOR, {}).get("queue_ms_per_request"),
+                "bottleneck": summary["triton"].get("bottleneck"),
+                # where a frame's server time goes, per step (Triton's compute statistics)
+                "compute_ms_per_frame": {name: models.get(name, {}).get("compute_ms_per_frame")
+                                         for name in (tc.PREPROCESS, tc.DETECTOR, tc.POSTPROCESS)},
+                "client_cpu_ms_per_frame": summary["client_cpu_ms_per_frame"],
+                **({"watch": summary["watch"]} if summary.get("watch", {}).get("shadow") else {})}
+            probe = self.probes[streams]
+            print(f"    {streams:3d} streams: p99 {probe['p99_ms']} ms, dropped {probe['dropped']} "
+                  f"-> {'holds' if probe['ok'] else 'over'}", flush=True)
+        return self.probes[streams]["ok"]
+
+    def result(self, capacity: int) -> dict:
+        # The machine the capacity belongs to: a replica needs as much to serve as many streams.
+        server_cores = cpu_threads() if self.where.name == "shared" else len(self.where.server_cpus)
+        return {"capacity_streams": capacity, "fps": self.spec.fps, "slo_ms": self.spec.slo_ms,
+                "late_budget": self.late_budget, "frame_set": self.images.record(), "machine": {"cpus": server_cores},
+                "placement": self.where.record(), "probes": {str(k): v for k, v in sorted(self.probes.items())}}
+
+
+def find_capacity(server: TritonServer, spec: LoadSpec, images: FrameSet | Path | str, out: Path,
+                  late_budget: float = 0.01, max_streams: int = 64, where: Placement | None = None) -> dict:
+    """`where`: how the caller placed `server` and this process (default: both on every core)."""
+    probe = CapacityProbe(server, spec, images, out, late_budget, where)
+    return probe.result(drive(bisection(max_streams), probe))
+
+
+def drive(steps, probe) -> int:
+    """Runs a `bisection()` with `probe(streams) -> held`; its result."""
+    try:
+        streams = next(steps)
+        while True:
+            streams = steps.send(probe(streams))
+    except StopIteration as end:
+        return end.value
+
+
+def find_capacities_side_by_side(probes: dict[str, CapacityProbe], max_streams: int = 64) -> dict[str, dict]:
+    """Each probe's capacity, their bisections in lockstep: one load test of each side in turn (which
+    side goes first alternating step by step), so a slow spell of the shared machine (minutes, measured:
+    every step 20-35% slower) falls on both sides instead of on one side's whole bisection."""
+    steps = {name: bisection(max_streams) for name in probes}
+    pending = {name: next(step) for name, step in steps.items()}
+    found: dict[str, int] = {}
+    turn = 0
+    while pending:
+        order = list(pending) if turn % 2 == 0 else list(reversed(pending))
+        for name in order:
+            try:
+                pending[name] = steps[name].send(probes[name](pending[name]))
+            except StopIteration as end:
+                found[name] = end.value
+                del pending[name]
+        turn += 1
+    return {name: probes[name].result(found[name]) for name in probes}
 
 
 def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], out: Path, late_budget: float,

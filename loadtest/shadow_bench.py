@@ -4,9 +4,9 @@
 
 Phases (each writes <out>/<phase>.json; all together shadow.json, shadow.md and plots):
 - cost: capacity at 10 FPS within the SLO (dataset and 1080p frames) of the repository with shadow
-  parity and of the same repository built without it (SHADOW=0), alternating the two over
-  CAPACITY_ROUNDS rounds (which side goes first alternates too; the ratio is of the medians, the
-  rounds' spread is the probe noise); then p99 at 80% of the capacity without it, alternating the
+  parity and of the same repository built without it (SHADOW=0), both servers up and their
+  bisections in lockstep, one probe of each in turn, over CAPACITY_ROUNDS rounds (the ratio is of
+  the medians, the rounds' spread is the probe noise); then p99 at 80% of the capacity without it, alternating the
   two over ROUNDS rounds (the spread of the rounds without it is the run-to-run noise). Frames lost
   or failed are counted.
 - healthy: HEALTHY_S (default 10 min) at 80% of that capacity with shadow on: the alarms that
@@ -26,6 +26,7 @@ figure, alike for both sides of each comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -37,7 +38,7 @@ import numpy as np
 from compress.env import describe_machine, machine_line
 from compress.errors import cli_entry
 from compress.plotting import saved_figure
-from loadtest.capacity import find_capacity
+from loadtest.capacity import CapacityProbe, find_capacities_side_by_side
 from loadtest.run import load_test
 from loadtest.spec import LoadSpec, parse_duration
 from tools.frame_sets import as_frame_set
@@ -94,23 +95,33 @@ def without_shadow(repo: Path, dest: Path) -> Path:
 
 
 def capacity_rounds(repos: dict[str, Path], spec: LoadSpec, frame_set, out: Path, rounds: int) -> dict:
-    """Capacity of each side over `rounds` rounds, the sides alternating (and which goes first
-    alternating too, so neither always runs on a machine warmed by the other)."""
+    """Capacity of each side over `rounds` rounds. Both servers are up at once and their bisections
+    run in lockstep, one probe of each side in turn (loadtest.capacity.find_capacities_side_by_side):
+    a slow spell of the shared machine lasting minutes falls on both sides, not on one side's rounds
+    (measured at a7f5e46: run one side after the other, two of shadow on's rounds ran back to back and
+    every step of them, at 4 streams already, was 20-35% slower)."""
     sides: dict[str, dict] = {mode: {"rounds": [], "probes": []} for mode in repos}
     for number in range(rounds):
-        order = list(repos) if number % 2 == 0 else list(reversed(repos))
-        for mode in order:
-            print(f"==> capacity, shadow {mode}, {frame_set.label()}, round {number + 1}/{rounds}", flush=True)
-            with TritonServer(repos[mode], log_path=out / f"server-{mode}.log") as server:
-                found = find_capacity(server, spec, frame_set, out / f"capacity-{mode}-{frame_set.name}-{number}")
-            sides[mode]["rounds"].append(found["capacity_streams"])
-            sides[mode]["probes"].append(found["probes"])
+        print(f"==> capacity, shadow {' and '.join(repos)} side by side, {frame_set.label()}, "
+              f"round {number + 1}/{rounds}", flush=True)
+        with contextlib.ExitStack() as stack:
+            probes = {}
+            for mode, repo in repos.items():
+                server = stack.enter_context(TritonServer(repo, log_path=out / f"server-{mode}.log"))
+                probes[mode] = CapacityProbe(server, spec, frame_set, out / f"capacity-{mode}-{frame_set.name}-{number}")
+            # which side opens the round alternates too: neither always probes a machine the other warmed
+            order = list(repos) if number % 2 == 0 else list(reversed(repos))
+            found = find_capacities_side_by_side({mode: probes[mode] for mode in order})
+        for mode in repos:
+            sides[mode]["rounds"].append(found[mode]["capacity_streams"])
+            sides[mode]["probes"].append(found[mode]["probes"])
     for side in sides.values():
         side["streams"] = float(np.median(side["rounds"]))
     entry = {**sides, "ratio": round(sides["on"]["streams"] / max(sides["off"]["streams"], 1), 3),
              # every round's on against every round's off: how far the verdict could swing on probe noise
              "ratio_range": [round(min(sides["on"]["rounds"]) / max(max(sides["off"]["rounds"]), 1), 3),
-                             round(max(sides["on"]["rounds"]) / max(min(sides["off"]["rounds"]), 1), 3)]}
+                             round(max(sides["on"]["rounds"]) / max(min(sides["off"]["rounds"]), 1), 3)],
+             "side_by_side": True}
     print(f"    {frame_set.name}: on {sides['on']['rounds']} off {sides['off']['rounds']} -> {entry['ratio']:.0%}", flush=True)
     return entry
 
@@ -360,6 +371,9 @@ def to_markdown(result: dict) -> str:
                   + (f"{v['ratio_range'][0]:.0%}-{v['ratio_range'][1]:.0%}" if 'ratio_range' in v else "-")
                   + f" | {'yes' if v['ratio'] >= 0.95 else 'no'} |"
                   for frames, v in c["capacity"].items()]
+        if any(v.get("side_by_side") for v in c["capacity"].values()):
+            lines += ["", "Both servers were up in each round and their bisections ran in lockstep, one 15 s probe of "
+                          "each side in turn, so a slow spell of the machine fell on both sides."]
         lines += ["", f"p99 at {c['p99_streams']} streams of 1080p ({LOAD_SHARE:.0%} of the capacity without shadow), "
                       f"{ROUNDS} alternating rounds of {c.get('p99_seconds', 15):g} s: shadow on median {c['on_p99_median_ms']} ms, off median "
                       f"{c['off_p99_median_ms']} ms (off range {c['off_p99_range_ms'][0]}-{c['off_p99_range_ms'][1]} ms: the "
@@ -421,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--healthy-duration", default="10m")
     parser.add_argument("--duration", default="15s", help="seconds per capacity probe")
     parser.add_argument("--capacity-rounds", type=int, default=CAPACITY_ROUNDS,
-                        help="cost: capacity rounds per side (alternating)")
+                        help="cost: capacity rounds (both sides probed in turn in each)")
     parser.add_argument("--p99-duration", default=f"{P99_S:g}s", help="cost: each p99 run")
     parser.add_argument("--p99-rates", default="",
                         help="cost: other shadow rates whose p99 is measured beside the repository's (comma-separated)")
