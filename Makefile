@@ -33,14 +33,14 @@ REPO_ARGS := --artifacts $(ARTIFACTS) --repo $(REPO) $(if $(TARGET),--target $(T
 	$(if $(DEVICE),--device $(DEVICE)) $(if $(MAX_BATCH),--max-batch-size $(MAX_BATCH)) \
 	$(if $(filter 0,$(SHADOW)),--no-shadow) $(if $(SHADOW_RATE),--shadow-rate $(SHADOW_RATE)) \
 	$(if $(SHADOW_MAX_FPS),--shadow-max-fps $(SHADOW_MAX_FPS)) $(if $(SHADOW_MAX_CPU),--shadow-max-cpu $(SHADOW_MAX_CPU)) $(if $(SHADOW_REFERENCE),--shadow-reference $(SHADOW_REFERENCE)) \
-	$(if $(EVIDENCE_DIR),--evidence-dir $(EVIDENCE_DIR))
+	$(if $(EVIDENCE_DIR),--evidence-dir $(EVIDENCE_DIR)) $(if $(RUNTIME),--runtime $(RUNTIME))
 # The load a test sends (loadtest/spec.py holds the defaults)
 SPEC_ARGS = $(if $(STREAMS),--streams $(STREAMS)) $(if $(FPS),--fps $(FPS)) $(if $(DURATION),--duration $(DURATION)) \
 	$(if $(PROTOCOL),--protocol $(PROTOCOL)) $(if $(SLO_MS),--slo-ms $(SLO_MS)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(MAX_IN_FLIGHT),--max-in-flight $(MAX_IN_FLIGHT))
 FRAMES_ARG = $(if $(FRAMES),--frames $(FRAMES))
 
-.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test bench-shadow haproxy promtool watch audit shadow-rate test test-unit test-integration fuzz lock clean clean-all
+.PHONY: all help venv pipeline compress parity verify docs summary bench bench-peers openvino bench-serving bench-steps bench-burst plan repo demo serve image image-loadtest serve-docker k8s plan-capacity infer loadtest capacity tune soak bench-robustness bench-perf-analyzer rollout-test bench-shadow haproxy promtool watch audit shadow-rate test test-unit test-integration fuzz lock clean clean-all
 
 all: venv pipeline parity repo verify demo docs summary ## Main job: data -> train -> search within MAX_MAP_DROP -> parity gate -> Triton repository -> served mAP check -> real inference -> docs/results.md -> summary
 
@@ -56,6 +56,7 @@ help: ## List the targets and the variables they read
 	@echo "  target:    DEVICE=cpu|gpu (training, detector instances of repo, serve-docker's --gpus) MAX_BATCH=<n> (repo, plan)"
 	@echo "             LATENCY_THREADS=<n> (threads every latency is measured at; default a served detector instance's share)"
 	@echo "  serving:   TARGET=local|onnxruntime|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
+	@echo "             RUNTIME=onnxruntime|openvino|auto (repo, local target: the detector's runtime; openvino needs \`make openvino\`)"
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"
 	@echo "             SHADOW_MAX_FPS=<per second per postprocess instance, default 5> SHADOW_MAX_CPU=<busy share of the cores above which none, default 0.8>"
@@ -106,6 +107,9 @@ bench: venv ## Re-measure the report (interleaved latency with spread, op profil
 
 bench-peers: venv ## The served model beside Ultralytics' OpenVINO INT8 export of the same baseline (NNCF), both files on ONNX Runtime and OpenVINO, and the served model's FP32 twin quantized by NNCF for OpenVINO: latency side by side (each in its own process), mAP by one evaluator -> $(ARTIFACTS)/peers/
 	$(PY) -m compress.peer_bench --artifacts $(ARTIFACTS) $(if $(LATENCY_THREADS),--threads $(LATENCY_THREADS))
+
+openvino: venv ## The gated model for OpenVINO: its FP32 twin quantized by NNCF with the served recipe, held to the parity gate's checks (Polygraphy, agreement, mAP) and timed beside the ONNX Runtime file -> $(ARTIFACTS)/openvino/ (then `make repo RUNTIME=openvino|auto`)
+	$(PY) -m tools.openvino_gate --artifacts $(ARTIFACTS) $(if $(LATENCY_THREADS),--threads $(LATENCY_THREADS))
 
 plan: venv ## Build TensorRT FP16/INT8 plans (needs tensorrt: NGC container on a GPU)
 	$(PY) -m compress.pipeline $(PIPELINE_ARGS) --stages plan --force

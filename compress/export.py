@@ -9,6 +9,7 @@ exports (`output0`), so `--onnx` can serve those too.
 from __future__ import annotations
 
 import ast
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def read_openvino_info(xml: Path) -> OnnxInfo:
         raise UnsupportedModelError(f"{meta_file} has no Ultralytics metadata (names, imgsz)")
     imgsz = meta["imgsz"]
     image_size = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) else (int(imgsz), int(imgsz))
-    outputs = _openvino().Core().read_model(str(xml)).outputs
+    ov = _openvino()
+    ir = ov.Core().read_model(str(xml))
+    outputs = ir.outputs
+    pixel_type = "uint8" if ir.inputs[0].get_element_type() == ov.Type.u8 else "float32"
     text_meta = {key: str(value) for key, value in meta.items()}
     if meta.get("head_layout") == "raw":  # the project's own raw-head export, as an IR (compress/openvino_quantize.py)
         if len(outputs) != 2:
@@ -158,13 +162,14 @@ def read_openvino_info(xml: Path) -> OnnxInfo:
         # as read_info does for the ONNX: DFL bins from box_logits' channels (4 sides)
         reg_max = box[1].get_length() // 4 if len(box) == 3 and box[1].is_static else int(meta.get("reg_max", 16))
         return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
-                        head_strides(text_meta, image_size, anchors, xml), reg_max, "raw", text_meta)
+                        head_strides(text_meta, image_size, anchors, xml), reg_max, "raw", text_meta, pixel_type)
     if len(outputs) != 1:
         raise UnsupportedModelError(f"{xml} has {len(outputs)} outputs; expected a YOLO detect head (output0)")
     shape = outputs[0].get_partial_shape()
     anchors = shape[2].get_length() if len(shape) == 3 and shape[2].is_static else None
     return OnnxInfo(xml, image_size, {int(k): str(v) for k, v in meta["names"].items()},
-                    head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "decoded", text_meta)
+                    head_strides(text_meta, image_size, anchors, xml), int(meta.get("reg_max", 16)), "decoded", text_meta,
+                    pixel_type)
 
 
 def with_uint8_pixels(source: Path, out_path: Path) -> Path:
@@ -174,7 +179,11 @@ def with_uint8_pixels(source: Path, out_path: Path) -> Path:
     4. `Cast` + `Div` by 255 computes exactly what the float feed did (letterbox divides the same
     uint8 values by 255 in float32), so detections are unchanged; the rest of the graph, its
     metadata and its opsets are kept as they are.
+    An OpenVINO IR (`.xml`) gets the same two steps from OpenVINO's PrePostProcessor, written
+    beside its metadata.yaml.
     """
+    if Path(source).suffix == ".xml":
+        return _ir_with_uint8_pixels(Path(source), Path(out_path))
     import onnx
     from onnx import TensorProto, helper
 
@@ -195,6 +204,24 @@ def with_uint8_pixels(source: Path, out_path: Path) -> Path:
         graph.node.insert(position, node)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
+    return out_path
+
+
+def _ir_with_uint8_pixels(source: Path, out_path: Path) -> Path:
+    from compress.openvino_session import _openvino
+
+    ov = _openvino()
+    model = ov.Core().read_model(str(source))
+    if model.inputs[0].get_element_type() == ov.Type.u8:
+        raise UnsupportedModelError(f"{source} already takes uint8 pixels")
+    steps = ov.preprocess.PrePostProcessor(model)
+    steps.input().tensor().set_element_type(ov.Type.u8)
+    steps.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16=False: the weights stay as the source IR stores them (the gate measured those)
+    ov.save_model(steps.build(), str(out_path), compress_to_fp16=False)
+    if (source.parent / "metadata.yaml").exists() and source.parent != out_path.parent:
+        shutil.copyfile(source.parent / "metadata.yaml", out_path.parent / "metadata.yaml")
     return out_path
 
 

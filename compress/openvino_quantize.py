@@ -102,3 +102,23 @@ def nncf_quantize(fp32_onnx: Path, xml_out: Path, image_size: tuple[int, int], i
     return {"quantizer": f"nncf {nncf.__version__}", "preset": "mixed", "calibration_images": len(samples),
             "float_convolutions": sorted(convolutions),
             "float_nodes": float_nodes, "openvino_float_ops": ignored, "fake_quantize_ops": fake_quantize}
+
+
+def served_twin(artifacts: Path, data_yaml: Path, image_size: tuple[int, int], xml_out: Path,
+                served_onnx: Path) -> tuple[Path, dict] | None:
+    """The served INT8 model's FP32 twin quantized by NNCF with the served recipe (its calibration
+    images and float layers) -> `xml_out`; None when the served model is not INT8, or is not the
+    report's choice (a gate record of another stage: its recipe is not in the report)."""
+    from compress.progress import stage
+    from compress.quantize import calibration_images
+    from compress.records import Report
+
+    served = Report.load(artifacts).served
+    if served.precision != "int8" or not served.quantization or Path(served.onnx) != Path(served_onnx) \
+            or "calibration_images" not in served.quantization:
+        return None
+    recipe = served.quantization
+    with stage("the served model's FP32 twin, NNCF INT8 for OpenVINO"):
+        record = nncf_quantize(served.fp32_onnx, xml_out, image_size,
+                               calibration_images(data_yaml, recipe["calibration_images"]), recipe.get("float_nodes"))
+    return xml_out, record

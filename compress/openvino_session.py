@@ -5,16 +5,36 @@ OpenVINO IR (`.xml`, e.g. Ultralytics' `*_openvino_model/`) through the same cod
 Runtime session. openvino is imported only here, and only when such a session is made.
 
 Precision is explicit: OpenVINO's CPU default on CPUs with bf16 (AVX-512 BF16, AMX) runs float
-layers in bf16, which changes outputs. `precision="f32"` keeps them float32 (what the gate's
-comparisons assume); `precision="default"` is what Ultralytics' own OpenVINO runtime gets.
+layers in bf16, which changes outputs. `precision="f32"` keeps them float32; `precision="default"`
+is what Ultralytics' own OpenVINO runtime gets, and what `make openvino` gates and serves (the
+precision it resolved to is recorded, and the builder refuses a host that resolves another).
+
+The repository builder copies this file beside the served detector of `RUNTIME=openvino`
+(tools/triton_models/onnx_detector.py), so the server runs the session the gate measured: outside
+the project its errors are the standard library's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from compress.errors import MissingDependencyError, UnsupportedModelError, require_file
+try:
+    from compress.errors import MissingDependencyError, UnsupportedModelError, require_file
+except ImportError:  # inside the served detector: the builder's copy, no compress package
+    class MissingDependencyError(ImportError):
+        def __init__(self, message: str, hint: str | None = None):
+            super().__init__(f"{message} ({hint})" if hint else message)
 
+    class UnsupportedModelError(ValueError):
+        def __init__(self, message: str, hint: str | None = None):
+            super().__init__(f"{message} ({hint})" if hint else message)
+
+    def require_file(path, what: str = "file"):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+        return Path(path)
+
+PRECISIONS = ("f32", "default")  # float layers: float32, or what OpenVINO picks for the CPU (bf16 where it has it)
 
 
 def _openvino():
@@ -43,8 +63,6 @@ class OpenVinoSession:
     OpenVINO's fastest path; a batch-1 IR, as Ultralytics exports it, also runs at batch 8)."""
 
     def __init__(self, path: Path, threads: int = 0, precision: str = "f32"):
-        from compress.runtimes import PRECISIONS
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         ov = _openvino()
@@ -54,13 +72,18 @@ class OpenVinoSession:
             self.model = self.core.read_model(str(self.path))
         except Exception as error:  # OpenVINO raises RuntimeError with its own text
             raise UnsupportedModelError(f"{self.path} is not a model OpenVINO can read: {str(error).splitlines()[0]}") from None
-        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        # no pinning: OpenVINO pins each process's threads from core 0 up on Linux, so two served
+        # detector instances (two processes) would share one core and leave the other idle
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "ENABLE_CPU_PINNING": "NO"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = str(int(threads))
         if precision == "f32":
             self.config["INFERENCE_PRECISION_HINT"] = "f32"
         self.input_name = self.model.inputs[0].get_any_name()
         self.output_names = [_name(o, f"output{i}") for i, o in enumerate(self.model.outputs)]
+        # every name an output answers to (the ONNX's tensor name may be one of several)
+        self._output_index = {name: i for i, o in enumerate(self.model.outputs) for name in o.get_names()}
+        self._output_index.update({name: i for i, name in enumerate(self.output_names)})
         self._compiled: dict[tuple[int, ...], object] = {}
 
     def compiled(self, shape: tuple[int, ...]):
@@ -93,11 +116,20 @@ class OpenVinoSession:
     def get_outputs(self) -> list[_Output]:
         return [_Output(name) for name in self.output_names]
 
+    def compile_batches(self, batch_sizes) -> None:
+        """Compiled ahead for each batch size (a server's first batch of a new size must not wait
+        for OpenVINO's compilation)."""
+        shape = self._any_shape()
+        for batch in batch_sizes:
+            self.compiled((int(batch), *shape[1:]))
+
     def run(self, output_names, feed: dict):
         tensor = feed[self.input_name] if self.input_name in feed else next(iter(feed.values()))
-        results = self.compiled(tuple(tensor.shape))(tensor)
-        by_name = dict(zip(self.output_names, results.values()))
-        return [by_name[name] for name in (output_names or self.output_names)]
+        values = list(self.compiled(tuple(tensor.shape))(tensor).values())
+        missing = [name for name in (output_names or []) if name not in self._output_index]
+        if missing:
+            raise KeyError(f"{self.path} has no output(s) {', '.join(missing)} (it has {', '.join(self.output_names)})")
+        return [values[self._output_index[name]] for name in (output_names or self.output_names)]
 
 
 def create_openvino_session(path: Path, threads: int = 0, precision: str = "f32") -> OpenVinoSession:

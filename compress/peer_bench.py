@@ -121,22 +121,10 @@ def peer_rows(baseline_onnx: Path, served_onnx: Path, peer_xml: Path) -> dict[st
 
 def nncf_twin(artifacts: Path, data_yaml: Path, image_size: tuple[int, int], out_dir: Path,
               served_onnx: Path) -> tuple[Path, dict] | None:
-    """The served INT8 model's FP32 twin quantized by NNCF for OpenVINO with the served recipe
-    (its calibration images and float layers); None when the served model is not INT8, or is not
-    the report's choice (a gate record of another stage: its recipe is not in the report)."""
-    from compress.openvino_quantize import nncf_quantize
-    from compress.quantize import calibration_images
+    """The served model's NNCF twin for the peer table (compress.openvino_quantize.served_twin)."""
+    from compress.openvino_quantize import served_twin
 
-    served = Report.load(artifacts).served
-    if served.precision != "int8" or not served.quantization or Path(served.onnx) != Path(served_onnx) \
-            or "calibration_images" not in served.quantization:
-        return None
-    recipe = served.quantization
-    xml = out_dir / "served_nncf" / "model.xml"
-    with stage("peer: the served model's FP32 twin, NNCF INT8 for OpenVINO"):
-        record = nncf_quantize(served.fp32_onnx, xml, image_size,
-                               calibration_images(data_yaml, recipe["calibration_images"]), recipe.get("float_nodes"))
-    return xml, record
+    return served_twin(artifacts, data_yaml, image_size, out_dir / "served_nncf" / "model.xml", served_onnx)
 
 
 def served_model(artifacts: Path) -> tuple[Path, str, bool]:

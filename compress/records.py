@@ -26,6 +26,7 @@ from compress.manifest import Manifest, file_hash, relative_to
 REPORT_FILE = Path("report") / "report.json"
 SERVED_FILE = "served.json"
 VERDICTS_FILE = "gate_verdicts.json"
+OPENVINO_FILE = Path("openvino") / "openvino.json"
 
 
 def read_json(path: Path, what: str, hint: str) -> dict:
@@ -168,6 +169,7 @@ class GatedModel:
     # the served shadow's reference (the one accuracy is budgeted against) and what the gate saw
     # of it on the val split: agreement and drift signals (tools.agreement.shadow_baseline)
     shadow: dict | None = None
+    gate: dict | None = None  # the thresholds it passed under (tools.gate.Gate), for checks of its twins
 
     @property
     def shadow_reference(self) -> Path | None:
@@ -187,7 +189,7 @@ class GatedModel:
                         record.get("gated_at", ""), root / record["trt_onnx"] if record.get("trt_onnx") else None,
                         record.get("trt_onnx_sha256"),
                         {**record["shadow"], "reference_onnx": root / record["shadow"]["reference_onnx"]}
-                        if record.get("shadow") else None)
+                        if record.get("shadow") else None, record.get("gate"))
         except (KeyError, TypeError) as error:
             raise GateFailedError(f"{path} is not a gate record this toolkit wrote (no {error})",
                                   hint="run `make parity` again") from None
@@ -198,10 +200,12 @@ class GatedModel:
 
     @staticmethod
     def record(artifacts: Path, stage: str, onnx: Path, trt_onnx: Path | None = None,
-               mixed_precision: bool = False, shadow: dict | None = None) -> Path:
+               mixed_precision: bool = False, shadow: dict | None = None, gate: dict | None = None) -> Path:
         """Written by the parity gate alone, tied to the exact bytes it gated."""
         record = {"stage": stage, "onnx": relative_to(artifacts, onnx), "sha256": file_hash(onnx),
                   "mixed_precision": mixed_precision, "gated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if gate is not None:
+            record["gate"] = gate
         if shadow is not None:
             record["shadow"] = {**shadow, "reference_onnx": relative_to(artifacts, shadow["reference_onnx"]),
                                 "reference_sha256": file_hash(shadow["reference_onnx"])}
@@ -212,6 +216,74 @@ class GatedModel:
     @staticmethod
     def clear(artifacts: Path) -> None:
         (Path(artifacts) / SERVED_FILE).unlink(missing_ok=True)
+
+
+# -- the gated model on OpenVINO ---------------------------------------------------------------------
+
+def ir_hash(xml: Path) -> str:
+    """An IR's identity: its graph and its weights."""
+    return f"{file_hash(xml)}:{file_hash(Path(xml).with_suffix('.bin'))}"
+
+
+def model_hash(path: Path) -> str:
+    """A served file's identity: its bytes, an OpenVINO IR's graph and weights."""
+    return ir_hash(path) if Path(path).suffix == ".xml" else file_hash(path)
+
+
+@dataclass
+class OpenVinoModel:
+    """`make openvino`'s record (tools.openvino_gate): the gated model's OpenVINO twin, whether the
+    parity gate's checks passed on it, and its end-to-end speed beside the gated ONNX Runtime file
+    (measured side by side: {"bs1": x, "bs8": y}, above 1 is faster on OpenVINO; `speedup_p10`
+    the low end of each one's bootstrap interval)."""
+
+    xml: Path
+    ir_sha256: str
+    gated_sha256: str  # the gated ONNX it is the twin of
+    precision: str  # the float layers' precision asked for when gated and served (compress.runtimes)
+    inference_precision: str  # what OpenVINO resolved it to on the gating machine ("f32", "bf16")
+    passed: bool
+    speedup: dict
+    speedup_p10: dict
+    shadow: dict | None = None  # the shadow baseline of the IR (tools.agreement.shadow_baseline)
+
+    @property
+    def faster(self) -> bool:
+        """Faster than ONNX Runtime at every batch size measured, beyond the noise (the low end of
+        each interval above 1)."""
+        return bool(self.speedup_p10) and all(value > 1.0 for value in self.speedup_p10.values())
+
+    @classmethod
+    def load(cls, artifacts: Path, gated: "GatedModel") -> "OpenVinoModel":
+        """The record, checked against the gate's current choice and the IR's bytes."""
+        path = Path(artifacts) / OPENVINO_FILE
+        if not path.exists():
+            raise GateFailedError(f"the gated model has no OpenVINO twin in {artifacts}",
+                                  hint="run `make openvino` (it quantizes, gates and times it)")
+        record = read_json(path, "OpenVINO record", "run `make openvino` again")
+        try:
+            model = cls(Path(artifacts) / record["xml"], record["ir_sha256"], record["gated_sha256"], record["precision"],
+                        record["inference_precision"], bool(record["passed"]), dict(record["speedup"]),
+                        dict(record["speedup_p10"]), record.get("shadow"))
+        except (KeyError, TypeError) as error:
+            raise GateFailedError(f"{path} is not a record `make openvino` wrote (no {error})",
+                                  hint="run `make openvino` again") from None
+        if model.gated_sha256 != gated.sha256:
+            raise GateFailedError(f"{path} is the OpenVINO twin of another model than the one the gate passed now",
+                                  hint="run `make openvino` again after `make parity`")
+        if not model.xml.exists() or not model.xml.with_suffix(".bin").exists() or ir_hash(model.xml) != model.ir_sha256:
+            raise GateFailedError(f"{model.xml} changed since `make openvino` gated it (or is gone)",
+                                  hint="run `make openvino` again")
+        return model
+
+    @staticmethod
+    def record(artifacts: Path, xml: Path, gated: "GatedModel", precision: str, inference_precision: str,
+               passed: bool, speedup: dict, speedup_p10: dict, measured: dict, shadow: dict | None = None) -> Path:
+        record = {"xml": relative_to(artifacts, xml), "ir_sha256": ir_hash(xml), "gated_sha256": gated.sha256,
+                  "gated_stage": gated.stage, "precision": precision, "inference_precision": inference_precision,
+                  "passed": passed, "speedup": speedup, "speedup_p10": speedup_p10, "shadow": shadow,
+                  "measured": measured, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return write_json(Path(artifacts) / OPENVINO_FILE, record)
 
 
 # -- what the gate refused, and the variants it made ------------------------------------------------

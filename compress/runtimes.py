@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compress.openvino_session import PRECISIONS  # noqa: F401  (re-exported; openvino itself is imported lazily)
+
 RUNTIMES = ("onnxruntime", "openvino")
-PRECISIONS = ("f32", "default")  # an OpenVINO session's float layers: float32, or what OpenVINO picks for the CPU
 
 
 def create_runtime_session(path: Path, runtime: str = "onnxruntime", threads: int = 0, precision: str = "f32",

@@ -121,7 +121,8 @@ def naive_repository(onnx: Path, stage: str, out: Path) -> Path:
 
     repo = build_repo.copy_python_models(out)
     settings = build_repo.settings_for(read_info(onnx), dynamic_batching=False, detector_instances=1,
-                                       preprocess_instances=1, postprocess_instances=1)
+                                       preprocess_instances=1, postprocess_instances=1,
+                                       runtime="openvino" if Path(onnx).suffix == ".xml" else "onnxruntime")
     return build_repo.build(repo, onnx, settings, {"stage": stage, "target": "local", "naive": True})
 
 
@@ -161,8 +162,10 @@ def to_markdown(result: dict) -> str:
         f"Rounds, (a) vs (b) frames/s: {rounds}. Concurrency sweep (frames/s): {sweep}.", "",
         f"Served repository: pixels {settings['pixel_type']} from preprocess to detector, "
         f"{settings['detector_instances']} detector instance(s) with "
-        f"{settings['ort_threads'] or 'a share of the cores as'} ONNX Runtime threads each, spinning "
-        f"{'on' if settings['ort_spinning'] else 'off'}, preferred batches {settings['preferred_batch_sizes']}, "
+        f"{settings['ort_threads'] or 'a share of the cores as'} "
+        + (f"OpenVINO threads each ({settings['openvino_precision']} precision)" if settings.get('runtime') == 'openvino'
+           else f"ONNX Runtime threads each, spinning {'on' if settings['ort_spinning'] else 'off'}")
+        + f", preferred batches {settings['preferred_batch_sizes']}, "
         f"queue delay {settings['queue_delay_us']} us. The naive repositories have no dynamic batching and "
         "one instance per step; the first also serves the FP32 baseline instead of the served model.", "",
         f"Steps at concurrency {b['best_concurrency']} (Triton's counters over that sweep run):", "",

@@ -239,7 +239,8 @@ def degraded(repo: Path, spec: LoadSpec, artifacts: Path, out: Path, seconds: fl
     evidence = out / "degraded-evidence"
     if evidence.exists():
         shutil.rmtree(evidence)
-    settings = replace(record.settings, evidence_dir=str(evidence.resolve()))
+    # the broken model is an ONNX Q/DQ file: served on ONNX Runtime whatever the repository runs
+    settings = replace(record.settings, evidence_dir=str(evidence.resolve()), runtime="onnxruntime")
     build_repo.build(bad_repo, broken, settings, {"stage": "blank-calibrated", "target": record.target, "gated": False},
                      shadow_reference=Path(record.extra["shadow_reference"]))
     watch, summaries = watched_load(bad_repo, replace(spec, streams=ALARM_STREAMS, duration_s=seconds),

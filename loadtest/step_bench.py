@@ -57,13 +57,15 @@ def decode_costs(frame_set: FrameSet, size: tuple[int, int], pixel_type: str) ->
             "reduced_ms": spread(reduced), "full_over_reduced": spread(ratios)}
 
 
-def accuracy(frame_set: FrameSet, onnx: Path) -> dict:
+def accuracy(frame_set: FrameSet, onnx: Path, runtime: dict | None = None) -> dict:
+    """`runtime`: the served file's session (compress.runtimes: runtime, precision), default ONNX Runtime."""
     from compress.evaluate import VAL_CONF, VAL_IOU, evaluate
     from compress.local_detector import LocalDetector
 
     scores = {}
     for label, reduced in (("full_decode", False), ("reduced_decode", True)):
-        detector = LocalDetector(onnx, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, reduced_decode=reduced)
+        detector = LocalDetector(onnx, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU, reduced_decode=reduced,
+                                 **(runtime or {}))
         scores[label] = evaluate(detector.detect, frame_set.data_yaml, desc=f"mAP {frame_set.name} {label}")
     points = round((scores["reduced_decode"]["map50_95"] - scores["full_decode"]["map50_95"]) * 100, 2)
     return {**scores, "reduced_minus_full_points": points, "within_tolerance": abs(points) <= MAP_TOLERANCE_POINTS}
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         result["preprocess"][name] = decode_costs(frame_set, info.image_size, info.pixel_type)
     for name, frame_set in frame_sets.items():
         if frame_set.data_yaml and name != "dataset":
-            result["accuracy"][name] = accuracy(frame_set, onnx)
+            result["accuracy"][name] = accuracy(frame_set, onnx, {"runtime": settings.runtime,
+                                                                  "precision": settings.openvino_precision})
     print("==> NMS at the max batch on a crowded scene", flush=True)
     result["nms"] = nms_costs(settings.max_batch_size, settings.anchors, info.num_classes)
     hd = result["preprocess"].get("1080p")

@@ -37,30 +37,35 @@ def compare_on_frames(reference: LocalDetector, candidate: LocalDetector, payloa
 
 
 def agreement_on(reference_onnx: Path, candidate_onnx: Path, payloads: list[bytes], conf: float = SERVED_CONF,
-                 batch_size: int = 0, **detector_args) -> tuple[AgreementCounts, list[Detections]]:
+                 batch_size: int = 0, candidate_runtime: dict | None = None,
+                 **detector_args) -> tuple[AgreementCounts, list[Detections]]:
+    """`candidate_runtime`: the candidate's session (`runtime`, `precision`: compress.runtimes),
+    default ONNX Runtime like the reference's."""
     reference = LocalDetector(reference_onnx, conf_threshold=conf, **detector_args)
-    candidate = LocalDetector(candidate_onnx, conf_threshold=conf, **detector_args)
+    candidate = LocalDetector(candidate_onnx, conf_threshold=conf, **(candidate_runtime or {}), **detector_args)
     counts, served = compare_on_frames(reference, candidate, payloads, batch_size)
     return sum(counts, AgreementCounts()), served
 
 
-def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, conf: float) -> dict:
+def task_parity(reference_onnx: Path, candidate_onnx: Path, data_yaml: Path, conf: float,
+                candidate_runtime: dict | None = None) -> dict:
     """Agreement of the candidate with the reference at detection threshold `conf` on the val split:
     recall, score drift, class flips (gated) and the extra-box share."""
     payloads = [item.path.read_bytes() for item in val_split(data_yaml)]
-    counts, _ = agreement_on(reference_onnx, candidate_onnx, payloads, conf)
+    counts, _ = agreement_on(reference_onnx, candidate_onnx, payloads, conf, candidate_runtime=candidate_runtime)
     return counts.summary()
 
 
 def shadow_baseline(reference_onnx: Path, served_onnx: Path, data_yaml: Path, conf: float = SERVED_CONF,
-                    iou: float = SERVED_IOU, max_det: int = SERVED_MAX_DET) -> dict:
+                    iou: float = SERVED_IOU, max_det: int = SERVED_MAX_DET, candidate_runtime: dict | None = None) -> dict:
     """What the served shadow is held against, measured on the val split at the served thresholds:
     agreement with the reference (the one accuracy is budgeted against; for a pruned model not the
     FP32 twin the gate's agreement checks use) and the served model's drift signals."""
     from compress.shadow import drift_baseline
 
     payloads = [item.path.read_bytes() for item in val_split(data_yaml)]
-    counts, served = agreement_on(reference_onnx, served_onnx, payloads, conf, iou_threshold=iou, max_det=max_det)
+    counts, served = agreement_on(reference_onnx, served_onnx, payloads, conf, iou_threshold=iou, max_det=max_det,
+                                  candidate_runtime=candidate_runtime)
     return {"agreement": counts.summary(), "drift": drift_baseline(served), "conf": conf, "iou": iou, "max_det": max_det}
 
 

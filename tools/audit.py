@@ -137,9 +137,11 @@ def budget_on_traffic(record: RepositoryRecord, frames: list, artifacts: Path) -
     scores = {}
     # a TensorRT plan does not run in-process here: its gated ONNX stands in for it
     served_file = record.source_unchanged() if record.target == "tensorrt" else record.detector_file
-    for name, path in (("served", served_file), ("reference", reference_file)):
+    # the served file on the runtime it is served on (an OpenVINO IR on OpenVINO), the reference on ONNX Runtime
+    served_runtime = {"runtime": record.settings.runtime, "precision": record.settings.openvino_precision}
+    for name, path, runtime in (("served", served_file, served_runtime), ("reference", reference_file, {})):
         detector = LocalDetector(path, conf_threshold=VAL_CONF, iou_threshold=VAL_IOU,
-                                 reduced_decode=record.settings.reduced_decode)
+                                 reduced_decode=record.settings.reduced_decode, **runtime)
         detections = []
         for start in range(0, len(targets), 8):
             detections += detector.detect([t.path.read_bytes() for t in targets[start:start + 8]])

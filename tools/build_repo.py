@@ -20,10 +20,10 @@ from pathlib import Path
 
 from compress.defaults import DEFAULT_MAX_BATCH_SIZE
 from compress.detection import SERVED_CONF, SERVED_IOU, SERVED_MAX_DET
-from compress.errors import GateFailedError, InputFileError, MissingDependencyError, cli_entry
+from compress.errors import GateFailedError, InputFileError, MissingDependencyError, ToolkitError, cli_entry
 from compress.export import read_info, with_uint8_pixels
 from compress.manifest import Manifest, file_hash
-from compress.records import REPORT_FILE, GatedModel, Report, SearchRecord
+from compress.records import REPORT_FILE, GatedModel, OpenVinoModel, Report, SearchRecord, model_hash
 from tools import triton_config as tc
 from tools.repository import RepositoryRecord
 from tools.triton_config import TUNED_KEYS
@@ -31,6 +31,7 @@ from tools.triton_config import TUNED_KEYS
 TOOLS_DIR = Path(__file__).resolve().parent
 SHARED_MATHS = TOOLS_DIR.parent / "compress" / "detection.py"
 SESSION_SETUP = TOOLS_DIR.parent / "compress" / "onnx_session.py"
+OPENVINO_SESSION = TOOLS_DIR.parent / "compress" / "openvino_session.py"
 LOCAL_DETECTOR = TOOLS_DIR / "triton_models" / "onnx_detector.py"
 SHADOW_CODE = TOOLS_DIR.parent / "compress" / "shadow.py"
 SHADOW_FILES = ("shadow.py", "onnx_session.py", tc.SHADOW_REFERENCE_FILE)  # beside postprocess/1/model.py
@@ -121,9 +122,15 @@ def write_warmup_files(repo: Path, settings: tc.RepositorySettings) -> None:
 
 
 def served_copy(model_file: Path, dest: Path, pixel_type: str) -> Path:
-    """`model_file` as the ensemble feeds it: a Cast + Div prefix when preprocess hands over uint8 pixels."""
+    """`model_file` as the ensemble feeds it: a Cast + Div prefix when preprocess hands over uint8
+    pixels. An OpenVINO IR comes with its weights (.bin) and metadata.yaml."""
+    model_file, dest = Path(model_file), Path(dest)
     if read_info(model_file).pixel_type == "float32" and pixel_type == "uint8":
         with_uint8_pixels(model_file, dest)
+    elif model_file.suffix == ".xml":
+        for source, target in ((model_file, dest), (model_file.with_suffix(".bin"), dest.with_suffix(".bin")),
+                               (model_file.parent / "metadata.yaml", dest.parent / "metadata.yaml")):
+            shutil.copyfile(source, target)
     else:
         shutil.copyfile(model_file, dest)
     return dest
@@ -158,6 +165,9 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     if settings.shadow and shadow_reference is None:
         raise tc.ConfigError("shadow parity needs the FP32 reference to put beside the served model",
                              hint="build from the gated artifacts, pass --shadow-reference FILE, or --no-shadow")
+    if (Path(model_file).suffix == ".xml") != (settings.runtime == "openvino"):
+        raise tc.ConfigError(f"{model_file} is not a file the {settings.runtime} runtime serves",
+                             hint="the openvino runtime serves an OpenVINO IR (.xml), onnxruntime an ONNX file")
     for name in PYTHON_MODELS:
         version_dir = repo / name / "1"
         if not (version_dir / "model.py").exists():
@@ -168,8 +178,7 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
     if detector_dir.exists():
         shutil.rmtree(detector_dir)
     (detector_dir / "1").mkdir(parents=True)
-    suffix = ".plan" if settings.target == "tensorrt" else ".onnx"
-    served_file = detector_dir / "1" / f"model{suffix}"
+    served_file = detector_dir / "1" / settings.detector_file_name
     if settings.target == "tensorrt":
         shutil.copyfile(model_file, served_file)
     else:
@@ -179,6 +188,8 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
         shutil.copyfile(LOCAL_DETECTOR, detector_dir / "1" / "model.py")
         shutil.copyfile(SHARED_MATHS, detector_dir / "1" / "yolo_ops.py")
         shutil.copyfile(SESSION_SETUP, detector_dir / "1" / "onnx_session.py")
+        if settings.runtime == "openvino":
+            shutil.copyfile(OPENVINO_SESSION, detector_dir / "1" / "openvino_session.py")
     write_warmup_files(repo, settings)
     (repo / tc.ENSEMBLE_NAME / "1").mkdir(parents=True, exist_ok=True)
     for config in tc.all_configs(settings):
@@ -189,7 +200,7 @@ def build(repo: Path, model_file: Path, settings: tc.RepositorySettings, provena
         provenance["shadow_reference_sha256"] = file_hash(shadow_reference)
     record = RepositoryRecord(repo, provenance.pop("stage"), provenance.pop("target", settings.target),
                               Path(provenance.pop("source", model_file)), bool(provenance.pop("gated", False)),
-                              file_hash(model_file), file_hash(served_file), settings, provenance.pop("tuned", None),
+                              model_hash(model_file), model_hash(served_file), settings, provenance.pop("tuned", None),
                               provenance)
     record.save()
     return repo
@@ -206,7 +217,9 @@ def previous_record(repo: Path) -> RepositoryRecord | None:
 def settings_from_args(args, info, previous: RepositoryRecord | None) -> tc.RepositorySettings:
     overrides = {f.name: getattr(args, f.name) for f in fields(tc.RepositorySettings)
                  if f.name != "target" and getattr(args, f.name, None) is not None}
-    if previous and previous.tuned and previous.target == args.target:
+    # tuned on this machine for this target and runtime (OpenVINO's best instance count need not be ONNX Runtime's)
+    runtime = getattr(args, "runtime", None) or "onnxruntime"
+    if previous and previous.tuned and previous.target == args.target and previous.settings.runtime == runtime:
         # `make tune` measured these on this machine: keep them unless overridden here.
         kept = {k: getattr(previous.settings, k) for k in TUNED_KEYS if k not in overrides}
         if kept:
@@ -260,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-image-pixels", dest="max_image_pixels", type=int)
     parser.add_argument("--max-image-bytes", dest="max_image_bytes", type=int)
     parser.add_argument("--min-image-side", dest="min_image_side", type=int)
+    parser.add_argument("--runtime", choices=(*tc.DETECTOR_RUNTIMES, "auto"), default="onnxruntime",
+                        help="the local detector's runtime: onnxruntime (the gated ONNX file), openvino (its gated NNCF "
+                             "twin from `make openvino`), auto (openvino where `make openvino` passed and measured it "
+                             "faster at batch 1 and 8 beyond the noise, else onnxruntime)")
     parser.add_argument("--shadow", dest="shadow", action=argparse.BooleanOptionalAction, default=True,
                         help="shadow parity: the FP32 reference beside the served model, a sampled share of live "
                              "frames compared with it (default on; --no-shadow builds without it)")
@@ -295,35 +312,93 @@ def main(argv: list[str] | None = None) -> None:
                   "instances run on the CPU (install onnxruntime-gpu, or TARGET=onnxruntime for the NGC image)")
             args.device = "cpu"
     gated = not (args.onnx or args.stage or args.allow_ungated)
-    reference, baseline = shadow_reference(args, gated, model_file) if args.shadow else (None, None)
+    args.runtime, openvino = detector_runtime(args, gated)
+    if openvino is not None:
+        model_file, args.openvino_precision = openvino.xml, openvino.precision
+    reference, baseline = shadow_reference(args, gated, model_file, openvino) if args.shadow else (None, None)
     args.shadow = reference is not None
     args.shadow_baseline = baseline
     settings = settings_from_args(args, info, previous)
-    tuned = previous.tuned if previous and previous.target == args.target else None
+    tuned = previous.tuned if previous and previous.target == args.target and previous.settings.runtime == args.runtime \
+        else None
     build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
                                             "gated": gated, **({"tuned": tuned} if tuned else {})}, reference)
     print(f"built {args.repo} (target {args.target}, serving stage {stage!r}: {model_file}, "
           f"{info.image_size[0]}x{info.image_size[1]}, {info.num_classes} classes, head {info.head_layout}, "
-          f"detector instances {settings.detector_instances} x {settings.device}, shadow parity "
+          f"detector instances {settings.detector_instances} x {settings.device} on {settings.runtime}, shadow parity "
           + (f"{settings.shadow_rate:.0%} of frames (<= {settings.shadow_max_fps:g}/s) vs {reference})"
              if settings.shadow else "off)"))
 
 
-def shadow_reference(args, gated: bool, model_file: Path) -> tuple[Path | None, dict | None]:
+def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
+    """The runtime the detector serves on, and for openvino the record of the gated twin it serves
+    (`make openvino`). RUNTIME=auto falls back to onnxruntime, saying why; RUNTIME=openvino refuses
+    to serve a twin that did not pass."""
+    if args.runtime == "onnxruntime":
+        return "onnxruntime", None
+    auto = args.runtime == "auto"
+
+    def not_openvino(why: str, hint: str, error=tc.ConfigError):
+        if auto:
+            print(f"note: RUNTIME=auto serves on onnxruntime: {why}")
+            return "onnxruntime", None
+        raise error(why, hint=hint)
+
+    if args.target != "local":
+        return not_openvino(f"the openvino runtime is the local target's, not {args.target}'s",
+                            "build with TARGET=local, or RUNTIME=onnxruntime")
+    if args.device == "gpu":
+        return not_openvino("the openvino runtime runs on the CPU", "build with DEVICE=cpu, or RUNTIME=onnxruntime")
+    if not gated:
+        return not_openvino("the openvino runtime serves the gated model's OpenVINO twin only (not STAGE=, ONNX= or "
+                            "ALLOW_UNGATED=)", "drop them, or RUNTIME=onnxruntime")
+    try:
+        record = OpenVinoModel.load(args.artifacts, GatedModel.load(args.artifacts))
+    except ToolkitError as error:  # no twin, a stale or an unreadable record
+        return not_openvino(error.args[0], error.hint or "run `make openvino`", type(error))
+    here = openvino_precision_here(record.precision)
+    if here != record.inference_precision:
+        return not_openvino(f"`make openvino` gated the twin with {record.inference_precision} float layers; OpenVINO "
+                            f"runs them in {here} on this machine", "run `make openvino` on the machine that serves",
+                            GateFailedError)
+    if not record.passed:
+        return not_openvino("the OpenVINO twin failed the parity gate's checks (artifacts/openvino/openvino.md)",
+                            "serve with RUNTIME=onnxruntime", GateFailedError)
+    if auto and not record.faster:
+        speed = ", ".join(f"{k} {v:.2f}x" for k, v in record.speedup.items())
+        return not_openvino(f"OpenVINO was not faster at every batch size ({speed} of ONNX Runtime's speed)", "")
+    return "openvino", record
+
+
+def openvino_precision_here(precision: str) -> str:
+    """The float precision OpenVINO's CPU plugin resolves `precision` to on this machine."""
+    if precision != "default":
+        return precision
+    from compress.openvino_session import _openvino
+
+    return _openvino().Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+
+
+def shadow_reference(args, gated: bool, model_file: Path,
+                     openvino: OpenVinoModel | None = None) -> tuple[Path | None, dict | None]:
     """(the FP32 reference, the baseline) shadow parity runs with: the gate's record when the gated
     model is served, else --shadow-reference or the search's reference. The baseline is the gate's
-    when it was measured at this repository's thresholds, else it is measured here on the val split
-    (an ungated model, or other thresholds, is held against what it does there)."""
+    (for the OpenVINO twin: `make openvino`'s) when it was measured at this repository's
+    thresholds, else it is measured here on the val split (an ungated model, or other thresholds,
+    is held against what it does there)."""
     from tools.agreement import baseline_matches, shadow_baseline
 
     conf = args.conf_threshold if args.conf_threshold is not None else SERVED_CONF
     iou = args.iou_threshold if args.iou_threshold is not None else SERVED_IOU
+    served_runtime = {"runtime": "openvino", "precision": openvino.precision} if openvino else None
     if gated and args.shadow_reference is None:
         record = GatedModel.load(args.artifacts)
         if record.shadow is None:
             raise GateFailedError("the parity gate's record predates shadow parity (no reference recorded)",
                                   hint="run `make parity` again, or build with SHADOW=0")
         reference, baseline = record.shadow_reference, {k: v for k, v in record.shadow.items() if k != "reference_onnx"}
+        if openvino is not None:
+            baseline = openvino.shadow or {}
         if baseline_matches(baseline, conf, iou, SERVED_MAX_DET):
             return reference, baseline
         print(f"note: the gate measured the shadow baseline at conf {baseline.get('conf')}; this repository serves at "
@@ -351,7 +426,7 @@ def shadow_reference(args, gated: bool, model_file: Path) -> tuple[Path | None, 
         print("note: no val split in the artifacts to measure the shadow baseline on: the alarms that compare "
               "with the gate's values stay silent (no yolo_gate_* gauges)")
         return reference, None
-    return reference, shadow_baseline(reference, model_file, data_yaml, conf, iou)
+    return reference, shadow_baseline(reference, model_file, data_yaml, conf, iou, candidate_runtime=served_runtime)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
             result["shadow_baseline"] = shadow_baseline(reference_onnx, choice.onnx, data_yaml, gate.detection_conf)
             result["shadow_baseline"]["reference"] = reference_key
             GatedModel.record(artifacts, choice.name, choice.onnx, trt_onnx, mixed_precision=bool(choice.float_convs),
-                              shadow={"reference_onnx": reference_onnx, **result["shadow_baseline"]})
+                              shadow={"reference_onnx": reference_onnx, **result["shadow_baseline"]}, gate=thresholds)
             break
         if not failures:
             # Float layers can only win back what quantization lost: a pruned model that trails the

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from compress.errors import InputFileError
-from compress.manifest import file_hash
-from compress.records import read_json, write_json
+from compress.records import model_hash, read_json, write_json
 from tools import triton_config as tc
 
 RECORD_FILE = "repository.json"
@@ -62,11 +61,11 @@ class RepositoryRecord:
     @property
     def detector_file(self) -> Path:
         """The file the served detector loads."""
-        return self.repo / tc.DETECTOR / "1" / ("model.plan" if self.target == "tensorrt" else "model.onnx")
+        return self.repo / tc.DETECTOR / "1" / self.settings.detector_file_name
 
     def source_unchanged(self) -> Path:
         """The gated model file, checked against the bytes the repository was built from."""
-        if not self.source.is_file() or file_hash(self.source) != self.model_sha256:
+        if not self.source.is_file() or model_hash(self.source) != self.model_sha256:
             raise InputFileError(f"{self.repo}'s model file {self.source} is missing or changed since the repository "
                                  "was built", hint="run `make repo` again")
         return self.source
@@ -88,5 +87,5 @@ class RepositoryRecord:
 
         s = self.settings
         return LocalDetector(self.detector_file, conf_threshold=s.conf_threshold, iou_threshold=s.iou_threshold,
-                             max_det=s.max_det, threads=threads,
+                             max_det=s.max_det, threads=threads, runtime=s.runtime, precision=s.openvino_precision,
                              reduced_decode=s.reduced_decode if reduced_decode is None else reduced_decode)

@@ -32,6 +32,7 @@ SECTIONS = (
     ("Served mAP on 720p camera frames", "parity/deployed_720p.md", "make verify FRAMES=720p"),
     ("Served mAP on 1080p camera frames", "parity/deployed_1080p.md", "make verify FRAMES=1080p"),
     ("Against Ultralytics' OpenVINO INT8 export", "peers/peers.md", "make bench-peers"),
+    ("The served model on OpenVINO", "openvino/openvino.md", "make openvino"),
     ("Per-step costs at camera sizes", "bench-steps/steps.md", "make bench-steps"),
     ("Capacity per frame size", "capacity/capacity.md", "make capacity"),
     ("Bursts", "burst/burst.md", "make bench-burst"),

@@ -1,8 +1,9 @@
-"""One runner shape for PyTorch, ONNX Runtime and TensorRT: Polygraphy's BaseRunner.
+"""One runner shape for PyTorch, ONNX Runtime, OpenVINO and TensorRT: Polygraphy's BaseRunner.
 
 Every runner takes {"images": float32 [B, 3, H, W]} and returns the raw head outputs
 {"box_logits", "class_logits"}, so Polygraphy's Comparator and the parity gate treat them
-alike. torch and tensorrt are imported only inside. The served ensemble is compared at the
+alike. torch, openvino and tensorrt are imported only inside (Polygraphy has no OpenVINO runner of
+its own: OpenVinoRunner is this project's, on the session the served detector runs). The served ensemble is compared at the
 task level instead (`tools.parity --deployed`), through the real client.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from compress.errors import MissingDependencyError
+from compress.errors import MissingDependencyError, UnsupportedModelError
 
 HEAD_OUTPUTS = ("box_logits", "class_logits")
 
@@ -58,6 +59,38 @@ class TorchRunner(BaseRunner):
 
     def deactivate_impl(self):
         self.model = None
+
+
+class OpenVinoRunner(BaseRunner):
+    """An OpenVINO IR (or ONNX) on OpenVINO's CPU plugin at float `precision`
+    (compress.openvino_session), answering with the ONNX export's output names."""
+
+    def __init__(self, path: Path, image_size: tuple[int, int], precision: str = "f32", name: str | None = None):
+        super().__init__(name=name, prefix="openvino-runner")
+        self.path, self.image_size, self.precision = Path(path), image_size, precision
+        self.session = None
+
+    def activate_impl(self):
+        from compress.openvino_session import create_openvino_session
+
+        self.session = create_openvino_session(self.path, precision=self.precision)
+
+    def get_input_metadata_impl(self):
+        return _image_metadata(self.image_size)
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        compiled = self.session.compiled(tuple(feed_dict["images"].shape))
+        results = compiled(np.ascontiguousarray(feed_dict["images"]))
+        self.inference_time = time.perf_counter() - start
+        by_name = {name: value for port, value in results.items() for name in port.get_names()}
+        missing = [name for name in HEAD_OUTPUTS if name not in by_name]
+        if missing:
+            raise UnsupportedModelError(f"{self.path} has no output(s) {', '.join(missing)}: not a raw-head export")
+        return OrderedDict((name, np.asarray(by_name[name], dtype=np.float32)) for name in HEAD_OUTPUTS)
+
+    def deactivate_impl(self):
+        self.session = None
 
 
 def onnx_runner(path: Path, name: str):

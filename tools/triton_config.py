@@ -17,8 +17,10 @@ from compress.defaults import DEFAULT_DETECTOR_INSTANCES, DEFAULT_MAX_BATCH_SIZE
 from compress.detection import LETTERBOX_FIELDS, PIXEL_TYPES, SERVED_CONF, SERVED_IOU, SERVED_MAX_DET, ImageLimits
 from compress.errors import ToolkitError
 from compress.export import anchor_count
+from compress.openvino_session import PRECISIONS as OPENVINO_PRECISIONS
 
 TARGETS = ("local", "onnxruntime", "tensorrt")
+DETECTOR_RUNTIMES = ("onnxruntime", "openvino")
 HEAD_LAYOUTS = ("decoded", "raw")
 ENSEMBLE_NAME = "yolo"
 PREPROCESS, DETECTOR, POSTPROCESS = "preprocess", "detector", "postprocess"
@@ -112,6 +114,10 @@ class RepositorySettings:
     evidence_max_bytes: int = 64 << 20
     # What the gate saw on the val split (tools.agreement.shadow_baseline): exported as gauges for the alerts
     shadow_baseline: dict | None = None
+    # The local target's detector runtime: ONNX Runtime on the gated ONNX file, or OpenVINO on its
+    # gated NNCF twin (`make openvino`; model.xml) at `openvino_precision` (compress.runtimes)
+    runtime: str = "onnxruntime"
+    openvino_precision: str = "default"
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
@@ -132,6 +138,14 @@ class RepositorySettings:
         if self.pixel_type == "uint8" and self.target == "tensorrt":
             raise ConfigError("the tensorrt target serves the plan as built (float32 pixels)",
                               hint="use pixel_type float32 with --target tensorrt")
+        if self.runtime not in DETECTOR_RUNTIMES:
+            raise ConfigError(f"unknown detector runtime {self.runtime!r}", hint=f"choose one of {', '.join(DETECTOR_RUNTIMES)}")
+        if self.openvino_precision not in OPENVINO_PRECISIONS:
+            raise ConfigError(f"unknown OpenVINO precision {self.openvino_precision!r}",
+                              hint=f"choose one of {', '.join(OPENVINO_PRECISIONS)}")
+        if self.runtime == "openvino" and (self.target != "local" or self.device != "cpu"):
+            raise ConfigError("the openvino runtime is the local target's, on the CPU",
+                              hint="build with --target local --device cpu, or --runtime onnxruntime")
         if self.max_batch_size < 1:
             raise ConfigError("max_batch_size must be >= 1")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -173,6 +187,13 @@ class RepositorySettings:
                 # image's onnxruntime (the Python models') is the CPU build
                 "shadow_providers": "cpu",
                 **{f"gate_{k}": v for k, v in gate.items() if v is not None}}
+
+    @property
+    def detector_file_name(self) -> str:
+        """The served file's name in detector/1/."""
+        if self.target == "tensorrt":
+            return "model.plan"
+        return "model.xml" if self.runtime == "openvino" else "model.onnx"
 
     @property
     def pixel_dtype(self) -> int:
@@ -279,8 +300,9 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
         config.backend = "python"
         config.instance_group.extend(_instances(settings.detector_instances, kind))
         # on a GPU instance the session runs on ONNX Runtime's CUDA provider (onnxruntime-gpu), else the CPU's
-        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": settings.ort_threads,
-                             "allow_spinning": int(settings.ort_spinning),
+        _parameters(config, {"model_file": settings.detector_file_name, "runtime": settings.runtime,
+                             "openvino_precision": settings.openvino_precision,
+                             "intra_op_threads": settings.ort_threads, "allow_spinning": int(settings.ort_spinning),
                              "providers": "cuda,cpu" if settings.device == "gpu" else "cpu"})
     elif settings.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("compress", "tools", "loadtest", "tests")
 FOLDERS = (*PACKAGES, "model_repository")
 # Module names inside the Triton server -> the project module copied there under that name
-COPIED = {"yolo_ops": "compress.detection", "onnx_session": "compress.onnx_session"}
+COPIED = {"yolo_ops": "compress.detection", "onnx_session": "compress.onnx_session",
+          "openvino_session": "compress.openvino_session"}
 SERVER_ONLY = {"triton_python_backend_utils"}  # provided by Triton's Python backend at run time
 
 

@@ -258,3 +258,29 @@ def test_the_watch_summary_says_how_many_scrapes_failed():
     watch._take()
     summary = watch.summary()
     assert summary["sampling_errors"]["count"] == 2 and "URLError" in summary["sampling_errors"]["last"]
+
+
+def test_an_alarm_evaluation_that_fails_is_counted_and_the_watch_goes_on(monkeypatch):
+    from tools import alerts, watch as watch_module
+
+    class Fed(watch_module.ShadowWatch):
+        def sample(self):
+            return {"yolo_frames_total": float(len(self.samples))}
+
+    real_firing = alerts.firing
+    calls = []
+
+    def firing_once_broken(samples):
+        calls.append(len(samples))
+        if len(calls) == 1:
+            raise KeyError("yolo_detections_total")
+        return [{"alert": "Stand-in", "firing": True}] + real_firing(samples)
+
+    monkeypatch.setattr(watch_module.alerts, "firing", firing_once_broken)
+    watch = Fed("http://unused/metrics", interval_s=0.01)
+    for _ in range(4):
+        watch._take()
+    assert len(watch.samples) == 4 and calls == [2, 3, 4]  # evaluated again after the failure
+    summary = watch.summary()
+    assert summary["sampling_errors"]["count"] == 1 and summary["sampling_errors"]["last"].startswith("alarms: KeyError")
+    assert list(watch.fired) == ["Stand-in"]  # the next evaluation's alarms still recorded

@@ -112,6 +112,7 @@ def test_postprocess_model_reads_the_configured_thresholds(monkeypatch, tmp_path
     {"conf_threshold": 1.5}, {"image_size": (250, 250)}, {"device": "tpu"},
     {"max_queue_size": -1}, {"queue_timeout_us": -5}, {"min_image_side": 0}, {"max_image_pixels": 0},
     {"pixel_type": "float16"}, {"pixel_type": "uint8", "target": "tensorrt"},
+    {"runtime": "tflite"}, {"runtime": "openvino", "target": "onnxruntime"}, {"runtime": "openvino", "device": "gpu"},
 ])
 def test_invalid_settings_are_rejected(bad):
     kwargs = {"image_size": (256, 256), "num_classes": 4, **bad}
@@ -264,3 +265,97 @@ def test_uint8_input_graph_gives_the_float_graph_results(tmp_path):
     np.testing.assert_array_equal(got, expected)
     with pytest.raises(UnsupportedModelError, match="already takes uint8"):
         with_uint8_pixels(tmp_path / "uint8.onnx", tmp_path / "twice.onnx")
+
+
+def test_the_local_detector_is_told_its_runtime_and_file():
+    ort = tc.detector_config(settings())
+    assert (ort.parameters["runtime"].string_value, ort.parameters["model_file"].string_value) == ("onnxruntime",
+                                                                                                   "model.onnx")
+    openvino = tc.detector_config(settings(runtime="openvino", openvino_precision="f32"))
+    assert openvino.backend == "python"
+    assert (openvino.parameters["runtime"].string_value, openvino.parameters["model_file"].string_value,
+            openvino.parameters["openvino_precision"].string_value) == ("openvino", "model.xml", "f32")
+    assert settings(target="tensorrt", pixel_type="float32").detector_file_name == "model.plan"
+
+
+def _float_ir(tmp_path):
+    """A two-op detector-shaped graph as an OpenVINO IR with Ultralytics-style metadata beside it."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    weights = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["features"], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["features"], ["class_logits"])], "g",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, [1, 8, 32, 32])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "float.onnx")
+    (tmp_path / "ir").mkdir()
+    ov.save_model(ov.convert_model(str(tmp_path / "float.onnx")), str(tmp_path / "ir" / "model.xml"),
+                  compress_to_fp16=False)
+    (tmp_path / "ir" / "metadata.yaml").write_text("imgsz: [32, 32]\n")
+    return tmp_path / "ir" / "model.xml"
+
+
+def test_an_openvino_ir_takes_uint8_pixels_through_its_own_preprocessing(tmp_path):
+    """with_uint8_pixels on an IR: OpenVINO's PrePostProcessor converts and scales; outputs equal
+    feeding the float pixels; its weights and metadata.yaml travel with it; a second wrap is refused."""
+    import openvino as ov
+
+    from compress.errors import UnsupportedModelError
+    from compress.export import with_uint8_pixels
+    from compress.openvino_session import create_openvino_session
+
+    source = _float_ir(tmp_path)
+    served = with_uint8_pixels(source, tmp_path / "served" / "model.xml")
+    assert ov.Core().read_model(str(served)).inputs[0].get_element_type() == ov.Type.u8
+    assert served.with_suffix(".bin").exists()
+    assert (served.parent / "metadata.yaml").read_text() == "imgsz: [32, 32]\n"
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    expected = create_openvino_session(source).run(["class_logits"], {"images": pixels.astype(np.float32) / 255.0})
+    got = create_openvino_session(served).run(["class_logits"], {"images": pixels})
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-6)
+    with pytest.raises(UnsupportedModelError, match="already takes uint8"):
+        with_uint8_pixels(served, tmp_path / "twice" / "model.xml")
+
+
+def test_an_openvino_session_answers_by_the_onnx_output_names_and_compiles_every_batch_ahead(tmp_path):
+    from compress.openvino_session import create_openvino_session
+
+    session = create_openvino_session(_float_ir(tmp_path), threads=1)
+    session.compile_batches(range(1, 5))
+    # one thread, not pinned: two served instances are two processes, which pinning would put on one core
+    assert session.describe()["threads"] == 1 and session.describe()["cpu_pinning"] is False
+    assert sorted(shape[0] for shape in session._compiled) == [1, 2, 3, 4]
+    batch = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    (out,) = session.run(["class_logits"], {"images": batch})
+    assert out.shape == (3, 8, 32, 32)
+    with pytest.raises(KeyError, match="no output.s. box_logits"):
+        session.run(["box_logits"], {"images": batch})
+
+
+def test_the_copied_openvino_session_works_without_the_project_and_says_what_is_missing(tmp_path, monkeypatch):
+    """The builder's copy beside the detector has no `compress` package: its errors still carry a
+    hint, and a missing openvino is one readable ImportError."""
+    import importlib.util
+    import shutil
+    import sys
+
+    from tools.build_repo import OPENVINO_SESSION
+
+    copy = tmp_path / "openvino_session.py"
+    shutil.copyfile(OPENVINO_SESSION, copy)
+    for name in ("compress", "compress.errors"):  # `from compress.errors import ...` raises ImportError
+        monkeypatch.setitem(sys.modules, name, None)
+    spec = importlib.util.spec_from_file_location("openvino_session_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.MissingDependencyError.__module__ == "openvino_session_copy"  # the fallback, not the project's
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ImportError, match="OpenVINO is not installed.*make venv"):
+        module.create_openvino_session(copy)  # openvino is imported before the file is read
+    with pytest.raises(FileNotFoundError, match="OpenVINO model not found"):
+        module.require_file(tmp_path / "missing.xml", "OpenVINO model")
