@@ -132,5 +132,12 @@ class OpenVinoSession:
         return [values[self._output_index[name]] for name in (output_names or self.output_names)]
 
 
+def precision_here(precision: str) -> str:
+    """The float precision OpenVINO's CPU plugin resolves `precision` to on this machine ("f32", "bf16")."""
+    if precision == "f32":
+        return "f32"
+    return _openvino().Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+
+
 def create_openvino_session(path: Path, threads: int = 0, precision: str = "f32") -> OpenVinoSession:
     return OpenVinoSession(Path(path), threads, precision)

@@ -121,8 +121,7 @@ def naive_repository(onnx: Path, stage: str, out: Path) -> Path:
 
     repo = build_repo.copy_python_models(out)
     settings = build_repo.settings_for(read_info(onnx), dynamic_batching=False, detector_instances=1,
-                                       preprocess_instances=1, postprocess_instances=1,
-                                       runtime="openvino" if Path(onnx).suffix == ".xml" else "onnxruntime")
+                                       preprocess_instances=1, postprocess_instances=1)
     return build_repo.build(repo, onnx, settings, {"stage": stage, "target": "local", "naive": True})
 
 

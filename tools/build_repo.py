@@ -230,8 +230,10 @@ def settings_from_args(args, info, previous: RepositoryRecord | None) -> tc.Repo
 
 def settings_for(info, **overrides) -> tc.RepositorySettings:
     """Settings for an exported detector: image size, classes and head layout (levels' strides,
-    DFL bins) come from the model itself (`compress.export.read_info`), the rest from `overrides`
-    (pixel type: `RepositorySettings`' default for the target)."""
+    DFL bins) come from the model itself (`compress.export.read_info`), and so does the runtime (an
+    OpenVINO IR runs on openvino); the rest from `overrides` (pixel type: `RepositorySettings`'
+    default for the target)."""
+    overrides.setdefault("runtime", "openvino" if Path(getattr(info, "path", "")).suffix == ".xml" else "onnxruntime")
     return tc.RepositorySettings(image_size=info.image_size, num_classes=info.num_classes,
                                  head_layout=info.head_layout, strides=info.strides, reg_max=info.reg_max,
                                  **overrides)
@@ -356,7 +358,9 @@ def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
         record = OpenVinoModel.load(args.artifacts, GatedModel.load(args.artifacts))
     except ToolkitError as error:  # no twin, a stale or an unreadable record
         return not_openvino(error.args[0], error.hint or "run `make openvino`", type(error))
-    here = openvino_precision_here(record.precision)
+    from compress.openvino_session import precision_here
+
+    here = precision_here(record.precision)
     if here != record.inference_precision:
         return not_openvino(f"`make openvino` gated the twin with {record.inference_precision} float layers; OpenVINO "
                             f"runs them in {here} on this machine", "run `make openvino` on the machine that serves",
@@ -368,15 +372,6 @@ def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
         speed = ", ".join(f"{k} {v:.2f}x" for k, v in record.speedup.items())
         return not_openvino(f"OpenVINO was not faster at every batch size ({speed} of ONNX Runtime's speed)", "")
     return "openvino", record
-
-
-def openvino_precision_here(precision: str) -> str:
-    """The float precision OpenVINO's CPU plugin resolves `precision` to on this machine."""
-    if precision != "default":
-        return precision
-    from compress.openvino_session import _openvino
-
-    return _openvino().Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
 
 
 def shadow_reference(args, gated: bool, model_file: Path,

@@ -28,7 +28,6 @@ from pathlib import Path
 from compress.errors import GateFailedError, UnsupportedModelError, cli_entry
 
 PRECISION = "default"  # OpenVINO's float precision for the CPU: what it runs fastest
-RUNTIMES = ("onnxruntime", "openvino")
 
 
 def run(artifacts: Path, threads: int | None = None, rounds: dict[int, int] | None = None) -> dict:

@@ -160,3 +160,40 @@ def test_a_stale_twin_or_an_ungated_model_is_refused_in_one_readable_line(gated_
                    "STAGE=export", check=False)
     assert ungated.returncode != 0 and "gated model's OpenVINO twin only" in ungated.stderr
     assert "Traceback" not in ungated.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_openvino_detector_answers_good_frames_beside_a_corrupt_one(gated_twin, tiny_artifacts, tmp_path, protocol,
+                                                                        val_images, photos):
+    """Concurrent good requests sharing execute() calls with a corrupt frame, over both protocols: the
+    bad one gets its readable refusal, the good ones the IR's own in-process detections, the server
+    stays ready. No queue timeout: correctness on 2 busy cores, as the shared test repository (load
+    shedding is test_loadtest's)."""
+    from compress.errors import BadImageError
+    from tests.conftest import TEST_CONF
+    from tests.integration.test_malformed_inputs import beside_good_requests
+    from tools.repository import RepositoryRecord
+    from tools.server import TritonServer
+
+    if not gated_twin["passed"]:
+        pytest.fail("the tiny model's OpenVINO twin failed the gate's checks: nothing to serve")
+    repo = tmp_path / "repo"
+    built = subprocess.run([sys.executable, "-m", "tools.build_repo", "--artifacts", str(tiny_artifacts), "--repo",
+                            str(repo), "--runtime", "openvino", "--conf-threshold", str(TEST_CONF), "--no-shadow",
+                            "--queue-delay-us", "20000", "--queue-timeout-us", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    local = RepositoryRecord.load(repo).in_process_detector()
+    payloads = [p.read_bytes() for p in val_images[:3] + photos]
+    good = [(payload, local.detect([payload])[0]) for payload in payloads]
+    assert sum(len(expected) for _, expected in good) > 0  # detections to compare, not empty answers
+    # the served copy (uint8 pixels scaled inside it) detects what the IR the gate measured does
+    from compress.local_detector import LocalDetector
+    from tests.integration.test_served_ensemble import assert_same_detections
+
+    record = OpenVinoModel.load(tiny_artifacts, GatedModel.load(tiny_artifacts))
+    gated_ir = LocalDetector(record.xml, conf_threshold=TEST_CONF, runtime="openvino", precision=record.precision)
+    for payload, expected in good:
+        assert_same_detections(expected, gated_ir.detect([payload])[0])
+    with TritonServer(repo, log_path=tmp_path / "server.log") as server:
+        outcome = beside_good_requests(server, protocol, lambda client: client.detect([b"\xff\xd8 not a jpeg"]), good)
+    assert isinstance(outcome, BadImageError), repr(outcome)
