@@ -105,7 +105,9 @@ class WorkerTimer:
     share a process (no runtime's idle threads compete with another's), and the timing excludes
     the pipe. With `frames` (an .npz of prepared val frames and their letterbox parameters, as
     `save_frames` writes) the worker feeds those and can also time the served post-processing
-    (`end_to_end`: detector outputs to boxes, as the ensemble's postprocess runs it)."""
+    (`end_to_end`: detector outputs to boxes, as the ensemble's postprocess runs it); after such a
+    request `last_boxes` holds how many boxes that post-processing returned (None after a
+    detector-only request): evidence of what was timed that no timing noise can blur."""
 
     def __init__(self, path: Path, image_size: tuple[int, int], threads: int, runtime: str = "onnxruntime",
                  precision: str = "f32", frames: Path | None = None):
@@ -116,6 +118,7 @@ class WorkerTimer:
         self.process = subprocess.Popen([*command, f"model={path}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
         self.facts = json.loads(self._answer())  # what the worker's runtime chose (threads, precision, providers)
+        self.last_boxes: int | None = None
 
     def _answer(self) -> str:
         line = self.process.stdout.readline()
@@ -127,7 +130,9 @@ class WorkerTimer:
     def __call__(self, batch: int, end_to_end: bool = False) -> float:
         self.process.stdin.write(f"{batch}{' end_to_end' if end_to_end else ''}\n")
         self.process.stdin.flush()
-        return float(self._answer())
+        milliseconds, *boxes = self._answer().split()
+        self.last_boxes = int(boxes[0]) if boxes else None
+        return float(milliseconds)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -180,7 +185,7 @@ def _frames_of(frames: dict[str, np.ndarray], batch: int) -> tuple[np.ndarray, n
 def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime: str, precision: str,
                   frames_path: Path | None) -> None:
     """The worker side of `WorkerTimer`: one line per request (a batch size, optionally
-    `end_to_end`), one line back (ms)."""
+    `end_to_end`), one line back (ms, and for `end_to_end` the number of boxes returned)."""
     from compress.runtimes import create_runtime_session, session_facts
 
     session = create_runtime_session(path, runtime, threads, precision, spinning=False)
@@ -200,10 +205,12 @@ def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime
         images, params = _frames_of(frames, int(words[0]))
         start = time.perf_counter()
         if "end_to_end" in words:
-            detector.detect_prepared(images, params)
+            detections = detector.detect_prepared(images, params)
+            milliseconds = (time.perf_counter() - start) * 1e3
+            print(f"{milliseconds:.4f} {sum(len(d) for d in detections)}", flush=True)
         else:
             session.run(None, {"images": images})
-        print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
+            print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
 
 
 def speedup(latency: dict[str, dict], reference: str, model: str, batch: int) -> dict:

@@ -79,9 +79,10 @@ def test_both_runtimes_are_timed_side_by_side_in_processes_of_their_own(gated_tw
     for batch in ("bs1", "bs8"):
         interval = gated_twin["speedup_interval"][batch]
         assert interval["p10"] <= interval["p90"] and gated_twin["speedup"][batch] > 0
-    # end to end includes the served post-processing: slower than the detector alone on both sides
+    # end to end ran the served post-processing on both sides: the last request returned boxes
+    # (a count, not a timing: the tiny model's decode is within the timing noise of its detector)
     for runtime in ("onnxruntime", "openvino"):
-        assert gated_twin["latency"]["end_to_end"][runtime]["bs8_ms"] > gated_twin["latency"]["detector"][runtime]["bs8_ms"]
+        assert facts[runtime]["end_to_end_boxes"] > 0
 
 
 def test_repo_serves_the_twin_on_openvino_and_verify_holds_it_to_the_ir_in_process(gated_twin, tiny_artifacts, tmp_path):

@@ -111,12 +111,18 @@ def test_end_to_end_timing_runs_the_served_post_processing_on_the_frames_it_save
         assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.classes, want.classes)
     assert sum(len(d) for d in detector.detect(payloads)) > 0  # there is post-processing work to time
     timer = WorkerTimer(served, (peers["imgsz"], peers["imgsz"]), 1, frames=frames_path)
+    from compress.benchmark import _frames_of
+
+    batch = _frames_of({"images": frames["images"], "params": frames["params"]}, 8)  # what the worker feeds
+    want = sum(len(d) for d in LocalDetector(served, threads=1).detect_prepared(*batch))
     try:
-        detector_only = sorted(timer(8) for _ in range(7))[3]
-        end_to_end = sorted(timer(8, end_to_end=True) for _ in range(7))[3]
+        assert timer(8) > 0 and timer.last_boxes is None  # the detector alone: no post-processing
+        assert timer(8, end_to_end=True) > 0
+        # the decode and NMS are inside the end-to-end figure: the worker returned the served boxes
+        # (a count, not a timing: on the tiny model they are within the detector's timing noise)
+        assert timer.last_boxes == want
     finally:
         timer.close()
-    assert end_to_end > detector_only  # the decode and NMS are inside the end-to-end figure
 
 
 def test_the_served_models_nncf_twin_is_quantized_with_the_served_recipe(peers, tiny_artifacts):
