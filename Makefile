@@ -23,6 +23,7 @@ PIPELINE_ARGS := --artifacts $(ARTIFACTS) $(if $(PROFILE),--profile $(PROFILE)) 
 	$(if $(DISTILL_EPOCHS),--distill-epochs $(DISTILL_EPOCHS)) $(if $(KD_FEATURE_WEIGHT),--kd-feature-weight $(KD_FEATURE_WEIGHT)) $(if $(CALIBRATION_IMAGES),--calibration-images $(CALIBRATION_IMAGES)) \
 	$(if $(IMPORTANCE),--importance $(IMPORTANCE)) $(if $(SEARCH_MINUTES),--search-minutes $(SEARCH_MINUTES)) \
 	$(if $(SEARCH_DEPTHS),--search-depths $(SEARCH_DEPTHS)) $(if $(SEARCH_ACTIVATIONS),--search-activations $(SEARCH_ACTIVATIONS)) \
+	$(if $(SEARCH_SIZES),--search-sizes $(SEARCH_SIZES)) \
 	$(if $(CALIBRATION),--calibration $(CALIBRATION)) $(if $(IMGSZ),--imgsz $(IMGSZ)) \
 	$(if $(MIN_BASELINE_MAP),--min-baseline-map $(MIN_BASELINE_MAP)) $(if $(ALLOW_WEAK_BASELINE),--allow-weak-baseline) \
 	$(if $(MAX_MAP_DROP),--max-map-drop $(MAX_MAP_DROP)) $(if $(ALLOW_OVER_BUDGET),--allow-over-budget) \
@@ -51,6 +52,7 @@ help: ## List the targets and the variables they read
 	@echo "  pipeline:  WEIGHTS=<.pt> DATA=<data.yaml> PROFILE=default|tiny EPOCHS=<n> DISTILL_EPOCHS=<n> IMGSZ=<px>"
 	@echo "             MAX_MAP_DROP=<points of mAP50-95 the served model may lose, default 1.0> ALLOW_OVER_BUDGET=1"
 	@echo "             SEARCH_MINUTES=<training the search may spend, default 22> SEARCH_DEPTHS='1.5 2 2.5' SEARCH_ACTIVATIONS='relu silu'"
+	@echo "             SEARCH_SIZES='224 192' (input sizes below the trained one, each candidate fine-tuned at them too)"
 	@echo "             KD_FEATURE_WEIGHT=<w> CALIBRATION=minmax|entropy|percentile CALIBRATION_IMAGES=<n> IMPORTANCE=magnitude|bn_scale|lamp"
 	@echo "             MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ARTIFACTS=$(ARTIFACTS)"
 	@echo "  target:    DEVICE=cpu|gpu (training, detector instances of repo, serve-docker's --gpus) MAX_BATCH=<n> (repo, plan)"

@@ -93,11 +93,25 @@ def session_timer(session, image_size: tuple[int, int]) -> Callable[[int], float
     return run_once
 
 
+def input_size(path: Path, default: tuple[int, int]) -> tuple[int, int]:
+    """The input size a detector file was exported for (its metadata), else `default`: rows of
+    one timing run may take different sizes (input resolution is a search dimension)."""
+    from compress.errors import UnsupportedModelError
+    from compress.export import read_info
+
+    try:
+        return tuple(read_info(path).image_size)
+    except UnsupportedModelError:
+        return tuple(default)
+
+
 def latency_side_by_side(models: dict[str, Path], image_size: tuple[int, int], threads: int = 2,
                          rounds: dict[int, int] | None = None) -> dict[str, dict]:
-    """ONNX Runtime sessions in this process, interleaved (`interleaved_rounds`)."""
+    """ONNX Runtime sessions in this process, interleaved (`interleaved_rounds`), each fed at its
+    own input size (`image_size` for a file that does not say)."""
     sessions = {name: create_session(path, threads, spinning=False) for name, path in models.items()}
-    return interleaved_rounds({name: session_timer(session, image_size) for name, session in sessions.items()}, rounds)
+    return interleaved_rounds({name: session_timer(session, input_size(models[name], image_size))
+                               for name, session in sessions.items()}, rounds)
 
 
 class WorkerTimer:
@@ -146,12 +160,13 @@ class WorkerTimer:
 
 @contextmanager
 def timing_workers(models: dict[str, dict], image_size: tuple[int, int], threads: int, frames: Path | None = None):
-    """{name: WorkerTimer} for `models` {name: {"path", "runtime", "precision"}}, all closed on exit."""
+    """{name: WorkerTimer} for `models` {name: {"path", "runtime", "precision", "frames"}} (a
+    model's own `frames` for one of another input size), all closed on exit."""
     timers: dict[str, WorkerTimer] = {}
     try:
         for name, spec in models.items():
             timers[name] = WorkerTimer(spec["path"], image_size, threads, spec.get("runtime", "onnxruntime"),
-                                       spec.get("precision", "f32"), frames)
+                                       spec.get("precision", "f32"), spec.get("frames", frames))
         yield timers
     finally:
         for timer in timers.values():
@@ -191,7 +206,7 @@ def _serve_worker(path: Path, image_size: tuple[int, int], threads: int, runtime
     session = create_runtime_session(path, runtime, threads, precision, spinning=False)
     print(json.dumps({"runtime": runtime, "pid": os.getpid(), **session_facts(session)}), flush=True)
     if frames_path is None:
-        timer = session_timer(session, image_size)
+        timer = session_timer(session, input_size(path, image_size))
         for line in sys.stdin:
             print(f"{timer(int(line.split()[0])):.4f}", flush=True)
         return

@@ -38,51 +38,69 @@ class CandidateSpec:
     activation: str  # "silu" (the baseline's own) or "relu"
     depth: float  # MACs reduction the pruning aims for; 1.0 = unpruned
     trained: bool = True  # False: the INT8 of the unpruned reference model
+    # Input size (square) the candidate is trained, calibrated and served at; None: the size the
+    # baseline was trained at. A smaller one divides the work by the square of the scale.
+    imgsz: int | None = None
 
     @property
     def name(self) -> str:
-        return REFERENCE_INT8 if not self.trained else f"{self.activation}_{self.depth:g}x"
+        base = REFERENCE_INT8 if not self.trained else f"{self.activation}_{self.depth:g}x"
+        return base if self.imgsz is None else f"{base}_{self.imgsz}px"
 
     @property
     def label(self) -> str:
+        size = "" if self.imgsz is None else f", {self.imgsz}x{self.imgsz} input"
         if not self.trained:
-            return "INT8 of the unpruned reference"
+            return "INT8 of the unpruned reference" + size
         act = {"relu": "ReLU", "silu": "SiLU"}[self.activation]
-        return f"{act} student, " + ("unpruned" if self.depth == 1 else f"{self.depth:g}x fewer MACs")
+        return f"{act} student, " + ("unpruned" if self.depth == 1 else f"{self.depth:g}x fewer MACs") + size
 
 
 def parse_spec(text: str) -> CandidateSpec:
-    """"relu@2.5" -> a ReLU student at 2.5x fewer MACs; "int8" -> the INT8 of the unpruned reference."""
+    """"relu@2.5" -> a ReLU student at 2.5x fewer MACs; "int8" -> the INT8 of the unpruned
+    reference; a suffix ":192" -> the same at a 192x192 input."""
     from compress.prune import ACTIVATIONS
 
-    if text == "int8":
-        return CandidateSpec("silu", 1.0, trained=False)
-    activation, _, target = text.partition("@")
+    body, _, size = text.partition(":")
+    try:
+        imgsz = int(size) if size else None
+    except ValueError:
+        raise ToolkitError(f"candidate {text!r}: the input size after ':' is a whole number of pixels") from None
+    if body == "int8":
+        return CandidateSpec("silu", 1.0, trained=False, imgsz=imgsz)
+    activation, _, target = body.partition("@")
     try:
         depth = float(target)
     except ValueError:
         raise ToolkitError(f"candidate {text!r} is not activation@MACs-reduction (e.g. relu@2.5) or int8") from None
     if activation not in ACTIVATIONS or depth < 1:
         raise ToolkitError(f"candidate {text!r}: activation one of {sorted(ACTIVATIONS)}, MACs reduction >= 1")
-    return CandidateSpec(activation, depth)
+    return CandidateSpec(activation, depth, imgsz=imgsz)
 
 
-def search_space(activations: tuple[str, ...], depths: tuple[float, ...]) -> list[CandidateSpec]:
+def search_space(activations: tuple[str, ...], depths: tuple[float, ...],
+                 sizes: tuple[int, ...] = ()) -> list[CandidateSpec]:
     """The reference's INT8, then every activation x depth; an unpruned student is only worth
-    training with another activation (an unpruned SiLU student is the equal-budget model again)."""
-    specs = [CandidateSpec("silu", 1.0, trained=False)]
-    for activation in activations:
-        for depth in sorted(set(depths) | ({1.0} if activation != "silu" else set())):
-            if depth > 1 or activation != "silu":
-                specs.append(CandidateSpec(activation, float(depth)))
+    training with another activation (an unpruned SiLU student is the equal-budget model again).
+    Each of `sizes` (input sizes below the trained one) adds the same space at that size, where
+    the unpruned SiLU student is a model of its own (fine-tuned at the smaller input)."""
+    specs = []
+    for imgsz in (None, *sizes):
+        specs.append(CandidateSpec("silu", 1.0, trained=False, imgsz=imgsz))
+        for activation in activations:
+            for depth in sorted(set(depths) | ({1.0} if activation != "silu" or imgsz else set())):
+                if depth > 1 or activation != "silu" or imgsz:
+                    specs.append(CandidateSpec(activation, float(depth), imgsz=imgsz))
     return specs
 
 
-def export_onnx(ctx, weights: Path, out_path: Path, stage: str, pruning_ratio: float = 0.0) -> Path:
-    """The raw-head ONNX every row of the report is measured as, with its provenance."""
+def export_onnx(ctx, weights: Path, out_path: Path, stage: str, pruning_ratio: float = 0.0,
+                imgsz: int | None = None) -> Path:
+    """The raw-head ONNX every row of the report is measured as (at `imgsz`, default the trained
+    size), with its provenance."""
     from compress.export import export_raw_onnx
 
-    return export_raw_onnx(weights, out_path, ctx.imgsz(), {
+    return export_raw_onnx(weights, out_path, imgsz or ctx.imgsz(), {
         "toolkit_stage": stage, "source_sha256": file_hash(weights), "pruning_ratio": round(pruning_ratio, 4),
         "baseline_sha256": file_hash(ctx.manifest.output("baseline", "weights"))})
 
@@ -151,12 +169,16 @@ class CandidateStore:
     def folder(self, spec: CandidateSpec) -> Path:
         return self.root / spec.name
 
+    def size(self, spec: CandidateSpec) -> int:
+        """The candidate's input size (square)."""
+        return spec.imgsz or self.ctx.imgsz()
+
     # -- cache keys ------------------------------------------------------------------------------
 
     def architecture_key(self, spec: CandidateSpec) -> dict:
         p = self.ctx.profile
         return {"version": CANDIDATE_VERSION, "teacher": file_hash(self.ctx.manifest.output("baseline", "weights")),
-                "activation": spec.activation, "depth": spec.depth, "imgsz": self.ctx.imgsz(),
+                "activation": spec.activation, "depth": spec.depth, "imgsz": self.size(spec),
                 "importance": p.importance, "prune_steps": p.prune_steps, "quantize_stem": p.quantize_stem}
 
     def key(self, spec: CandidateSpec) -> dict:
@@ -164,7 +186,8 @@ class CandidateStore:
         calibration = {"calibration": p.calibration, "calibration_images": p.calibration_images,
                        "quantize_stem": p.quantize_stem, "data": self.ctx.data_hash()}
         if not spec.trained:
-            return {"version": CANDIDATE_VERSION, "source": file_hash(self.reference_files()[1]), **calibration}
+            sized = {"imgsz": spec.imgsz} if spec.imgsz else {}  # (the trained size: keys as before sizes)
+            return {"version": CANDIDATE_VERSION, "source": file_hash(self.reference_files()[1]), **calibration, **sized}
         from compress.distill import DistillSettings
 
         kd = DistillSettings(feature_weight=p.kd_feature_weight)
@@ -197,6 +220,21 @@ class CandidateStore:
         from compress.quantize import quantize
 
         start = time.perf_counter()
+        if spec.imgsz is not None:  # the same pruned network as at the trained size, fed a smaller input
+            from dataclasses import replace
+
+            same = self.architecture(replace(spec, imgsz=None))
+            student, size = same.path("student"), spec.imgsz
+            fp32 = export_onnx(ctx, student, folder / "fp32.onnx", f"search:{spec.name}:architecture",
+                               same.metrics["ratio"], imgsz=size)
+            quantize(fp32, folder / "int8.onnx", ctx.data_yaml(), (size, size), method="minmax",
+                     calibration_count=ARCHITECTURE_CALIBRATION_IMAGES, activation="uint8",
+                     keep_stem_float=not ctx.profile.quantize_stem)
+            macs, _ = count_macs(yolo.load(student).model, size)
+            metrics = {**same.metrics, "gmacs": round(macs / 1e9, 4), "imgsz": size}
+            return CandidateRecord.write(folder / "architecture.json", self.artifacts, spec.name, key,
+                                         {"student": student, "int8": folder / "int8.onnx"}, metrics,
+                                         time.perf_counter() - start)
         teacher = ctx.manifest.output("baseline", "weights")
         model = make_prunable(yolo.load(teacher).model).eval()
         base_macs, base_params = count_macs(model, ctx.imgsz())
@@ -231,30 +269,35 @@ class CandidateStore:
         from compress.quantize import quantize
 
         start = time.perf_counter()
+        size = self.size(spec)
         metrics: dict = {"label": spec.label, "activation": spec.activation, "depth": spec.depth,
-                         "trained": spec.trained}
+                         "trained": spec.trained, "imgsz": size}
         if spec.trained:
             from compress.distill import DistillSettings, distill
 
             arch = self.architecture(spec)
-            settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=ctx.imgsz(),
+            # teacher and student both see the candidate's input size: it is fine-tuned for it
+            settings = DistillSettings(epochs=ctx.profile.distill_epochs, imgsz=size,
                                        feature_weight=ctx.profile.kd_feature_weight)
             weights = distill(arch.path("student"), ctx.manifest.output("baseline", "weights"), ctx.data_yaml(),
                               folder, settings, device=ctx.training_device())
-            fp32 = export_onnx(ctx, weights, folder / "fp32.onnx", f"search:{spec.name}", arch.metrics["ratio"])
+            fp32 = export_onnx(ctx, weights, folder / "fp32.onnx", f"search:{spec.name}", arch.metrics["ratio"],
+                               imgsz=size)
             metrics.update({k: arch.metrics[k] for k in ("ratio", "macs_reduction", "params_kept",
                                                          "swapped_activations")},
                            distill_epochs=settings.epochs, train_seconds=round(time.perf_counter() - start, 1),
                            device=ctx.training_device())
         else:
             weights, fp32 = self.reference_files()
+            if spec.imgsz is not None:  # the reference itself, not trained again, fed a smaller input
+                fp32 = export_onnx(ctx, weights, folder / "fp32.onnx", f"search:{spec.name}", imgsz=size)
             metrics.update(ratio=0.0, macs_reduction=1.0, params_kept=1.0, swapped_activations=0)
         int8 = folder / "int8.onnx"
-        metrics["quantization"] = quantize(fp32, int8, ctx.data_yaml(), (ctx.imgsz(), ctx.imgsz()),
+        metrics["quantization"] = quantize(fp32, int8, ctx.data_yaml(), (size, size),
                                            method=ctx.profile.calibration,
                                            calibration_count=ctx.profile.calibration_images, activation="uint8",
                                            keep_stem_float=not ctx.profile.quantize_stem)
-        metrics.update(yolo.describe(yolo.load(weights), ctx.imgsz()))
+        metrics.update(yolo.describe(yolo.load(weights), size))
         metrics["fp32_map"] = evaluate_onnx(fp32, ctx.data_yaml())
         metrics["int8_map"] = evaluate_onnx(int8, ctx.data_yaml())
         return CandidateRecord.write(folder / "candidate.json", self.artifacts, spec.name, self.key(spec),

@@ -33,7 +33,7 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-from compress.benchmark import (BATCH_SIZES, ROUNDS, competing_load, interleaved_rounds, save_frames, speedup,
+from compress.benchmark import (BATCH_SIZES, ROUNDS, competing_load, input_size, interleaved_rounds, save_frames, speedup,
                                 timing_workers)
 from compress.env import describe_machine, machine_line, serving_threads, telemetry_off
 from compress.errors import InputFileError, ToolkitError, cli_entry
@@ -206,7 +206,7 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
     rows = peer_rows(baseline_onnx, served_onnx, peer_xml)
     rows[SERVED]["label"] = f"served: {served_label}"
     rows[SERVED_OPENVINO]["label"] = f"served file on OpenVINO: {served_label}"
-    twin = nncf_twin(artifacts, data_yaml, image_size, out_dir, served_onnx)
+    twin = nncf_twin(artifacts, data_yaml, read_info(served_onnx).image_size, out_dir, served_onnx)
     if twin is not None:
         rows[SERVED_NNCF] = {"label": "served model's FP32 twin, NNCF INT8 on OpenVINO", "short": "served NNCF, OV default",
                              "path": twin[0], "runtime": "openvino", "precision": "default"}
@@ -221,9 +221,16 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
                      "baseline_pt": ultralytics_val(weights, data_yaml, image_size[0])}
     # real val frames, prepared as the served preprocess prepares them: the post-processing's cost
     # depends on how many anchors pass the threshold, which random input does not show
-    frames = save_frames([t.path.read_bytes() for t in val_split(data_yaml, max(BATCH_SIZES))], image_size,
-                         out_dir / "frames.npz")
-    with competing_load() as machine_load, timing_workers(rows, image_size, threads, frames) as timers:
+    # (a served model of a smaller input size gets the same frames letterboxed to its own size)
+    payloads = [t.path.read_bytes() for t in val_split(data_yaml, max(BATCH_SIZES))]
+    frames: dict[tuple[int, int], Path] = {}
+    for row in rows.values():
+        size = input_size(row["path"], image_size)
+        if size not in frames:
+            name = "frames.npz" if size == tuple(image_size) else f"frames_{size[0]}x{size[1]}.npz"
+            frames[size] = save_frames(payloads, size, out_dir / name)
+        row["frames"] = frames[size]
+    with competing_load() as machine_load, timing_workers(rows, image_size, threads) as timers:
         latency = interleaved_rounds(timers, rounds, pause_s=0.05)
         end_to_end = interleaved_rounds({k: partial(t, end_to_end=True) for k, t in timers.items()}, rounds,
                                         pause_s=0.05)
@@ -235,6 +242,7 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
         row["speedup"] = {f"bs{b}": speedup(latency, BASELINE, key, b) for b in BATCH_SIZES}
         row["end_to_end_speedup"] = {f"bs{b}": speedup(end_to_end, BASELINE, key, b) for b in BATCH_SIZES}
         row["path"] = str(row["path"])
+        row["frames"] = str(row["frames"].relative_to(out_dir))
     export_record = read_json(out_dir / "peer_export.json", "peer export record", "run `make bench-peers` again")
     served_quantization = Report.load(artifacts).served.quantization or {}
     search = SearchRecord.load(manifest)

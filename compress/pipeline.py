@@ -56,6 +56,9 @@ class Profile:
     # lands within one step of the deepest that fits.
     search_activations: tuple[str, ...] = ("relu", "silu")
     search_depths: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5)
+    # Input sizes below the trained one the search also tries every candidate at (multiples of
+    # the stride; each fine-tuned at its size): the work falls with the square of the scale.
+    search_sizes: tuple[int, ...] = ()
     # Training time the search may spend: bounds the default `make` on a 2-core machine.
     search_minutes: float = 22.0
     # The served default is the fastest measured candidate within this many points of mAP50-95 of
@@ -276,7 +279,8 @@ def _search_run(ctx: Context, out: Path):
 
     reference = _reference(ctx)
     store = CandidateStore(ctx, reference)
-    specs = {spec.name: spec for spec in search_space(ctx.profile.search_activations, ctx.profile.search_depths)}
+    specs = {spec.name: spec for spec in search_space(ctx.profile.search_activations, ctx.profile.search_depths,
+                                                      smaller_sizes(ctx))}
     print(f"    search: {len(specs)} candidates; timing their INT8 architectures before training any", flush=True)
     architectures, impossible = {}, {}
     for name, spec in progress(specs.items(), desc="architectures"):
@@ -285,13 +289,15 @@ def _search_run(ctx: Context, out: Path):
         except UnsupportedModelError as error:  # e.g. channel rounding cannot reach this depth on a small model
             impossible[name] = str(error)
             print(f"    search: {name}: not possible: {error}", flush=True)
+    # (each at its own input size: the files say which)
     latency = measure_in_subprocess({name: arch.path("int8") for name, arch in architectures.items()},
                                     (ctx.imgsz(), ctx.imgsz()), threads=ctx.latency_threads(),
                                     rounds=ARCHITECTURE_ROUNDS)
-    probes = [Probe(name, spec.activation, spec.depth, spec.trained, latency[name]["bs1_ms"], latency[name]["bs8_ms"])
+    probes = [Probe(name, spec.activation, spec.depth, spec.trained, latency[name]["bs1_ms"], latency[name]["bs8_ms"],
+                    imgsz=spec.imgsz)
               for name, spec in specs.items() if name in architectures]
     finetune_seconds = ctx.manifest.get("finetune").seconds
-    base_gmacs = architectures[next(n for n, s in specs.items() if not s.trained)].metrics["gmacs"]
+    base_gmacs = architectures[next(n for n, s in specs.items() if not s.trained and s.imgsz is None)].metrics["gmacs"]
     observed: list[float] = []  # actual / first-guess training time of the candidates trained so far
 
     def first_guess(probe: Probe) -> float:
@@ -323,7 +329,7 @@ def _search_run(ctx: Context, out: Path):
                         ctx.profile.search_minutes * 60, estimate_seconds)
     # Nothing fits and INT8 alone broke the unpruned reference's budget (its FP32 model is the
     # reference itself): keep its most sensitive convs in float before falling back to FP32.
-    unpruned = next(p for p in probes if not p.trained)
+    unpruned = next(p for p in probes if not p.trained and p.imgsz is None)
     if not result.fitting() and unpruned.status == OVER:
         rescued, trials = store.rescue(specs[unpruned.name], ctx.profile.max_map_drop)
         if rescued:
@@ -360,11 +366,23 @@ TEACHER_OVERHEAD = 1.3
 MIN_TRAINING_SHARE = 0.5
 
 
+def smaller_sizes(ctx: Context) -> tuple[int, ...]:
+    """SEARCH_SIZES below the trained size, largest first (the trained size itself is always
+    searched); one above it is refused: the model never learned from that much detail."""
+    trained = ctx.imgsz()
+    larger = [size for size in ctx.profile.search_sizes if size > trained]
+    if larger:
+        raise ToolkitError(f"SEARCH_SIZES={' '.join(map(str, ctx.profile.search_sizes))}: {larger} above the "
+                           f"trained size {trained}", hint="list input sizes at or below the size the model was "
+                                                            "trained at (IMGSZ= trains at another)")
+    return tuple(sorted({size for size in ctx.profile.search_sizes if size < trained}, reverse=True))
+
+
 def _search_settings(ctx: Context) -> dict:
     p = ctx.profile
     # "version": bumped when the search's decisions or records change, so older ones are not reused
-    return {"version": 5, "threads": ctx.latency_threads(), "max_map_drop": p.max_map_drop,
-            "activations": list(p.search_activations),
+    return {"version": 6, "threads": ctx.latency_threads(), "max_map_drop": p.max_map_drop,
+            "activations": list(p.search_activations), "sizes": list(smaller_sizes(ctx)),
             "depths": list(p.search_depths), "minutes": p.search_minutes, "epochs": p.distill_epochs,
             "feature_weight": p.kd_feature_weight, "imgsz": ctx.imgsz(), "importance": p.importance,
             "calibration": p.calibration, "images": p.calibration_images, "quantize_stem": p.quantize_stem}
@@ -388,7 +406,8 @@ def _plan_run(ctx: Context, out: Path):
     if tensorrt_version() is None:
         print(f"    plan: skipped: {NO_TENSORRT}")
         return {}, {"skipped": NO_TENSORRT}
-    served, size, cache = Report.load(ctx.artifacts).served, (ctx.imgsz(), ctx.imgsz()), out / "timing.cache"
+    served, cache = Report.load(ctx.artifacts).served, out / "timing.cache"
+    size = served.image_size
     outputs, metrics = {"timing_cache": cache}, {"served": served.name}
     if served.precision == "int8":
         q = served.quantization
@@ -408,7 +427,8 @@ def _plan_run(ctx: Context, out: Path):
 def _plan_settings(ctx: Context) -> dict:
     from compress.plan import tensorrt_version
 
-    return {"tensorrt": tensorrt_version(), "imgsz": ctx.imgsz(), "max_batch": ctx.max_batch}
+    return {"tensorrt": tensorrt_version(), "imgsz": list(Report.load(ctx.artifacts).served.image_size),
+            "max_batch": ctx.max_batch}
 
 
 def _plan_inputs(ctx: Context) -> dict:
@@ -517,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="MACs reductions the search may prune to (e.g. 1.5 2 2.5 3)")
     parser.add_argument("--search-activations", nargs="+", choices=["relu", "silu"],
                         help="student activations the search tries (default: relu silu)")
+    parser.add_argument("--search-sizes", type=int, nargs="+", metavar="PX",
+                        help="input sizes below the trained one to search every candidate at too (multiples of 32, "
+                             "e.g. 224 192)")
     parser.add_argument("--search-minutes", type=float, help="training time the search may spend (default 22)")
     parser.add_argument("--quantize-stem", action="store_true", default=None,
                         help="quantize the first conv too (default: keep it float)")
@@ -547,7 +570,8 @@ def main(argv: list[str] | None = None) -> None:
                  "min_baseline_map": args.min_baseline_map, "max_map_drop": args.max_map_drop, "quantize_stem": args.quantize_stem,
                  "allow_over_budget": args.allow_over_budget, "search_minutes": args.search_minutes,
                  "search_depths": tuple(args.search_depths) if args.search_depths else None,
-                 "search_activations": tuple(args.search_activations) if args.search_activations else None}
+                 "search_activations": tuple(args.search_activations) if args.search_activations else None,
+                 "search_sizes": tuple(args.search_sizes) if args.search_sizes else None}
     profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     for path, what in ((args.data, "DATA"), (args.weights, "WEIGHTS")):
         if path is not None and not path.exists():
@@ -556,6 +580,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ToolkitError(f"MAX_MAP_DROP={profile.max_map_drop} is negative (points of mAP50-95 the served model may lose)")
     if any(depth < 1 for depth in profile.search_depths):
         raise ToolkitError(f"SEARCH_DEPTHS={' '.join(map(str, profile.search_depths))}: MACs reductions are >= 1")
+    if any(size < 32 or size % 32 for size in profile.search_sizes):
+        raise ToolkitError(f"SEARCH_SIZES={' '.join(map(str, profile.search_sizes))}: input sizes are positive "
+                           "multiples of 32 (the detector's largest stride)")
     if profile.kd_feature_weight < 0:
         raise ToolkitError(f"KD_FEATURE_WEIGHT={profile.kd_feature_weight} is negative (0 turns the feature term off)")
     if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):

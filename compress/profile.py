@@ -48,7 +48,9 @@ def profile_model(path: Path, image_size: tuple[int, int], batch: int, threads: 
 
     with tempfile.TemporaryDirectory() as folder:
         session = create_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
-        feed = {"images": np.random.default_rng(0).random((batch, 3, *image_size), dtype=np.float32)}
+        from compress.benchmark import input_size
+
+        feed = {"images": np.random.default_rng(0).random((batch, 3, *input_size(path, image_size)), dtype=np.float32)}
         for _ in range(WARMUP_RUNS + PROFILED_RUNS[batch]):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())

@@ -129,6 +129,13 @@ class ServedChoice:
     within_budget: bool
     float_convs: list[str] | None = None  # a float-kept variant: the convs it keeps in float beyond its base
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The input size it was exported for (input size is a search dimension)."""
+        from compress.export import read_info
+
+        return read_info(self.onnx).image_size
+
     @classmethod
     def from_dict(cls, served: dict, artifacts: Path) -> "ServedChoice":
         root = Path(artifacts)

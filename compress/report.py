@@ -85,15 +85,18 @@ def collect(ctx) -> dict:
                                manifest.output("finetune", "weights"), "fp32", None, None)}
     reference_key = reference_info.row_key
     for name, (info, files) in candidates.items():
-        if info["trained"] and "mixed_precision" not in info:
-            wanted[f"{name}:fp32"] = (f"{info['label']}, FP32", files["fp32"], files["weights"], "fp32", name, None)
+        # a student, or the reference's INT8 at a smaller input: an FP32 twin of its own
+        own_twin = info["trained"] or info.get("imgsz", imgsz) != imgsz
+        if own_twin and "mixed_precision" not in info:
+            twin_label = info["label"] if info["trained"] else info["label"].replace("INT8 of the u", "U", 1)
+            wanted[f"{name}:fp32"] = (f"{twin_label}, FP32", files["fp32"], files["weights"], "fp32", name, None)
         base = info.get("base", name)  # a float-kept variant shares its base's FP32 twin
-        twin = f"{base}:fp32" if info["trained"] else reference_key
+        twin = f"{base}:fp32" if own_twin else reference_key
         label = f"{info['label']}, INT8" if info["trained"] else info["label"]  # already says INT8
         wanted[f"{name}:int8"] = (label, files["int8"], files["weights"], "int8", name, twin)
     threads = ctx.latency_threads()
     print(f"    measuring latency of {len(wanted)} models side by side ({threads} threads)", flush=True)
-    with competing_load() as load:
+    with competing_load() as load:  # (each fed at its own input size: the files say which)
         latency = measure_in_subprocess({key: row[1] for key, row in wanted.items()}, (imgsz, imgsz), threads=threads)
     scores = reference_info.scores
     rows, by_key = [], {}
@@ -107,6 +110,7 @@ def collect(ctx) -> dict:
             accuracy = info[f"{precision}_map"]
             size = {"params": info["params"], "gmacs": info["gmacs"]}
         row = {"key": key, "model": label, "precision": precision, "candidate": name, "twin": twin,
+               "imgsz": info.get("imgsz", imgsz),
                "onnx": str(path.relative_to(ctx.artifacts)), "weights": str(weights.relative_to(ctx.artifacts)),
                "params": size["params"], "gmacs": size["gmacs"], "file_mb": round(path.stat().st_size / 1e6, 3),
                **{k: v for k, v in latency[key].items() if k not in spread_keys},
@@ -152,7 +156,8 @@ def collect(ctx) -> dict:
     return {
         "image_size": imgsz, "threads": threads, "providers": execution_providers(), "rows": rows, "machine": describe_machine(), "machine_during_latency": load,
         "served": {"name": served["candidate"] or served["key"], "key": served["key"], "model": served["model"],
-                   "precision": served["precision"], "onnx": served["onnx"], "fp32_onnx": twin["onnx"],
+                   "precision": served["precision"], "imgsz": served["imgsz"], "onnx": served["onnx"],
+                   "fp32_onnx": twin["onnx"],
                    "weights": served["weights"], "quantization": served.get("quantization"),
                    "mixed_precision": served.get("mixed_precision"), "rule": rule,
                    "budget_points": budget, "allow_over_budget": allow, "drop_points": measured["map_drop_points"],
@@ -195,7 +200,7 @@ def budget_table(servable: list[dict], reference: dict, twins: dict, latency: di
         table.append({"budget_points": budget, "model": served["model"], "drop_points": drop_points(reference, served),
                       **{f"speedup_bs{b}": speedup(latency, "baseline", served["key"], b)["estimate"]
                          for b in BATCH_SIZES},
-                      "file_mb": served["file_mb"], "measures_training": weak is not None})
+                      "file_mb": served["file_mb"], "imgsz": served["imgsz"], "measures_training": weak is not None})
     return table
 
 
@@ -230,11 +235,12 @@ def to_markdown(report: dict) -> str:
               " searches for that budget and may train deeper candidates)"
               + (": **these figures measure training, not compression** (weak reference)" if report.get("weak_reference")
                  else "") + ".", "",
-              "| budget (points) | served | drop (points) | speed-up bs1 | speed-up bs8 | file MB |",
-              "|---:|---|---:|---:|---:|---:|"]
+              "| budget (points) | served | input | drop (points) | speed-up bs1 | speed-up bs8 | file MB |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     for row in report["budget_table"]:
-        lines.append(f"| {row['budget_points']:g} | {row['model']} | {row['drop_points']:+.2f} | {row['speedup_bs1']}x | "
-                     f"{row['speedup_bs8']}x | {row['file_mb']:.2f} |")
+        size = row.get("imgsz", report["image_size"])
+        lines.append(f"| {row['budget_points']:g} | {row['model']} | {size}x{size} | {row['drop_points']:+.2f} | "
+                     f"{row['speedup_bs1']}x | {row['speedup_bs8']}x | {row['file_mb']:.2f} |")
     lines += ["", "## Measured models", "",
               "Latency: the fastest decile of the interleaved rounds, the median in brackets; speed-ups are ratios of "
               "fastest deciles with a bootstrap interval (p10-p90).", "",

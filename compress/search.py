@@ -8,6 +8,10 @@ the search bisects the depths still worth trying, then interpolates between the 
 the shallowest miss: a depth that fits makes every shallower one of that activation slower
 without need, and a depth over budget by more than the noise rules out every deeper one. Candidates the time limit did not reach are listed as "not tried (time)".
 
+Input size is a third dimension: each activation at each size is a group of its own, searched
+the same way, and accuracy is taken to fall as the input shrinks as it does with depth: a clear
+miss also rules out the same activation at every smaller size and equal or deeper pruning.
+
 This module is pure logic over `Probe` rows and two callables (train-and-evaluate, estimated
 training seconds), so its decisions are unit-tested without training anything.
 """
@@ -28,6 +32,7 @@ OPEN = "open"
 INFERRED_OVER = "not tried: a shallower depth is over budget beyond the noise"
 CANNOT_WIN = "not tried: no faster than a candidate that fits"
 NO_TIME = "not tried (time)"
+SIZE_TRAINED = 1 << 30  # a group's size key for the trained size: above every smaller size searched
 
 
 @dataclass
@@ -46,6 +51,12 @@ class Probe:
     seconds: float | None = None  # what training and evaluating it took
     order: int | None = None  # position in the search (0 = first)
     note: str = ""
+    imgsz: int | None = None  # its input size; None: the trained size (the largest searched)
+
+    @property
+    def group(self) -> tuple[str, int]:
+        """(activation, size): the candidates one depth bisection runs over."""
+        return self.activation, self.imgsz or SIZE_TRAINED
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,12 +79,25 @@ class SearchResult:
         return min(fitting, key=lambda p: p.bs1_ms) if fitting else None
 
 
+def _ruled_out_by(miss: Probe, other: Probe) -> bool:
+    """A clear miss rules out what is deeper at its size, and as deep or deeper at a smaller size.
+    The reference's INT8 fed a smaller input than it was trained for says nothing of students
+    fine-tuned at that size: it rules out only the reference's INT8 at smaller sizes still."""
+    if other.activation != miss.activation:
+        return False
+    miss_size, size = miss.group[1], other.group[1]
+    if not miss.trained and miss.imgsz is not None:
+        return not other.trained and size < miss_size
+    return (size == miss_size and other.depth > miss.depth) or (size < miss_size and other.depth >= miss.depth)
+
+
 def _infer(probes: list[Probe]) -> None:
-    """Mark what the measured ones imply: deeper than a clear miss of the same activation is over
-    budget; anything no faster than the fastest fitting candidate cannot win."""
+    """Mark what the measured ones imply: deeper than a clear miss of the same activation and
+    size (or smaller and as deep) is over budget; anything no faster than the fastest fitting
+    candidate cannot win."""
     for miss in (p for p in probes if p.status == OVER and p.note == "beyond noise"):
         for other in probes:
-            if other.status == OPEN and other.activation == miss.activation and other.depth > miss.depth:
+            if other.status == OPEN and _ruled_out_by(miss, other):
                 other.status = INFERRED_OVER
     fitting = [p for p in probes if p.status == FITS]
     if fitting:
@@ -83,22 +107,23 @@ def _infer(probes: list[Probe]) -> None:
                 other.status = CANNOT_WIN
 
 
-def _by_speed(probes: list[Probe]) -> list[str]:
-    """Activations, fastest first: by their mean architecture latency over the depths they share."""
+def _by_speed(probes: list[Probe]) -> list[tuple[str, int]]:
+    """Groups (activation, size), fastest first: by their mean architecture latency over the
+    depths they share."""
     trained = [p for p in probes if p.trained]
-    activations = sorted({p.activation for p in trained})
-    shared = set.intersection(*({p.depth for p in trained if p.activation == a} for a in activations))
+    groups = sorted({p.group for p in trained})
+    shared = set.intersection(*({p.depth for p in trained if p.group == g} for g in groups))
 
-    def mean_ms(activation: str) -> float:
-        values = [p.bs1_ms for p in trained if p.activation == activation and (p.depth in shared or not shared)]
+    def mean_ms(group: tuple[str, int]) -> float:
+        values = [p.bs1_ms for p in trained if p.group == group and (p.depth in shared or not shared)]
         return sum(values) / len(values)
 
-    return sorted(activations, key=mean_ms)
+    return sorted(groups, key=mean_ms)
 
 
 def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
-    """Untrained candidates first (they cost no training). Then one activation at a time, the
-    fastest at equal depth first: its unpruned student first (the safe end: if anything of that
+    """Untrained candidates first (they cost no training). Then one activation (at one input
+    size) at a time, the fastest at equal depth first: its unpruned student first (the safe end: if anything of that
     activation fits, this does, and a clear miss there rules out every depth), then the depth the
     measured points of that activation predict:
     - between its deepest fit and shallowest miss, where the line through them crosses the
@@ -114,9 +139,9 @@ def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
     cheap = [p for p in open_ if not p.trained]
     if cheap:
         return min(cheap, key=lambda p: p.bs1_ms)
-    activation = next(a for a in _by_speed(probes) if any(p.activation == a for p in open_))
-    depths = sorted((p for p in open_ if p.activation == activation), key=lambda p: p.depth)
-    measured = [p for p in probes if p.drop_points is not None and p.trained and p.activation == activation]
+    group = next(g for g in _by_speed(probes) if any(p.group == g for p in open_))
+    depths = sorted((p for p in open_ if p.group == group), key=lambda p: p.depth)
+    measured = [p for p in probes if p.drop_points is not None and p.trained and p.group == group]
     if not measured and depths[0].depth == 1.0:
         return depths[0]  # the unpruned student: the safe end of this activation, cheapest to fit
     fitting = [p for p in measured if p.status == FITS]
@@ -124,7 +149,7 @@ def next_probe(probes: list[Probe], budget_points: float) -> Probe | None:
     if not fitting and any(p.status == FITS and p.trained for p in probes):
         return depths[0]
     anchor = max(fitting, key=lambda p: p.depth) if fitting else next(
-        (p for p in probes if not p.trained and p.status == FITS), None)
+        (p for p in probes if not p.trained and p.status == FITS and p.group[1] == group[1]), None)
     if anchor is None or not misses:
         return depths[(len(depths) - 1) // 2]
     miss = min(misses, key=lambda p: p.depth)

@@ -213,6 +213,21 @@ def _mixed_precision(choice: ServedChoice, result: dict, maps: dict, gate: Gate,
     return refusal
 
 
+def shadow_reference(reference_onnx: Path, reference_weights: Path, image_size: tuple[int, int], out_dir: Path) -> Path:
+    """The reference the served shadow runs on the served model's own tensor: its ONNX, or, for a
+    model served at a smaller input (input size is a search dimension), the reference's weights
+    exported at that size. Live agreement then measures compression at the served size; what the
+    smaller input costs against the reference at its own size is the gate's mAP check."""
+    from compress.export import export_raw_onnx
+
+    if tuple(read_info(reference_onnx).image_size) == tuple(image_size):
+        return reference_onnx
+    meta = read_info(reference_onnx).metadata
+    provenance = {key: meta[key] for key in ("toolkit_stage", "source_sha256", "baseline_sha256") if key in meta}
+    return export_raw_onnx(reference_weights, out_dir / f"shadow_reference_{image_size[0]}px.onnx", image_size[0],
+                           {**provenance, "shadow_of": str(reference_onnx.name)})
+
+
 def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
              counts: tuple[int, ...] = MIXED_PRECISION_COUNTS) -> dict:
     """Gate the report's choice; on a quantization failure (and `allow_mixed_precision`) refuse
@@ -246,7 +261,9 @@ def run_gate(artifacts: Path, gate: Gate, allow_mixed_precision: bool = True,
         failures = quantization_failures(result["checks"])
         if result["passed"]:
             # what the served shadow compares live frames with, and the values it is held against
-            reference_onnx = artifacts / {row["key"]: row for row in report.data["rows"]}[reference_key]["onnx"]
+            reference_row = {row["key"]: row for row in report.data["rows"]}[reference_key]
+            reference_onnx = shadow_reference(artifacts / reference_row["onnx"], artifacts / reference_row["weights"],
+                                              choice.image_size, out_dir)
             result["shadow_baseline"] = shadow_baseline(reference_onnx, choice.onnx, data_yaml, gate.detection_conf)
             result["shadow_baseline"]["reference"] = reference_key
             GatedModel.record(artifacts, choice.name, choice.onnx, trt_onnx, mixed_precision=bool(choice.float_convs),

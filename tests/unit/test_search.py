@@ -134,3 +134,79 @@ def test_time_limit_marks_candidates_not_tried():
     assert all("min" in p.note for p in probes if p.status == NO_TIME)
     # the untrained candidate needs no training time and is always measured
     assert next(p for p in probes if not p.trained).status in (FITS, OVER)
+
+
+# -- input size as a search dimension ------------------------------------------------------------
+
+SIZES = (224, 192)
+
+
+def _sized_probes(activations=("relu", "silu"), sizes=SIZES) -> list[Probe]:
+    """As `_probes`, each candidate also at smaller inputs: latency falls with the input's area."""
+    probes = []
+    for spec in search_space(activations, DEPTHS, sizes):
+        ms = 9.0 / spec.depth * (0.65 if spec.activation == "relu" else 1.0) if spec.trained else 9.0
+        ms *= ((spec.imgsz or 256) / 256) ** 2
+        probes.append(Probe(spec.name, spec.activation, spec.depth, spec.trained, ms, ms * 6, imgsz=spec.imgsz))
+    return probes
+
+
+def _sized_accuracy(points_per_size_step: float, untrained_extra: float = 2.0, **kwargs):
+    """`_accuracy`, less `points_per_size_step` per 32 px below 256 (more for the reference's INT8
+    fed a size it was not fine-tuned for)."""
+    base = _accuracy(**kwargs)
+
+    def evaluate(probe: Probe) -> float:
+        steps = (256 - (probe.imgsz or 256)) / 32
+        extra = untrained_extra if (not probe.trained and probe.imgsz) else 0.0
+        return base(probe) - (points_per_size_step * steps + extra) / 100
+    return evaluate
+
+
+def test_search_space_adds_every_candidate_at_each_smaller_size():
+    names = [s.name for s in search_space(("relu", "silu"), (1.5,), (192,))]
+    assert names == ["int8_reference", "relu_1x", "relu_1.5x", "silu_1.5x",
+                     "int8_reference_192px", "relu_1x_192px", "relu_1.5x_192px", "silu_1x_192px", "silu_1.5x_192px"]
+    assert parse_spec("relu@2.5:192") == CandidateSpec("relu", 2.5, imgsz=192)
+    assert parse_spec("int8:224") == CandidateSpec("silu", 1.0, trained=False, imgsz=224)
+    assert CandidateSpec("relu", 2.0, imgsz=192).label == "ReLU student, 2x fewer MACs, 192x192 input"
+    assert CandidateSpec("relu", 2.0).name == "relu_2x"  # the trained size: names (and caches) as before
+
+
+def test_search_over_sizes_finds_the_fastest_fit_of_the_whole_grid():
+    for step, budget in ((0.3, 1.0), (0.3, 3.0), (1.5, 1.0), (1.5, 3.0), (5.0, 2.0)):
+        evaluate = _sized_accuracy(step, drop_per_depth=1.2)
+        probes = _sized_probes()
+        result, trained = _run(probes, evaluate, budget)
+        truth = min((p for p in _sized_probes() if round((REFERENCE - evaluate(p)) * 100, 2) <= budget),
+                    key=lambda p: p.bs1_ms)
+        best = result.best()
+        # the same activation and size as the brute-force truth, within one depth step of it
+        assert (best.activation, best.imgsz) == (truth.activation, truth.imgsz), (step, budget, best.name, truth.name)
+        assert abs(best.depth - truth.depth) <= 0.25, (step, budget, best.name, truth.name)
+        assert len(trained) < len(probes) / 3  # not the grid
+
+
+def test_a_clear_miss_rules_out_the_same_activation_at_smaller_sizes_as_deep_or_deeper():
+    from compress.search import _infer
+
+    probes = {p.name: p for p in _sized_probes(("relu", "silu"), sizes=(192,))}
+    miss = probes["relu_1.5x"]
+    miss.status, miss.note, miss.drop_points = OVER, "beyond noise", 3.0
+    _infer(list(probes.values()))
+    ruled_out = {name for name, p in probes.items() if p.status == INFERRED_OVER}
+    assert {"relu_1.5x_192px", "relu_2x_192px", "relu_1.75x", "relu_3.5x_192px"} <= ruled_out
+    # shallower at the smaller size, another activation, the reference's INT8: still open
+    for name in ("relu_1.25x_192px", "relu_1x_192px", "relu_1.25x", "silu_1.5x_192px", "int8_reference_192px"):
+        assert probes[name].status == "open", name
+
+
+def test_the_references_int8_at_a_smaller_size_does_not_rule_out_students_fine_tuned_for_it():
+    # exported at 192 without training it is far over budget; fine-tuned at 192, the students fit
+    probes = _sized_probes(("relu",), sizes=(192,))
+    evaluate = _sized_accuracy(0.2, untrained_extra=10.0, drop_per_depth=0.5, relu_penalty=0.2)
+    result, trained = _run(probes, evaluate, budget=1.0)
+    untrained = next(p for p in probes if p.name == "int8_reference_192px")
+    assert untrained.status == OVER and untrained.note == "beyond noise"
+    assert result.best().imgsz == 192 and result.best().trained
+    assert "relu_1x_192px" in trained
