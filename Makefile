@@ -57,7 +57,7 @@ help: ## List the targets and the variables they read
 	@echo "             MIN_BASELINE_MAP=<mAP50-95 floor> ALLOW_WEAK_BASELINE=1 ARTIFACTS=$(ARTIFACTS)"
 	@echo "  target:    DEVICE=cpu|gpu (training, detector instances of repo, serve-docker's --gpus) MAX_BATCH=<n> (repo, plan)"
 	@echo "             LATENCY_THREADS=<n> (threads every latency is measured at; default a served detector instance's share)"
-	@echo "  serving:   TARGET=local|onnxruntime|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
+	@echo "  serving:   TARGET=local|onnxruntime|openvino|tensorrt REPO=$(REPO) STAGE=<stage> ALLOW_UNGATED=1 ORT_THREADS=<n> PARITY_ARGS='<tools.parity options>'"
 	@echo "             RUNTIME=onnxruntime|openvino|auto (repo, local target: the detector's runtime; openvino needs \`make openvino\`)"
 	@echo "             HOST=<bind address> IMAGES=<files or folders> (infer, image-loadtest) PROTOCOL=http|grpc (infer: default http)"
 	@echo "  shadow:    SHADOW=0 (repo: build without shadow parity) SHADOW_RATE=<share of frames, default 0.05> (repo, shadow-rate)"

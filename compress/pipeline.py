@@ -497,6 +497,14 @@ def check_baseline(ctx: Context, metrics: dict) -> None:
                                           "labels, or override with ALLOW_WEAK_BASELINE=1 / MIN_BASELINE_MAP=")
 
 
+def metrics_line(metrics: dict) -> str:
+    """A stage's scalar metrics; the names of the rest, which manifest.json holds (the search's
+    are tens of kilobytes: every probe and candidate)."""
+    scalars = {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
+    rest = [k for k in metrics if k not in scalars]
+    return f"{scalars}" + (f" (and {', '.join(rest)}: in manifest.json)" if rest else "")
+
+
 def run_stages(ctx: Context, names: list[str] | None = None, force: bool = False) -> dict:
     """Run `names` (default: all) in pipeline order; returns {stage: metrics}."""
     selected = [s for s in STAGES if names is None or s.name in names]
@@ -511,7 +519,7 @@ def run_stages(ctx: Context, names: list[str] | None = None, force: bool = False
                 start = time.perf_counter()
                 outputs, metrics = stage.run(ctx, ctx.artifacts / stage.name)
                 ctx.manifest.record(stage.name, inputs, settings, outputs, metrics, time.perf_counter() - start)
-            print(f"    {stage.name}: {metrics}", flush=True)
+            print(f"    {stage.name}: {metrics_line(metrics)}", flush=True)
             results[stage.name] = metrics
         if stage is BASELINE and index + 1 < len(selected):
             check_baseline(ctx, results[stage.name])

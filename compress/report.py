@@ -221,7 +221,8 @@ def served_line(report: dict) -> str:
 def to_markdown(report: dict) -> str:
     m, served, t = report["machine"], report["served"], report["targets"]
     lines = [
-        f"# Compression report ({report['image_size']}x{report['image_size']}, ONNX Runtime {m['onnxruntime']} on "
+        f"# Compression report (trained at {report['image_size']}x{report['image_size']}, "
+        f"ONNX Runtime {m['onnxruntime']} on "
         f"{', '.join(p.removesuffix('ExecutionProvider') for p in report.get('providers') or ['CPUExecutionProvider'])}, "
         f"{report['threads']} threads)", "",
         f"{machine_line(m)} Speed-ups depend "

@@ -2,6 +2,7 @@
 
     python -m tools.build_repo --target local        # the embedded default (Python backend + ORT)
     python -m tools.build_repo --target onnxruntime  # NGC container, onnxruntime_onnx platform
+    python -m tools.build_repo --target openvino     # NGC container, OpenVINO backend (the twin of make openvino)
     python -m tools.build_repo --target tensorrt     # NGC container, tensorrt_plan (needs the plan stage)
 
 This is the only code that writes `config.pbtxt`. The committed Python models (preprocess,
@@ -335,10 +336,12 @@ def main(argv: list[str] | None = None) -> None:
 def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
     """The runtime the detector serves on, and for openvino the record of the gated twin it serves
     (`make openvino`). RUNTIME=auto falls back to onnxruntime, saying why; RUNTIME=openvino refuses
-    to serve a twin that did not pass."""
-    if args.runtime == "onnxruntime":
+    to serve a twin that did not pass. TARGET=openvino (the NGC image's OpenVINO backend) always
+    serves the twin: RUNTIME is the local target's choice."""
+    image = args.target == "openvino"
+    if args.runtime == "onnxruntime" and not image:
         return "onnxruntime", None
-    auto = args.runtime == "auto"
+    auto = args.runtime == "auto" and not image
 
     def not_openvino(why: str, hint: str, error=tc.ConfigError):
         if auto:
@@ -346,9 +349,9 @@ def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
             return "onnxruntime", None
         raise error(why, hint=hint)
 
-    if args.target != "local":
-        return not_openvino(f"the openvino runtime is the local target's, not {args.target}'s",
-                            "build with TARGET=local, or RUNTIME=onnxruntime")
+    if args.target not in ("local", "openvino"):
+        return not_openvino(f"the openvino runtime is the local and openvino targets', not {args.target}'s",
+                            "build with TARGET=local or TARGET=openvino, or RUNTIME=onnxruntime")
     if args.device == "gpu":
         return not_openvino("the openvino runtime runs on the CPU", "build with DEVICE=cpu, or RUNTIME=onnxruntime")
     if not gated:
@@ -361,7 +364,11 @@ def detector_runtime(args, gated: bool) -> tuple[str, OpenVinoModel | None]:
     from compress.openvino_session import precision_here
 
     here = precision_here(record.precision)
-    if here != record.inference_precision:
+    if image:  # the serving machine's CPU resolves the float precision, not this one
+        print(f"note: `make openvino` gated the twin with {record.inference_precision} float layers on this machine; "
+              "the image's OpenVINO backend resolves them on the CPU it runs on (run `make openvino` on that kind of "
+              "machine to hold it to the gate there)")
+    elif here != record.inference_precision:
         return not_openvino(f"`make openvino` gated the twin with {record.inference_precision} float layers; OpenVINO "
                             f"runs them in {here} on this machine", "run `make openvino` on the machine that serves",
                             GateFailedError)

@@ -7,7 +7,7 @@
 
 The image (deploy/docker/Dockerfile) is the pinned NGC tritonserver with the Python models'
 dependencies installed at build time and the repository baked in read-only. It serves
-repositories built for TARGET=onnxruntime or tensorrt; a `local` one (ONNX Runtime inside a
+repositories built for TARGET=onnxruntime, openvino or tensorrt; a `local` one (ONNX Runtime inside a
 Python model) is refused here and by the image's entrypoint with one message.
 
 `serve` binds the ports to 127.0.0.1 unless `--host` says otherwise; beyond loopback, the
@@ -40,7 +40,7 @@ LOADTEST_PACKAGES = ("compress", "tools", "loadtest")  # the load test's own lay
 IMAGE_TAG = "yolo-triton:0.1"
 LOADTEST_TAG = "yolo-triton-loadtest:0.1"
 MAX_FRAMES = 64  # the locustfile cycles through at most this many
-IMAGE_TARGETS = ("onnxruntime", "tensorrt")
+IMAGE_TARGETS = ("onnxruntime", "openvino", "tensorrt")  # the NGC image's own backends
 PORTS = (8000, 8001, 8002)  # HTTP, gRPC, metrics inside the container
 ADMIN_KEY_FILE = CACHE_DIR / "triton-admin-key"
 ADMIN_KEY_VARIABLE = "TRITON_ADMIN_KEY"  # what deploy/docker/entrypoint.sh reads
@@ -58,7 +58,8 @@ def check_target(repo: Path) -> RepositoryRecord:
     target = record.target
     if target not in IMAGE_TARGETS:
         raise ContainerError(f"{repo} was built for target {target!r}; the container serves "
-                             f"{' or '.join(IMAGE_TARGETS)} (its detector runs in Triton's own backends)",
+                             f"{', '.join(IMAGE_TARGETS[:-1])} or {IMAGE_TARGETS[-1]} (its detector runs in Triton's own "
+                             "backends)",
                              hint="rebuild with `make repo TARGET=onnxruntime` (or use `make serve` for the local server)")
     return record
 

@@ -19,7 +19,9 @@ from compress.errors import ToolkitError
 from compress.export import anchor_count
 from compress.openvino_session import PRECISIONS as OPENVINO_PRECISIONS
 
-TARGETS = ("local", "onnxruntime", "tensorrt")
+# local: the Python-backend detector (ONNX Runtime or OpenVINO); the NGC image's own backends:
+# onnxruntime (the gated ONNX), openvino (its gated NNCF twin, `make openvino`), tensorrt (the plan)
+TARGETS = ("local", "onnxruntime", "openvino", "tensorrt")
 DETECTOR_RUNTIMES = ("onnxruntime", "openvino")
 HEAD_LAYOUTS = ("decoded", "raw")
 ENSEMBLE_NAME = "yolo"
@@ -127,6 +129,8 @@ class RepositorySettings:
         self.preferred_batch_sizes = [int(v) for v in self.preferred_batch_sizes]
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+        if self.target == "openvino":
+            self.runtime = "openvino"  # the image's OpenVINO backend serves only an IR
         if self.head_layout not in HEAD_LAYOUTS:
             raise ConfigError(f"unknown head layout {self.head_layout!r}", hint=f"choose one of {HEAD_LAYOUTS}")
         if self.device not in ("cpu", "gpu"):
@@ -143,9 +147,9 @@ class RepositorySettings:
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             raise ConfigError(f"unknown OpenVINO precision {self.openvino_precision!r}",
                               hint=f"choose one of {', '.join(OPENVINO_PRECISIONS)}")
-        if self.runtime == "openvino" and (self.target != "local" or self.device != "cpu"):
-            raise ConfigError("the openvino runtime is the local target's, on the CPU",
-                              hint="build with --target local --device cpu, or --runtime onnxruntime")
+        if self.runtime == "openvino" and (self.target not in ("local", "openvino") or self.device != "cpu"):
+            raise ConfigError("the openvino runtime is the local target's or the openvino target's, on the CPU",
+                              hint="build with --target local|openvino --device cpu, or --runtime onnxruntime")
         if self.max_batch_size < 1:
             raise ConfigError("max_batch_size must be >= 1")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -309,6 +313,15 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
         config.instance_group.extend(_instances(settings.detector_instances, kind))
         if settings.ort_threads:
             _parameters(config, {"intra_op_thread_count": settings.ort_threads})
+    elif settings.target == "openvino":
+        # Triton's OpenVINO backend (the NGC image's, Intel CPUs): one stream per instance, as the
+        # local detector runs (instances, not streams, overlap batches); threads: the backend's
+        # default (all cores per instance) unless ORT_THREADS= gives each instance its share
+        config.backend = "openvino"
+        config.default_model_filename = settings.detector_file_name
+        config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_CPU))
+        _parameters(config, {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                             **({"INFERENCE_NUM_THREADS": settings.ort_threads} if settings.ort_threads else {})})
     else:
         config.platform = "tensorrt_plan"
         config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_GPU))

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Serve $MODEL_REPOSITORY with this image's backends (onnxruntime, tensorrt, python).
+# Serve $MODEL_REPOSITORY with this image's backends (onnxruntime, openvino, tensorrt, python).
 #
 # A repository built for TARGET=local runs its detector through the onnxruntime *Python package*,
 # which this image does not carry: it is refused with one line instead of failing at first request.
@@ -12,8 +12,8 @@ if [[ "$repo" != *://* ]]; then  # object storage (s3://, gs://, as://) is read 
     target=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("target", "unknown"))' "$record" \
              2>/dev/null || echo "missing ($record not found)")
     case "$target" in
-        onnxruntime|tensorrt) ;;
-        *) echo "error: $repo was built for target '$target'; this image serves onnxruntime or tensorrt" \
+        onnxruntime|openvino|tensorrt) ;;
+        *) echo "error: $repo was built for target '$target'; this image serves onnxruntime, openvino or tensorrt" \
                 "(rebuild with: make repo TARGET=onnxruntime)" >&2
            exit 2 ;;
     esac

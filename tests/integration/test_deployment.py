@@ -37,7 +37,7 @@ def test_entrypoint_refuses_what_the_image_cannot_serve(tmp_path, target):
     result = subprocess.run(["bash", str(ENTRYPOINT)], env=entrypoint_env(tmp_path, repo), capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "this image serves onnxruntime or tensorrt" in result.stderr
+    assert result.stderr.count("\n") == 1 and "this image serves onnxruntime, openvino or tensorrt" in result.stderr
     assert ("target 'local'" if target else "not found") in result.stderr
 
 

@@ -122,6 +122,39 @@ def test_repo_serves_the_twin_on_openvino_and_verify_holds_it_to_the_ir_in_proce
     assert "OpenVINO CPU" in server_log  # the served detector said what it runs on
 
 
+def test_the_openvino_target_hands_the_twin_to_the_images_openvino_backend(gated_twin, tiny_artifacts, tmp_path):
+    """TARGET=openvino: the NGC image's OpenVINO backend (not in the local wheel: what runs here is
+    the IR the backend loads, matched against the config's tensors, as Triton matches them)."""
+    import openvino as ov
+
+    from tools import triton_config as tc
+    from tools.container import check_target
+    from tools.repository import RepositoryRecord
+
+    if not gated_twin["passed"]:
+        pytest.fail("the tiny model's OpenVINO twin failed the gate's checks: nothing to serve")
+    repo = tmp_path / "repo"
+    built = make("repo", f"ARTIFACTS={tiny_artifacts}", f"REPO={repo}", "TARGET=openvino")
+    assert "target openvino" in built.stdout and "resolves them on the CPU it runs on" in built.stdout
+    record = check_target(repo)  # what `make image` / the entrypoint accept
+    assert record.target == "openvino" and record.settings.runtime == "openvino"
+    assert record.model_sha256 == ir_hash(OpenVinoModel.load(tiny_artifacts, GatedModel.load(tiny_artifacts)).xml)
+    detector = tc.read_config(repo / "detector" / "config.pbtxt")
+    assert detector.backend == "openvino" and detector.default_model_filename == "model.xml"
+    assert not (repo / "detector" / "1" / "model.py").exists()  # the backend's own, no Python detector
+    model = ov.Core().read_model(str(repo / "detector" / "1" / "model.xml"))
+    # every tensor the config names is one the IR has, with the config's type and shape
+    ports = {name: port for port in [*model.inputs, *model.outputs] for name in port.get_names()}
+    for tensor, element in ((detector.input[0], ov.Type.u8), *((o, ov.Type.f32) for o in detector.output)):
+        assert tensor.name in ports, (tensor.name, list(ports))
+        shape = ports[tensor.name].get_partial_shape()
+        assert shape[0].is_dynamic and [d.get_length() for d in shape[1:]] == list(tensor.dims)
+        assert ports[tensor.name].get_element_type() == element
+    refused = make("repo", f"ARTIFACTS={tiny_artifacts}", f"REPO={tmp_path / 'gpu'}", "TARGET=openvino", "DEVICE=gpu",
+                   check=False)
+    assert refused.returncode != 0 and "runs on the CPU" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_auto_serves_openvino_only_where_it_was_measured_faster(gated_twin, tiny_artifacts, tmp_path):
     """Both branches, by the record's measured speed-up as written and with it turned around."""
     from tools.repository import RepositoryRecord

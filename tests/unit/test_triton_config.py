@@ -278,6 +278,22 @@ def test_the_local_detector_is_told_its_runtime_and_file():
     assert settings(target="tensorrt", pixel_type="float32").detector_file_name == "model.plan"
 
 
+def test_the_openvino_target_is_the_images_openvino_backend_on_the_twin(tmp_path):
+    s = settings(target="openvino", detector_instances=2)
+    assert s.runtime == "openvino" and s.detector_file_name == "model.xml"  # the backend serves an IR only
+    config = tc.read_config(tc.write_config(tc.detector_config(s), tmp_path / "detector"))
+    assert config.backend == "openvino" and not config.platform
+    assert config.default_model_filename == "model.xml"
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
+    # one stream per instance (instances overlap batches, as in the local target); threads: the backend's default
+    assert {k: v.string_value for k, v in config.parameters.items()} == {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    assert config.input[0].data_type == tc.mc.TYPE_UINT8  # the twin scales uint8 pixels itself
+    threads = tc.detector_config(settings(target="openvino", ort_threads=3))
+    assert threads.parameters["INFERENCE_NUM_THREADS"].string_value == "3"
+    with pytest.raises(tc.ConfigError, match="on the CPU"):
+        settings(target="openvino", device="gpu")
+
+
 def _float_ir(tmp_path):
     """A two-op detector-shaped graph as an OpenVINO IR with Ultralytics-style metadata beside it."""
     import onnx
