@@ -229,7 +229,7 @@ def run(artifacts: Path, out_dir: Path, threads: int | None = None, rounds: dict
         if size not in frames:
             name = "frames.npz" if size == tuple(image_size) else f"frames_{size[0]}x{size[1]}.npz"
             frames[size] = save_frames(payloads, size, out_dir / name)
-        row["frames"] = frames[size]
+        row["frames"], row["imgsz"] = frames[size], size[0]
     with competing_load() as machine_load, timing_workers(rows, image_size, threads) as timers:
         latency = interleaved_rounds(timers, rounds, pause_s=0.05)
         end_to_end = interleaved_rounds({k: partial(t, end_to_end=True) for k, t in timers.items()}, rounds,
@@ -268,7 +268,9 @@ def _interval(ratio: dict) -> str:
 def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [f"{machine_line(result['machine'])} {result['threads']} thread(s) per model (a served detector "
-             f"instance's share), {result['imgsz']}x{result['imgsz']}; "
+             f"instance's share), {result['imgsz']}x{result['imgsz']}"
+             + "".join(f" ({row['label']}: {size}x{size})" for row in rows.values()
+                       if (size := row.get("imgsz", result["imgsz"])) != result["imgsz"]) + "; "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
              "| model | runtime | float layers | MB | detector bs1 / bs8 ms | end to end bs1 / bs8 ms | "
              "speed-up end to end bs1 | bs8 | mAP50-95 |",

@@ -601,6 +601,9 @@ def main(argv: list[str] | None = None) -> None:
                   allow_weak_baseline=args.allow_weak_baseline, device=args.device, max_batch=args.max_batch,
                   threads=args.latency_threads)
     ctx.training_device()  # a GPU asked for where there is none: said now, not after the dataset
+    if profile.search_sizes and (args.imgsz or args.weights or args.data is None):
+        smaller_sizes(ctx)  # a size above the trained one said now, not after the baseline trained (user data
+        #                     without IMGSZ= or WEIGHTS=: its size is known once the dataset stage read it)
     run_stages(ctx, args.stages, force=args.force)
 
 

@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     args.shadow = reference is not None
     args.shadow_baseline = baseline
     settings = settings_from_args(args, info, previous)
+    if settings.target == "openvino":
+        print(f"note: the image's OpenVINO backend runs every batch at max_batch_size ({settings.max_batch_size}), "
+              "padding smaller ones: a single frame costs a full batch (MAX_BATCH= trades batch size for that)")
     tuned = previous.tuned if previous and previous.target == args.target and previous.settings.runtime == args.runtime \
         else None
     build(args.repo, model_file, settings, {"stage": stage, "target": args.target, "source": str(model_file),
@@ -411,11 +414,15 @@ def shadow_reference(args, gated: bool, model_file: Path,
             try:
                 report = Report.load(args.artifacts)
                 key = SearchRecord.load(Manifest(args.artifacts)).reference.row_key
-                reference = args.artifacts / {r["key"]: r for r in report.data["rows"]}[key]["onnx"]
+                row = {r["key"]: r for r in report.data["rows"]}[key]
             except (InputFileError, KeyError):
                 print("note: no FP32 reference for shadow parity (no search in the artifacts): built without it; "
                       "pass --shadow-reference FILE to add one")
                 return None, None
+            from tools.gate import shadow_reference as at_served_size  # a candidate of a smaller input: exported
+
+            reference = at_served_size(args.artifacts / row["onnx"], args.artifacts / row["weights"],
+                                       read_info(model_file).image_size, args.artifacts / "shadow-references")
     reference = Path(reference)
     if not reference.is_file():
         raise InputFileError(f"shadow reference {reference} is missing")

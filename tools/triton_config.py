@@ -314,13 +314,15 @@ def detector_config(settings: RepositorySettings) -> mc.ModelConfig:
         if settings.ort_threads:
             _parameters(config, {"intra_op_thread_count": settings.ort_threads})
     elif settings.target == "openvino":
-        # Triton's OpenVINO backend (the NGC image's, Intel CPUs): one stream per instance, as the
-        # local detector runs (instances, not streams, overlap batches); threads: the backend's
-        # default (all cores per instance) unless ORT_THREADS= gives each instance its share
+        # Triton's OpenVINO backend (the NGC image's, Intel CPUs) compiles the model once for all
+        # its instances, with the batch fixed at max_batch_size: a stream per instance lets their
+        # requests run at once, and smaller batches are padded to the max (without the padding
+        # it refuses them, the batch-1 warmup included). Threads: the backend's default (the
+        # streams share the cores) unless ORT_THREADS= sets INFERENCE_NUM_THREADS.
         config.backend = "openvino"
         config.default_model_filename = settings.detector_file_name
         config.instance_group.extend(_instances(settings.detector_instances, mc.ModelInstanceGroup.KIND_CPU))
-        _parameters(config, {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        _parameters(config, {"NUM_STREAMS": settings.detector_instances, "ENABLE_BATCH_PADDING": "YES",
                              **({"INFERENCE_NUM_THREADS": settings.ort_threads} if settings.ort_threads else {})})
     else:
         config.platform = "tensorrt_plan"

@@ -104,3 +104,12 @@ def test_sizes_above_the_trained_one_or_off_the_stride_are_refused_in_one_line(s
         refused = make("pipeline", f"ARTIFACTS={sized}", "PROFILE=tiny", f"SEARCH_SIZES={sizes}", check=False)
         assert refused.returncode != 0 and words in refused.stderr, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr
+
+
+def test_a_smaller_candidate_served_by_name_gets_a_shadow_reference_of_its_size(sized, tmp_path):
+    """STAGE=<candidate> skips the gate (loudly); the shadow still needs the reference on the served tensor."""
+    repo = tmp_path / "named"
+    built = make("repo", f"ARTIFACTS={sized}", f"REPO={repo}", "STAGE=relu_1x_96px")
+    assert "shadow parity 5%" in built.stdout
+    reference = repo / "postprocess" / "1" / "reference.onnx"
+    assert read_info(reference).image_size == (SMALL, SMALL)

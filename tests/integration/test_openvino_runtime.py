@@ -122,9 +122,32 @@ def test_repo_serves_the_twin_on_openvino_and_verify_holds_it_to_the_ir_in_proce
     assert "OpenVINO CPU" in server_log  # the served detector said what it runs on
 
 
+def as_the_openvino_backend_loads(xml: Path, config) -> tuple[dict, dict]:
+    """The model as Triton's OpenVINO backend (src/openvino.cc) prepares it, which the local wheel
+    does not carry: a batch layout on every input, the batch fixed at max_batch_size, compiled with
+    the config's parameters, tensors looked up by get_any_name(); then one padded batch of zeros.
+    Returns ({name: port}, {output name: shape})."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    steps = ov.preprocess.PrePostProcessor(model)
+    for port in model.inputs:
+        steps.input(port.get_any_name()).tensor().set_layout(ov.Layout("N..."))
+    model = steps.build()
+    ov.set_batch(model, config.max_batch_size)
+    properties = {k: v.string_value for k, v in config.parameters.items() if k in ("NUM_STREAMS",)}
+    compiled = core.compile_model(model, "CPU", properties)
+    ports = {port.get_any_name(): port for port in [*model.inputs, *model.outputs]}
+    feed = {i.name: np.zeros((config.max_batch_size, *i.dims), np.uint8) for i in config.input}
+    answer = compiled.create_infer_request().infer(feed)
+    return ports, {port.get_any_name(): value.shape for port, value in answer.items()}
+
+
 def test_the_openvino_target_hands_the_twin_to_the_images_openvino_backend(gated_twin, tiny_artifacts, tmp_path):
     """TARGET=openvino: the NGC image's OpenVINO backend (not in the local wheel: what runs here is
-    the IR the backend loads, matched against the config's tensors, as Triton matches them)."""
+    the IR prepared as that backend prepares it, matched against the config's tensors)."""
     import openvino as ov
 
     from tools import triton_config as tc
@@ -142,14 +165,14 @@ def test_the_openvino_target_hands_the_twin_to_the_images_openvino_backend(gated
     detector = tc.read_config(repo / "detector" / "config.pbtxt")
     assert detector.backend == "openvino" and detector.default_model_filename == "model.xml"
     assert not (repo / "detector" / "1" / "model.py").exists()  # the backend's own, no Python detector
-    model = ov.Core().read_model(str(repo / "detector" / "1" / "model.xml"))
-    # every tensor the config names is one the IR has, with the config's type and shape
-    ports = {name: port for port in [*model.inputs, *model.outputs] for name in port.get_names()}
+    assert "padding smaller ones" in built.stdout  # the cost of the backend's fixed batch, said at build time
+    ports, answered = as_the_openvino_backend_loads(repo / "detector" / "1" / "model.xml", detector)
+    # every tensor the config names is one the backend finds, with the config's type and shape
     for tensor, element in ((detector.input[0], ov.Type.u8), *((o, ov.Type.f32) for o in detector.output)):
         assert tensor.name in ports, (tensor.name, list(ports))
-        shape = ports[tensor.name].get_partial_shape()
-        assert shape[0].is_dynamic and [d.get_length() for d in shape[1:]] == list(tensor.dims)
+        assert list(ports[tensor.name].get_shape()) == [detector.max_batch_size, *tensor.dims]
         assert ports[tensor.name].get_element_type() == element
+    assert answered == {o.name: (detector.max_batch_size, *o.dims) for o in detector.output}
     refused = make("repo", f"ARTIFACTS={tiny_artifacts}", f"REPO={tmp_path / 'gpu'}", "TARGET=openvino", "DEVICE=gpu",
                    check=False)
     assert refused.returncode != 0 and "runs on the CPU" in refused.stderr and "Traceback" not in refused.stderr

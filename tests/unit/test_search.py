@@ -201,6 +201,19 @@ def test_a_clear_miss_rules_out_the_same_activation_at_smaller_sizes_as_deep_or_
         assert probes[name].status == "open", name
 
 
+def test_the_references_int8_at_a_smaller_size_rules_out_only_itself_smaller():
+    from compress.search import _infer
+
+    probes = {p.name: p for p in _sized_probes(("silu",), sizes=(224, 192))}  # the reference's INT8 is a SiLU model
+    miss = probes["int8_reference_224px"]
+    miss.status, miss.note, miss.drop_points = OVER, "beyond noise", 4.0
+    _infer(list(probes.values()))
+    assert probes["int8_reference_192px"].status == INFERRED_OVER
+    # students fine-tuned at that size (or smaller) are not judged by an export that was not
+    for name in ("silu_1x_224px", "silu_1.5x_224px", "silu_1x_192px", "silu_2x_192px"):
+        assert probes[name].status == "open", name
+
+
 def test_the_references_int8_at_a_smaller_size_does_not_rule_out_students_fine_tuned_for_it():
     # exported at 192 without training it is far over budget; fine-tuned at 192, the students fit
     probes = _sized_probes(("relu",), sizes=(192,))

@@ -285,8 +285,10 @@ def test_the_openvino_target_is_the_images_openvino_backend_on_the_twin(tmp_path
     assert config.backend == "openvino" and not config.platform
     assert config.default_model_filename == "model.xml"
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, config.instance_group[0].KIND_CPU)]
-    # one stream per instance (instances overlap batches, as in the local target); threads: the backend's default
-    assert {k: v.string_value for k, v in config.parameters.items()} == {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+    # the backend compiles once for every instance, at batch max_batch_size: a stream per instance, smaller
+    # batches padded (refused otherwise); threads: the backend's default
+    assert {k: v.string_value for k, v in config.parameters.items()} == {"NUM_STREAMS": "2",
+                                                                        "ENABLE_BATCH_PADDING": "YES"}
     assert config.input[0].data_type == tc.mc.TYPE_UINT8  # the twin scales uint8 pixels itself
     threads = tc.detector_config(settings(target="openvino", ort_threads=3))
     assert threads.parameters["INFERENCE_NUM_THREADS"].string_value == "3"
