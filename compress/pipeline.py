@@ -427,8 +427,8 @@ def _plan_run(ctx: Context, out: Path):
 def _plan_settings(ctx: Context) -> dict:
     from compress.plan import tensorrt_version
 
-    return {"tensorrt": tensorrt_version(), "imgsz": list(Report.load(ctx.artifacts).served.image_size),
-            "max_batch": ctx.max_batch}
+    # (the served file's size is its own: its hash is among the inputs)
+    return {"tensorrt": tensorrt_version(), "max_batch": ctx.max_batch}
 
 
 def _plan_inputs(ctx: Context) -> dict:

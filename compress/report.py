@@ -88,7 +88,7 @@ def collect(ctx) -> dict:
         # a student, or the reference's INT8 at a smaller input: an FP32 twin of its own
         own_twin = info["trained"] or info.get("imgsz", imgsz) != imgsz
         if own_twin and "mixed_precision" not in info:
-            twin_label = info["label"] if info["trained"] else info["label"].replace("INT8 of the u", "U", 1)
+            twin_label = info["label"] if info["trained"] else f"Unpruned reference, {info['imgsz']}x{info['imgsz']} input"
             wanted[f"{name}:fp32"] = (f"{twin_label}, FP32", files["fp32"], files["weights"], "fp32", name, None)
         base = info.get("base", name)  # a float-kept variant shares its base's FP32 twin
         twin = f"{base}:fp32" if own_twin else reference_key

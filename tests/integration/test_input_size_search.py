@@ -6,6 +6,7 @@ through the real Triton server."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,26 @@ def test_a_model_served_at_the_smaller_size_is_gated_served_and_verified(sized, 
     assert "dims: 96" in (repo / "preprocess" / "config.pbtxt").read_text()
     verified = make("verify", f"ARTIFACTS={sized}", f"REPO={repo}")
     assert '"passed": true' in verified.stdout and '"delta_points": 0.0' in verified.stdout
+
+
+def test_the_peer_bench_times_a_model_served_smaller_on_frames_of_its_own_size(sized):
+    """`make bench-peers` after a 96x96 model was gated: the peer and the baseline at 128, the
+    served rows (ONNX Runtime, OpenVINO, its NNCF twin) fed frames letterboxed to 96, end to end."""
+    import numpy as np
+
+    from compress.peer_bench import BASELINE, PEER, SERVED, SERVED_NNCF
+
+    assert GatedModel.load(sized).stage.endswith("_96px")  # gated by the test above
+    make("bench-peers", f"ARTIFACTS={sized}")
+    result = json.loads((sized / "peers" / "peers.json").read_text())
+    rows = result["rows"]
+    assert rows[BASELINE]["imgsz"] == rows[PEER]["imgsz"] == 128
+    for key in (SERVED, SERVED_NNCF):
+        assert rows[key]["imgsz"] == SMALL and rows[key]["frames"] == "frames_96x96.npz", key
+        assert rows[key]["end_to_end_bs8_ms"] > 0 and rows[key]["facts"]
+    with np.load(sized / "peers" / "frames_96x96.npz") as frames:
+        assert frames["images"].shape[1:] == (3, SMALL, SMALL)
+    assert "served: " in (sized / "peers" / "peers.md").read_text() and ": 96x96)" in (sized / "peers" / "peers.md").read_text()
 
 
 def test_sizes_above_the_trained_one_or_off_the_stride_are_refused_in_one_line(sized):
