@@ -67,7 +67,7 @@ help: ## List the targets and the variables they read
 	@echo "             PHASES=cost,healthy,degraded,drift HEALTHY_DURATION=<10m> ALARM_DURATION=<3m> DRIFT_HALF=<150s> CAPACITY_ROUNDS=<3> P99_RATES=<other rates, e.g. 0.01,0.02> P99_DURATION=<60s> (bench-shadow; DURATION: per capacity probe)"
 	@echo "  load:      STREAMS FPS DURATION PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES=dataset|480p|720p|1080p|<folder>"
 	@echo "             RESIZE_TO_MODEL=1 (loadtest) BURST=<frames> (bench-burst); capacity, tune, bench-serving: DURATION per probe"
-	@echo "             PLACEMENT=shared,isolated (capacity: load generator on the server's cores / on a core of its own)"
+	@echo "             PLACEMENT=shared,isolated (capacity: load generator on the server's cores / on a core of its own) CAPACITY_ROUNDS=<1> (capacity)"
 	@echo "  plan:      CAMERAS FPS OVERLAY=cpu|gpu PER_REPLICA_STREAMS REPLICA_CPUS PLACEMENT=isolated|shared (plan-capacity)"
 	@echo "  tests:     PYTEST_ARGS='<pytest options>' FUZZ_EXAMPLES=<n> (fuzz)   set-up: PYTHON_BOOT=$(PYTHON_BOOT) VENV=$(VENV)"
 
@@ -149,9 +149,9 @@ infer: venv ## Send IMAGES=<files or folders> (default: Ultralytics' two sample 
 loadtest: venv ## Locust camera streams (STREAMS=16 FPS=10 DURATION=60s PROTOCOL WORKERS SLO_MS MAX_IN_FLIGHT FRAMES, default 1080p; RESIZE_TO_MODEL=1: cameras send model-sized frames) -> $(ARTIFACTS)/loadtest[-resized]/
 	$(PY) -m loadtest.run $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) $(if $(RESIZE_TO_MODEL),--resize-to-model)
 
-capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p) and PLACEMENT (default shared,isolated: the load generator on the server's cores, and on a core of its own) side by side; DURATION per probe, default 15s
+capacity: venv ## Largest stream count within the SLO at FPS, by measurement, per frame size (FRAMES, default dataset,720p,1080p: bisected side by side) and PLACEMENT (default shared,isolated: the load generator on the server's cores, and on a core of its own); DURATION per probe, default 15s; CAPACITY_ROUNDS (default 1): their lower median
 	$(PY) -m loadtest.capacity capacity $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG) \
-		$(if $(PLACEMENT),--placement $(PLACEMENT))
+		$(if $(PLACEMENT),--placement $(PLACEMENT)) $(if $(CAPACITY_ROUNDS),--rounds $(CAPACITY_ROUNDS))
 
 tune: venv ## Sweep batching/instance configs at STREAMS on the real server (FRAMES, default 1080p; DURATION per config, default 15s); best goes into the repository
 	$(PY) -m loadtest.capacity tune $(SPEC_ARGS) --repo $(REPO) --artifacts $(ARTIFACTS) $(FRAMES_ARG)

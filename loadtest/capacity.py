@@ -20,13 +20,15 @@ import argparse
 import itertools
 import json
 import math
+import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from compress.env import cpu_threads, machine_line
-from compress.errors import cli_entry
+from compress.errors import ToolkitError, cli_entry
 from compress.plotting import saved_figure
 from loadtest.run import load_test
 from loadtest.spec import LoadSpec, add_spec_arguments, spec_from_args
@@ -84,11 +86,12 @@ class CapacityProbe:
 
     def __call__(self, streams: int) -> bool:
         if streams not in self.probes:
+            started = time.time()  # when, beside the server log: which probes of a side-by-side run overlapped a spell
             summary = load_test(replace(self.spec, streams=streams), self.out / f"streams_{streams}", url=self.url,
                                 metrics_url=self.server.metrics_url, images=self.images)
             models = summary["triton"]["models"]
             self.probes[streams] = {
-                "ok": within_slo(summary, self.late_budget), "p99_ms": summary["frames"]["latency_ms"]["p99"],
+                "ok": within_slo(summary, self.late_budget), "started_at": round(started, 2), "p99_ms": summary["frames"]["latency_ms"]["p99"],
                 "p50_ms": summary["frames"]["latency_ms"]["p50"],
                 "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
                 "detector_queue_ms": models.get(tc.DETECTOR, {}).get("queue_ms_per_request"),
@@ -99,7 +102,7 @@ class CapacityProbe:
                 "client_cpu_ms_per_frame": summary["client_cpu_ms_per_frame"],
                 **({"watch": summary["watch"]} if summary.get("watch", {}).get("shadow") else {})}
             probe = self.probes[streams]
-            print(f"    {streams:3d} streams: p99 {probe['p99_ms']} ms, dropped {probe['dropped']} "
+            print(f"    {self.images.name}: {streams:3d} streams: p99 {probe['p99_ms']} ms, dropped {probe['dropped']} "
                   f"-> {'holds' if probe['ok'] else 'over'}", flush=True)
         return self.probes[streams]["ok"]
 
@@ -137,7 +140,8 @@ def find_capacities_side_by_side(probes: dict[str, CapacityProbe], max_streams: 
     found: dict[str, int] = {}
     turn = 0
     while pending:
-        order = list(pending) if turn % 2 == 0 else list(reversed(pending))
+        names = list(pending)  # rotated each step: with three sides, the middle one opens a step too
+        order = names[turn % len(names):] + names[:turn % len(names)]
         for name in order:
             try:
                 pending[name] = steps[name].send(probes[name](pending[name]))
@@ -149,30 +153,58 @@ def find_capacities_side_by_side(probes: dict[str, CapacityProbe], max_streams: 
 
 
 def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], out: Path, late_budget: float,
-                       max_streams: int, placements: list[str] | None = None) -> dict:
+                       max_streams: int, placements: list[str] | None = None, rounds: int = 1) -> dict:
     """Capacity per placement and frame set, one run: the sizes and placements side by side on the
-    same machine state (one server per placement, pinned to its cores)."""
+    same machine state (one server per placement, pinned to its cores). The frame sets' bisections
+    run in lockstep on that server (`find_capacities_side_by_side`), so a slow spell of the machine
+    falls on every size instead of on one size's whole bisection and the ratios between sizes hold;
+    over `rounds` rounds (which size opens alternating) each capacity is the rounds' lower median."""
     from compress.env import describe_machine
 
+    if rounds < 1 or max_streams < 1:
+        raise ToolkitError(f"capacity rounds and the stream limit must be >= 1, not {rounds} and {max_streams}",
+                           hint="CAPACITY_ROUNDS=1 (or more)")
     by_placement: dict[str, dict] = {}
     for name in placements or default_placements():
         where = placement(name)
         print(f"==> placement {name}: {where.describe()}", flush=True)
         folder = out if name == "shared" else out / name
-        by_frames = {}
+        found: dict[str, list[dict]] = {frame_set.name: [] for frame_set in frame_sets}
         with TritonServer(repo, log_path=folder / "server.log", cpus=where.server_cpus) as server, client_side(where):
-            for frame_set in frame_sets:
-                print(f"==> capacity with {frame_set.label()} ({name})", flush=True)
-                by_frames[frame_set.name] = find_capacity(server, spec, frame_set, folder / frame_set.name, late_budget,
-                                                          max_streams, where)
-                (folder / frame_set.name / "capacity.json").write_text(json.dumps(by_frames[frame_set.name], indent=2))
+            for number in range(rounds):
+                shift = number % len(frame_sets)  # which size opens the round rotates too
+                order = frame_sets[shift:] + frame_sets[:shift]
+                print(f"==> capacity with {', '.join(f.label() for f in order)}"
+                      f"{' side by side' if len(order) > 1 else ''} ({name}"
+                      f"{f', round {number + 1}/{rounds}' if rounds > 1 else ''})", flush=True)
+                probes = {f.name: CapacityProbe(server, spec, f, folder / f.name / (f"round_{number + 1}" if rounds > 1
+                                                                                    else ""), late_budget, where)
+                          for f in order}
+                for frame_name, record in find_capacities_side_by_side(probes, max_streams).items():
+                    found[frame_name].append(record)
+                    # written as each round ends: an interrupted run keeps the rounds it finished
+                    (folder / frame_name / "capacity.json").write_text(json.dumps(combine_rounds(found[frame_name]),
+                                                                                  indent=2))
+        by_frames = {frame_name: combine_rounds(records) for frame_name, records in found.items()}
         by_placement[name] = {**where.record(), "by_frames": by_frames}
     # the conservative figure (shared cores) leads; `by_frames` is it, or the only placement measured
     lead = by_placement.get("shared") or next(iter(by_placement.values()))
     first = next(iter(lead["by_frames"].values()))
     return {"fps": spec.fps, "slo_ms": spec.slo_ms, "late_budget": late_budget, "machine": describe_machine(),
-            "by_placement": by_placement, "by_frames": lead["by_frames"],
+            "rounds": rounds, "probe_s": spec.duration_s, "by_placement": by_placement, "by_frames": lead["by_frames"],
             **{k: first[k] for k in ("capacity_streams", "frame_set")}}
+
+
+def combine_rounds(records: list[dict]) -> dict:
+    """One capacity record from a frame set's rounds: the round at the lower median capacity (a
+    stream count that was measured, never an average between two), with every round's capacity
+    (`rounds`) and probes (`round_probes`) beside it."""
+    if len(records) == 1:
+        return records[0]
+    capacities = [r["capacity_streams"] for r in records]
+    chosen = capacities.index(statistics.median_low(capacities))
+    return {**records[chosen], "rounds": capacities, "chosen_round": chosen + 1,
+            "round_probes": [r["probes"] for r in records]}
 
 
 def capacity_markdown(result: dict) -> str:
@@ -183,6 +215,15 @@ def capacity_markdown(result: dict) -> str:
                   "shared: the load generator runs on the server's cores (its CPU counts against the server: the "
                   "conservative figure); isolated: on a core of its own, the server on the rest (what a replica "
                   "with that many cores holds when the cameras are elsewhere)."]
+    rounds, sizes = result.get("rounds"), len(result["by_frames"])
+    if rounds:  # (a record from before the sizes ran side by side does not say)
+        lines += ["", ("The frame sizes of a placement were bisected side by side on one server, one probe of each in "
+                       "turn" if sizes > 1 else "One frame size") + f" ({result['probe_s']:g} s per probe)" +
+                  (f", over {rounds} rounds: streams held is the rounds' lower median, each round's capacity in "
+                   "brackets" + ("; vs dataset is the median of the ratios within each round (the sizes ran side by "
+                                 "side), their range in brackets." if sizes > 1 else ".")
+                   if rounds > 1 else "; one round (CAPACITY_ROUNDS= repeats it: a probe's verdict near the edge can "
+                                      "move a capacity by a stream or two).")]
     return "\n".join(lines) + "\n"
 
 
@@ -297,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--placement", default=None,
                         help=f"capacity: comma-separated, of {', '.join(PLACEMENTS)} (default: both where there are "
                              "cores to isolate the load generator on, else shared)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="capacity: rounds of the side-by-side bisections; each capacity is their lower median")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
     spec = spec_from_args(args)
@@ -309,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         placements = [n.strip() for n in (args.placement or "").split(",") if n.strip()] or None
         for name in placements or []:
             placement(name)  # an unknown name or too few cores: one error before any server starts
-        result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams, placements)
+        result = measure_capacities(args.repo, spec, frame_sets, out, args.late_budget, args.max_streams, placements,
+                                    args.rounds)
         (out / "capacity.json").write_text(json.dumps(result, indent=2))
         (out / "capacity.md").write_text(capacity_markdown(result))
         plot_capacity(result, out / "capacity.png")

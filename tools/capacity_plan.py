@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import yaml
@@ -84,12 +85,19 @@ def capacity_table(result: dict) -> list[str]:
         by_frames = entry["by_frames"]
         base = by_frames.get("dataset", {}).get("capacity_streams")
         where = "on the server's cores" if label == "shared" else f"isolated (cores {','.join(map(str, entry['client_cpus']))})"
+        base_rounds = by_frames.get("dataset", {}).get("rounds")
         for name, r in by_frames.items():
             held = r["probes"].get(str(r["capacity_streams"])) or next(iter(r["probes"].values()))
             compute, fs = held["compute_ms_per_frame"], r["frame_set"]
             ratio = f"{r['capacity_streams'] / base:.0%}" if base else "-"
+            streams = str(r["capacity_streams"])
+            if r.get("rounds"):  # every round, and the ratios within the rounds (the sizes ran side by side)
+                streams += f" ({', '.join(map(str, r['rounds']))})"
+                if base_rounds and len(base_rounds) == len(r["rounds"]) and all(base_rounds):
+                    per_round = [own / other for own, other in zip(r["rounds"], base_rounds)]
+                    ratio = f"{statistics.median(per_round):.0%} ({min(per_round):.0%}-{max(per_round):.0%})"
             lines.append(f"| {name} | {where} | {r.get('machine', {}).get('cpus', '-')} | {fs['width']}x{fs['height']} | "
-                         f"{fs['mean_kib']} | {r['capacity_streams']} | {ratio} | {held['bottleneck']} | "
+                         f"{fs['mean_kib']} | {streams} | {ratio} | {held['bottleneck']} | "
                          f"{compute['preprocess']} | {compute['detector']} | {compute['postprocess']} | "
                          f"{held['client_cpu_ms_per_frame']} |")
     return lines

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from compress.errors import ToolkitError
 from loadtest.capacity import find_capacity, tune
 from loadtest.run import LoadSpec
 
@@ -136,3 +137,39 @@ def test_capacity_side_by_side_with_the_load_generator_isolated(served_repo, tmp
     assert held["capacity_streams"] == 1 and held["machine"]["cpus"] == len(isolated.server_cpus)
     assert held["placement"]["name"] == "isolated" and held["probes"]["1"]["client_cpu_ms_per_frame"] > 0
     assert result["by_frames"] == result["by_placement"]["shared"]["by_frames"]  # the conservative figure leads
+
+
+def test_capacity_bisects_frame_sizes_side_by_side_over_rounds(served_repo, tmp_path, val_images):
+    """The frame sets of a placement take turns on one server, probe by probe, and which opens
+    alternates by round and by step: a slow spell cannot fall on one size's whole bisection. Over
+    rounds, every round is kept and the capacity is one a round measured."""
+    import cv2
+
+    from loadtest.capacity import capacity_markdown, measure_capacities
+    from tools.frame_sets import as_frame_set
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for path in val_images[:4]:  # a second frame size: the val images at twice their size
+        image = cv2.imread(str(path))
+        cv2.imwrite(str(wide / path.name), cv2.resize(image, None, fx=2, fy=2))
+    out = tmp_path / "capacity"
+    result = measure_capacities(served_repo, LoadSpec(fps=4, duration_s=3, slo_ms=2000),
+                                [as_frame_set(val_images[0].parent), as_frame_set(wide)], out, 0.05, 2, ["shared"],
+                                rounds=2)
+    assert result["rounds"] == 2 and list(result["by_frames"]) == ["val", "wide"]
+    for name, record in result["by_frames"].items():
+        assert record["capacity_streams"] == 2 and record["rounds"] == [2, 2] and len(record["round_probes"]) == 2
+        assert record["frame_set"]["name"] == name
+        assert json.loads((out / name / "capacity.json").read_text())["rounds"] == [2, 2]
+        for number in (1, 2):
+            assert (out / name / f"round_{number}" / "streams_2").is_dir()
+    for number in (0, 1):
+        probes = sorted((probe["started_at"], name) for name, record in result["by_frames"].items()
+                        for probe in record["round_probes"][number].values())
+        order = [name for _, name in probes]
+        # step by step both sizes, the opener alternating: val wide | wide val (round 2: wide val | val wide)
+        assert order == (["val", "wide", "wide", "val"] if number == 0 else ["wide", "val", "val", "wide"]), order
+    assert "over 2 rounds" in capacity_markdown(result) and "| 2 (2, 2) |" in capacity_markdown(result)
+    with pytest.raises(ToolkitError, match="must be >= 1"):
+        measure_capacities(served_repo, LoadSpec(), [as_frame_set(wide)], out, 0.05, 2, ["shared"], rounds=0)

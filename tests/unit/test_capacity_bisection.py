@@ -49,3 +49,15 @@ def test_side_by_side_each_side_gets_its_own_capacity_and_the_sides_take_turns()
     assert [name for name, _ in both] == ["on", "off", "off", "on", "on", "off", "off", "on", "on", "off", "off", "on"]
     # once one side is done the other goes on alone
     assert [name for name, _ in calls[12:]] == ["on", "on"]
+
+
+def test_three_sides_side_by_side_each_opens_a_step_in_turn():
+    """Rotated, not reversed: with dataset, 720p and 1080p the middle size opens steps too, and no
+    size runs twice in a row while all three search."""
+    calls = []
+    probes = {name: Holds(name, 40, calls) for name in ("dataset", "720p", "1080p")}
+    find_capacities_side_by_side(probes, max_streams=64)
+    steps = [[name for name, _ in calls[i:i + 3]] for i in range(0, 9, 3)]
+    assert steps == [["dataset", "720p", "1080p"], ["720p", "1080p", "dataset"], ["1080p", "dataset", "720p"]]
+    order = [name for name, _ in calls]
+    assert all(a != b for a, b in zip(order, order[1:])), order

@@ -83,6 +83,24 @@ def test_capacity_is_read_at_the_placement_asked_and_the_plan_prefers_isolated(t
         measured_capacity(tmp_path, placement="isolated")
 
 
+def test_rounds_give_the_lower_median_a_round_measured_and_the_table_every_round():
+    from loadtest.capacity import combine_rounds
+
+    rounds = [_entry("1080p", 1920, 1080, streams, 1) for streams in (9, 7, 8, 10)]
+    combined = combine_rounds(rounds)
+    # the lower median of 7, 8, 9, 10 is 8: a count a round held, with that round's probes (the per-step costs)
+    assert combined["capacity_streams"] == 8 and combined["probes"] == rounds[2]["probes"]
+    assert combined["rounds"] == [9, 7, 8, 10] and combined["round_probes"] == [r["probes"] for r in rounds]
+    assert combined["chosen_round"] == 3
+    assert combine_rounds(rounds[:1]) == rounds[0]  # one round: the record as measured
+    dataset = combine_rounds([_entry("dataset", 256, 256, streams, 1) for streams in (10, 10, 11, 12)])
+    rows = capacity_table(_record({"dataset": dataset, "1080p": combined}, None))
+    # the ratios within each round (the sizes ran side by side): 9/10, 7/10, 8/11, 10/12; their median
+    # 78% (not the medians' ratio 8/10), their range 70-90%
+    assert any(r.startswith("| 1080p |") and "| 8 (9, 7, 8, 10) | 78% (70%-90%) |" in r for r in rows), rows
+    assert any(r.startswith("| dataset |") and "| 10 (10, 10, 11, 12) | 100% (100%-100%) |" in r for r in rows), rows
+
+
 def test_the_plan_says_which_placement_it_used_and_keeps_the_conservative_line(tmp_path):
     (tmp_path / "capacity").mkdir()
     record = _record({"1080p": _entry("1080p", 1920, 1080, 12, 2)}, {"1080p": _entry("1080p", 1920, 1080, 10, 1)})
