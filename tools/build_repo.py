@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads decoding one preprocess batch (0: the cores the instance may use)")
     parser.add_argument("--full-decode", dest="reduced_decode", action="store_const", const=False,
                         help="decode every JPEG pixel (Ultralytics' preprocessing) instead of the smallest DCT scale "
-                             "that covers the model input")
+                             "that (nearly) covers the model input")
     parser.add_argument("--conf-threshold", dest="conf_threshold", type=float)
     parser.add_argument("--iou-threshold", dest="iou_threshold", type=float)
     parser.add_argument("--device", type=lambda v: "cpu" if v.strip().lower() == "cpu" else "gpu",

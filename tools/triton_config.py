@@ -72,7 +72,7 @@ class RepositorySettings:
     # Threads decoding the frames of one preprocess execute() (OpenCV releases the GIL); 0: the
     # instance's share of the cores it may use (cgroup limit included), found where it runs.
     decode_threads: int = 0
-    # JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that covers the model input; False
+    # JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that (nearly) covers the model input; False
     # decodes every pixel, as Ultralytics does (bit-for-bit its preprocessing, at full cost).
     reduced_decode: bool = True
     postprocess_instances: int = 1

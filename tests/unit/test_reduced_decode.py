@@ -46,9 +46,11 @@ def _marker_box_in_original(tensor: np.ndarray, params: np.ndarray) -> np.ndarra
 
 
 @pytest.mark.parametrize(("width", "height", "kind", "expected"), [
-    (1920, 1080, "JPEG", 4), (1280, 720, "JPEG", 4), (3840, 2160, "JPEG", 8), (640, 480, "JPEG", 2),
-    (320, 320, "JPEG", 1), (200, 100, "JPEG", 1), (1920, 1080, "PNG", 1)])
-def test_the_largest_reduction_that_still_covers_the_model_input(width, height, kind, expected):
+    # 1080p: 1/8 is 240x135 where the letterbox keeps 256x144 (enlarged 1.067x, within 1.1); 720p at 1/8
+    # would be enlarged 1.6x: 1/4; 1600x900 at 1/8 would be enlarged 1.28x: 1/4
+    (1920, 1080, "JPEG", 8), (1280, 720, "JPEG", 4), (1600, 900, "JPEG", 4), (3840, 2160, "JPEG", 8),
+    (640, 480, "JPEG", 2), (320, 320, "JPEG", 1), (200, 100, "JPEG", 1), (1920, 1080, "PNG", 1)])
+def test_the_largest_reduction_that_nearly_covers_the_model_input(width, height, kind, expected):
     assert decode_scale(width, height, kind, MODEL) == expected
 
 

@@ -1,7 +1,7 @@
 """Triton Python model `preprocess`: encoded image bytes -> letterboxed CHW tensor + letterbox params.
 
-JPEG frames are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the model's
-input (`reduced_decode`), so a 1080p camera frame costs a fraction of a full decode; the letterbox
+JPEG frames are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that (nearly) covers the
+model's input (`reduced_decode`), so a 1080p camera frame costs a fraction of a full decode; the letterbox
 parameters map boxes back to the original pixels. The images of all requests in one `execute()`
 call are decoded by a pool of `decode_threads` threads (OpenCV releases the GIL while decoding).
 
