@@ -91,7 +91,8 @@ class CapacityProbe:
                                 metrics_url=self.server.metrics_url, images=self.images)
             models = summary["triton"]["models"]
             self.probes[streams] = {
-                "ok": within_slo(summary, self.late_budget), "started_at": round(started, 2), "p99_ms": summary["frames"]["latency_ms"]["p99"],
+                "ok": within_slo(summary, self.late_budget), "started_at": round(started, 2),
+                "p99_ms": summary["frames"]["latency_ms"]["p99"],
                 "p50_ms": summary["frames"]["latency_ms"]["p50"],
                 "dropped": summary["frames"]["dropped"], "throughput_fps": summary["frames"]["throughput_fps"],
                 "detector_queue_ms": models.get(tc.DETECTOR, {}).get("queue_ms_per_request"),
@@ -158,7 +159,7 @@ def measure_capacities(repo: Path, spec: LoadSpec, frame_sets: list[FrameSet], o
     same machine state (one server per placement, pinned to its cores). The frame sets' bisections
     run in lockstep on that server (`find_capacities_side_by_side`), so a slow spell of the machine
     falls on every size instead of on one size's whole bisection and the ratios between sizes hold;
-    over `rounds` rounds (which size opens alternating) each capacity is the rounds' lower median."""
+    over `rounds` rounds (which size opens rotating) each capacity is the rounds' lower median."""
     from compress.env import describe_machine
 
     if rounds < 1 or max_streams < 1:
